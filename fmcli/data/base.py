@@ -1,0 +1,64 @@
+"""The in-memory data set every loader returns, and the spec plugins register.
+
+Images are kept as uint8 [N, C, H, W] (MNIST's 60,000 digits are 47 MB) and normalised to
+[-1, 1] on the training device, batch by batch. 2-D toy data sets are float32 [N, D].
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LoadOptions:
+    split: str = "train"                 # "train" or "test" where the data has them
+    data_dir: Path | None = None         # where files live (falls back to $FM_DATA_DIR)
+    image_size: int | None = None        # resize + centre-crop images to this size
+    channels: int | None = None          # force 1 (grayscale) or 3 (RGB)
+    num_samples: int | None = None       # for procedural data sets (toys)
+    seed: int = 0                        # for procedural data sets
+    download: bool = True                # may fetch official files when absent (never in tests)
+
+
+@dataclass
+class ArrayDataset:
+    name: str
+    split: str
+    kind: str                            # "image" or "points"
+    data: Tensor                         # uint8 [N, C, H, W] for images, float32 [N, D] for points
+    labels: Tensor | None = None         # int64 [N], or None when unlabelled
+    class_names: list[str] | None = None
+    info: dict = field(default_factory=dict)  # e.g. skipped files, source path, content hash
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names else 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    description: str
+    kind: str                                   # "image" or "points"
+    splits: tuple[str, ...]                     # e.g. ("train", "test"); ("train",) when no test split
+    load: Callable[[LoadOptions], ArrayDataset]
+
+
+def to_model_space(images_uint8: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the normalisation the seed uses."""
+    return images_uint8.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """float [-1, 1] -> uint8 [0, 255] (clamped)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)

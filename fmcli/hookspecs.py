@@ -1,0 +1,39 @@
+"""Every hook a plugin can implement. Each one receives a ``register`` callback.
+
+A plugin is any module or object with functions decorated by ``fmcli.hookimpl``;
+installed packages expose theirs through the ``fmcli`` entry-point group::
+
+    [project.entry-points.fmcli]
+    my_solvers = "my_package.plugin"
+
+and implement, for example::
+
+    @fmcli.hookimpl
+    def fm_register_solvers(register):
+        register(MySolver())            # an object with .name and .solve(...)
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("fmcli")
+hookimpl = pluggy.HookimplMarker("fmcli")
+
+
+@hookspec
+def fm_register_solvers(register):
+    """Register ODE solvers: ``register(solver)``, where ``solver`` follows ``fmcli.solvers.base.Solver``."""
+
+
+@hookspec
+def fm_register_datasets(register):
+    """Register data sets: ``register(spec)``, where ``spec`` is a ``fmcli.data.base.DatasetSpec``."""
+
+
+@hookspec
+def fm_register_models(register):
+    """Register model architectures: ``register(spec)``, a ``fmcli.models.ModelSpec``."""
+
+
+@hookspec
+def fm_register_feature_extractors(register):
+    """Register feature extractors for ``fm eval``: ``register(spec)``, a ``fmcli.eval.features.ExtractorSpec``."""

@@ -1,0 +1,72 @@
+"""The plugin manager: built-ins first, then installed plugins from the ``fmcli`` entry-point group.
+
+Environment:
+    FM_LOAD_PLUGINS   comma-separated distribution names to load; set but empty loads no
+                      third-party plugin at all (the test suite does this). Unset loads all.
+    FM_DEBUG_PLUGINS  when set, trace every hook call to stderr.
+"""
+
+import importlib.metadata
+import os
+import sys
+
+import pluggy
+
+from fmcli import hookspecs
+
+BUILTIN_PLUGINS = (
+    "fmcli.builtins.solvers",
+    "fmcli.builtins.datasets",
+    "fmcli.builtins.models",
+    "fmcli.builtins.extractors",
+)
+
+pm = pluggy.PluginManager("fmcli")
+pm.add_hookspecs(hookspecs)
+_loaded = False
+_versions: dict[str, str] = {}  # plugins loaded through FM_LOAD_PLUGINS -> distribution version
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Register built-ins and entry-point plugins once; later calls are no-ops."""
+    global _loaded
+    if _loaded:
+        return pm
+    _loaded = True
+    for module_name in BUILTIN_PLUGINS:
+        module = importlib.import_module(module_name)
+        if not pm.is_registered(module):
+            pm.register(module, name=module_name)
+    wanted = os.environ.get("FM_LOAD_PLUGINS")
+    if wanted is None:
+        pm.load_setuptools_entrypoints("fmcli")
+    else:
+        for dist_name in filter(None, (n.strip() for n in wanted.split(","))):
+            _load_distribution(dist_name)
+    if os.environ.get("FM_DEBUG_PLUGINS"):
+        pm.trace.root.setwriter(lambda message: sys.stderr.write(message))
+        pm.enable_tracing()
+    return pm
+
+
+def _load_distribution(dist_name: str) -> None:
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        from fmcli.errors import FMError
+
+        raise FMError(f"FM_LOAD_PLUGINS names {dist_name!r}, which is not installed") from None
+    for entry_point in dist.entry_points:
+        if entry_point.group == "fmcli" and pm.get_plugin(entry_point.name) is None:
+            pm.register(entry_point.load(), name=entry_point.name)
+            _versions[entry_point.name] = dist.version
+
+
+def plugin_versions() -> dict[str, str]:
+    """Plugin name -> version of the distribution that provides it (built-ins: fmcli's version)."""
+    from fmcli import __version__
+
+    versions = {name: __version__ for name in BUILTIN_PLUGINS}
+    for plugin, dist in pm.list_plugin_distinfo():
+        versions[pm.get_name(plugin)] = dist.version
+    return versions | _versions
