@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fmcli.errors import FMError
+
 
 @dataclass
 class LoadOptions:
@@ -62,3 +64,25 @@ def to_model_space(images_uint8: Tensor) -> Tensor:
 def to_uint8(images: Tensor) -> Tensor:
     """float [-1, 1] -> uint8 [0, 255] (clamped)."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+
+
+def resize_images(images_uint8: Tensor, size: int) -> Tensor:
+    """Square uint8 [N, C, S, S] -> [N, C, size, size], bilinear (antialiased when shrinking)."""
+    if images_uint8.shape[-1] == size and images_uint8.shape[-2] == size:
+        return images_uint8
+    resized = torch.nn.functional.interpolate(
+        images_uint8.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def set_channels(images_uint8: Tensor, channels: int | None) -> Tensor:
+    """Grayscale <-> RGB: repeat one channel three times, or take ITU-R 601 luma of three."""
+    if channels is None or images_uint8.shape[1] == channels:
+        return images_uint8
+    if channels == 3 and images_uint8.shape[1] == 1:
+        return images_uint8.repeat(1, 3, 1, 1)
+    if channels == 1 and images_uint8.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images_uint8.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    raise FMError(f"cannot convert {images_uint8.shape[1]}-channel images to {channels} channels; use 1 or 3")

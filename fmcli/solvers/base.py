@@ -13,7 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
+
+from fmcli.errors import FMError
 
 VelocityFn = Callable[..., Tensor]
 
@@ -48,3 +51,58 @@ class Solver(Protocol):
         conditioning: dict[str, Any] | None = None,
     ) -> SolveResult:
         ...
+
+
+# --- helpers shared by the built-in solvers (and handy for plugged-in ones) -------------------
+
+
+def time_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the times passed to the velocity: x's if it is float32/64, else float32.
+
+    (A bfloat16 time cannot tell t = 0.996 from t = 1, so half-precision states get float32 times.)
+    """
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def time_tensor(t: float | Tensor, like: Tensor) -> Tensor:
+    """t as a 0-dim tensor on ``like``'s device, in ``time_dtype(like)``."""
+    if isinstance(t, Tensor):
+        return t.to(device=like.device, dtype=time_dtype(like)).reshape(())
+    return torch.tensor(t, device=like.device, dtype=time_dtype(like))
+
+
+class CountingVelocity:
+    """``velocity(x, t, **conditioning)`` as ``f(x, t)``, counting every evaluation (the NFE).
+
+    The conditioning dict is unpacked as keyword arguments on every call; its values reach the
+    velocity untouched (same objects).
+    """
+
+    def __init__(self, velocity: VelocityFn, conditioning: dict[str, Any] | None):
+        self.velocity = velocity
+        self.conditioning = conditioning or {}
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
+        self.nfe += 1
+        return self.velocity(x, time_tensor(t, x), **self.conditioning)
+
+
+def check_interval(t_start: float, t_end: float) -> None:
+    if not (0.0 <= min(t_start, t_end) and max(t_start, t_end) <= 1.0) or t_start == t_end:
+        raise FMError(f"cannot integrate from t={t_start} to t={t_end}: use two different times in [0, 1]")
+
+
+def sorted_save_times(save_at: Sequence[float] | None, t_start: float, t_end: float) -> list[float] | None:
+    """The requested ``save_at`` times as floats, sorted in the direction of integration.
+
+    Raises FMError for a time outside [min(t_start, t_end), max(t_start, t_end)].
+    """
+    if save_at is None:
+        return None
+    times = [float(s) for s in save_at]
+    low, high = min(t_start, t_end), max(t_start, t_end)
+    outside = [s for s in times if not low <= s <= high]
+    if outside:
+        raise FMError(f"save_at times {outside} lie outside the integration interval [{low}, {high}]")
+    return sorted(times, reverse=t_start > t_end)

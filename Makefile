@@ -1,0 +1,31 @@
+# Two commands for a fresh machine (each creates .venv first):
+#   make demo   train on the embedded MNIST subset, then sample sixes
+#   make test   run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch 2.13.0: on this project's CPU machines pip takes a small CPU build from local disk.
+# On a GPU machine, install the CUDA build you want first (pip install torch), then make setup.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test bench-cpu clean
+
+$(BIN)/fm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e plugins/fm-adams-bashforth
+	touch $(BIN)/fm
+
+setup: $(BIN)/fm
+
+demo: setup
+	$(BIN)/fm train mnist-mini --out runs/demo
+	$(BIN)/fm sample runs/demo/last.safetensors --class 6 --solver heun --steps 20 --num 64 --out runs/demo/six.png
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs tests/.cache

@@ -1,0 +1,35 @@
+"""The ``fm`` command: one module per command, each a thin wrapper over a plain core function."""
+
+import typer
+
+from fmcli import __version__
+from fmcli.cli import info, plugins, sample, train
+
+app = typer.Typer(
+    name="fm",
+    help="Train, sample, animate and evaluate flow-matching generative models.\n\n"
+    "Time convention: t = 0 is data, t = 1 is noise; sampling integrates from t = 1 to t = 0.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.command("train")(train.train_command)
+app.command("sample")(sample.sample_command)
+app.command("info")(info.info_command)
+app.command("plugins")(plugins.plugins_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+    """fm: flow matching from the command line."""
+
+
+def main() -> None:
+    app()

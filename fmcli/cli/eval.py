@@ -1,0 +1,204 @@
+"""``fm eval``: sample quality (FID, KID, precision/recall), class accuracy, likelihood, solver sweeps."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from fmcli import registry
+from fmcli.cli._common import cli_errors, console, err_console, print_json, progress_bar
+from fmcli.errors import FMError
+from fmcli.eval.run import METRICS, EvalOptions, evaluate_checkpoint, evaluate_real, sweep
+
+EXTRACTOR_HELP = ("Feature network: classifier (trained on the data set on first use, cached; default for MNIST and "
+                  "other 1-channel/small images), inception (FID Inception-v3, comparable to papers; default for RGB "
+                  ">= 32x32), points (2-D toys). `fm plugins` lists all.")
+
+
+def _parse_list(text: str, option: str, kind=str) -> list:
+    try:
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise FMError(f"{option} takes a comma-separated list, e.g. {'2,5,10' if kind is int else 'a,b'} "
+                      f"(got {text!r})") from None
+    if not values:
+        raise FMError(f"{option} is empty")
+    return values
+
+
+class _StageProgress:
+    """One rich bar per stage ("sampling (heun)", "features of samples", ...), created on first report."""
+
+    def __init__(self, bar):
+        self.bar, self.tasks = bar, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+
+@cli_errors
+def eval_command(
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="A .safetensors checkpoint or a run folder (uses its last.safetensors). Omit with --real.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Data set to score against (default: the checkpoint's own); with --real, the data set to score.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where data files live (else $FM_DATA_DIR).")] = None,
+    num: Annotated[int, typer.Option(help="Number of generated samples (every figure states it). FID needs more than the feature dimension (129 for the classifier, 2049 for Inception).")] = 5000,
+    metrics: Annotated[str, typer.Option(help="Comma-separated: fid, kid, pr (precision/recall).")] = ",".join(METRICS),
+    extractor: Annotated[Optional[str], typer.Option(help=EXTRACTOR_HELP, autocompletion=registry.completer(registry.feature_extractors))] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="Local pt_inception-2015-12-05-6726825d.pth (or its safetensors conversion); otherwise downloaded once into the cache.")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours defining the k-NN manifolds of precision/recall.")] = 3,
+    solver: Annotated[str, typer.Option(help="ODE solver for sampling.", autocompletion=registry.completer(registry.solvers))] = "heun",
+    steps: Annotated[str, typer.Option(help="Steps of a fixed-step solver; with --sweep a list, e.g. 2,5,10,20.")] = "20",
+    time_grid: Annotated[str, typer.Option(help="Time grid of fixed-step solvers.")] = "uniform",
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers.")] = 1e-5,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers.")] = 1e-5,
+    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale for class-conditional samples.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the noise (a sweep uses the same seed for every solver).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Samples per solver call.")] = 500,
+    weights: Annotated[str, typer.Option(help="ema (default) or raw weights.")] = "ema",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    real: Annotated[bool, typer.Option("--real", help="Score real TRAIN images (same count) against the test split: the floor a model can reach.")] = False,
+    nll: Annotated[bool, typer.Option("--nll", help="Also report the negative log-likelihood of test items (bits/dim for images).")] = False,
+    nll_samples: Annotated[int, typer.Option(help="Test items for --nll.")] = 500,
+    nll_solver: Annotated[str, typer.Option(help="Solver of the likelihood ODE (data t=0 -> noise t=1).")] = "dopri5",
+    nll_steps: Annotated[int, typer.Option(help="Steps for a fixed-step --nll-solver.")] = 20,
+    probes: Annotated[int, typer.Option(help="Hutchinson probes per item (more: lower variance; the spread is reported).")] = 1,
+    sweep_solvers: Annotated[Optional[str], typer.Option("--sweep", help="Comma-separated solvers to compare, e.g. euler,heun,dopri5: every fixed-step solver runs at every --steps value, adaptive ones once per --rtols value.")] = None,
+    rtols: Annotated[Optional[str], typer.Option(help="Tolerances for adaptive solvers in a sweep, e.g. 1e-3,1e-5 (default: --rtol).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for sweep.json and sweep.png.")] = Path("eval"),
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache of classifiers, weights and reference features (default $FM_CACHE_DIR or ~/.cache/fmcli).")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download (data or Inception weights).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object with every figure, its sample count and the options.")] = False,
+) -> None:
+    """Score a model: FID, KID and precision/recall against the test split, class accuracy, likelihood.
+
+    Examples:
+
+      fm eval runs/demo --num 10000
+
+      fm eval runs/demo --nll --nll-samples 1000 --probes 4
+
+      fm eval runs/demo --sweep euler,heun,dopri5 --steps 2,5,10,20 --num 2000 --out sweep/
+
+      fm eval --real --data mnist --num 10000
+
+      fm eval runs/cifar --extractor inception --inception-weights pt_inception-2015-12-05-6726825d.pth --json
+    """
+    step_counts = _parse_list(steps, "--steps", int)
+    if not sweep_solvers and len(step_counts) != 1:
+        raise FMError("--steps takes one number (a list only with --sweep)")
+    if any(count < 1 for count in step_counts):
+        raise FMError("--steps must be at least 1")
+    options = EvalOptions(
+        num_samples=num, metrics=tuple(_parse_list(metrics, "--metrics")), extractor=extractor, k=k, solver=solver,
+        steps=step_counts[0], time_grid=time_grid, rtol=rtol, atol=atol, cfg=cfg, seed=seed, batch_size=batch_size,
+        weights=weights, device=device, data=data, data_dir=data_dir, cache_dir=cache_dir,
+        inception_weights=inception_weights, download=not offline, nll=nll, nll_samples=nll_samples,
+        nll_solver=nll_solver, nll_steps=nll_steps, probes=probes,
+    )
+    for metric in options.metrics:
+        if metric not in METRICS:
+            raise FMError(f"--metrics: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if num < 1 or batch_size < 1 or k < 1 or probes < 1 or nll_samples < 1:
+        raise FMError("--num, --batch-size, --k, --probes and --nll-samples must be positive")
+    if extractor is not None:
+        registry.get_feature_extractor(extractor)
+    if nll:
+        registry.get_solver(nll_solver)
+    with progress_bar() as bar:
+        progress = _StageProgress(bar)
+        if real:
+            if data is None:
+                raise FMError("--real needs --data (the data set whose train split is scored against its test split)")
+            if checkpoint is not None:
+                raise FMError("--real scores real images; give either a checkpoint or --real, not both")
+            report = evaluate_real(data, options, progress)
+        elif checkpoint is None:
+            raise FMError("give a checkpoint to evaluate, or --real --data NAME for the real-data floor")
+        elif sweep_solvers:
+            report = sweep(checkpoint, options, _parse_list(sweep_solvers, "--sweep"),
+                           step_counts,
+                           rtols=_parse_list(rtols, "--rtols", float) if rtols else None, out_dir=out, progress=progress)
+        else:
+            report = evaluate_checkpoint(checkpoint, options, progress)
+    if json_output:
+        print_json(report)
+    elif sweep_solvers and not real:
+        _print_sweep(report)
+    else:
+        _print_report(report)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _print_report(report: dict) -> None:
+    title = "real train images vs test" if report.get("real") else str(report["checkpoint"])
+    table = Table(title=f"fm eval: {title}", title_justify="left")
+    for column in ("figure", "value", "samples", "notes"):
+        table.add_column(column, justify="right" if column in ("value", "samples") else "left")
+    metrics = report["metrics"]
+    ref = report["reference"]["num_items"]
+    if "fid" in metrics:
+        table.add_row("FID", _fmt(metrics["fid"]["value"]), str(metrics["fid"]["num_samples"]),
+                      f"vs {ref} test items (biased upwards at small N)")
+    if "kid" in metrics:
+        kid = metrics["kid"]
+        table.add_row("KID", f"{kid['value']:.5f} ± {kid['std']:.5f}", str(kid["num_samples"]),
+                      f"unbiased; subsets of {kid['subset_size']}")
+    for name in ("precision", "recall"):
+        if name in metrics:
+            entry = metrics[name]
+            what = "fidelity" if name == "precision" else "diversity"
+            table.add_row(name, _fmt(entry["value"]), str(entry["num_samples"]),
+                          f"{what}; k={entry['k']}, {entry['num_reference']} real")
+    conditional = report.get("conditional")
+    if conditional:
+        table.add_row("class accuracy", f"{conditional['accuracy']:.2%}", str(conditional["num_samples"]),
+                      f"classifier test accuracy {_pct(conditional.get('classifier_test_accuracy'))}")
+        per_class = "  ".join(f"{name}:{_pct(value, 0)}" for name, value in conditional["per_class"].items())
+        table.add_row("  per class", "", "", per_class)
+    histogram = report.get("class_histogram")
+    if histogram:
+        counts = "  ".join(f"{name}:{count}" for name, count in histogram["counts"].items())
+        table.add_row("class histogram", "", str(histogram["num_samples"]), f"{histogram['source']}: {counts}")
+    nll = report.get("nll")
+    if nll:
+        spread = f" ± {nll['bits_per_dim_stderr']:.3f}" if nll.get("bits_per_dim_stderr") is not None else ""
+        notes = f"{nll['divergence']} divergence, {nll['solver']}, NFE {nll['nfe']}"
+        if nll.get("probe_std_bits_per_dim") is not None:
+            notes += f", probe std {nll['probe_std_bits_per_dim']:.3f}"
+        table.add_row("NLL (bits/dim)", f"{nll['bits_per_dim']:.4f}{spread}", str(nll["num_samples"]), notes)
+    sampling = report["sampling"]
+    if not report.get("real"):
+        table.add_row("sampling", f"{sampling['seconds']:.2f} s", str(sampling["num_samples"]),
+                      f"{sampling['solver']}, steps {sampling['steps']}, NFE {sampling['nfe']}")
+    extractor = report["extractor"]
+    note = f"{extractor['dim']}-d"
+    if extractor.get("test_accuracy") is not None:
+        note += f", test accuracy {_pct(extractor['test_accuracy'])}"
+    table.add_row("features", extractor["name"], "", note)
+    table.add_row("device", report["device"], "", "")
+    console.print(table)
+
+
+def _pct(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}%}"
+
+
+def _print_sweep(report: dict) -> None:
+    table = Table(title=f"fm eval sweep: {report['checkpoint']} ({report['num_samples']} samples per run, "
+                        f"{report['extractor']['name']} features)", title_justify="left")
+    names = [m for m in ("fid", "kid", "precision", "recall") if any(m in run for run in report["runs"])]
+    for column in ["solver", "steps / rtol", "NFE", "seconds", *names]:
+        table.add_column(column, justify="left" if column == "solver" else "right")
+    for run in report["runs"]:
+        budget = f"rtol {run['rtol']:g}" if run["adaptive"] else str(run["steps"])
+        table.add_row(run["solver"], budget, str(run["nfe"]), f"{run['seconds']:.2f}",
+                      *[_fmt(run.get(name)) for name in names])
+    console.print(table)
+    for path in report.get("files", []):
+        err_console.print(f"wrote {path}", highlight=False)

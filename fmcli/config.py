@@ -1,0 +1,142 @@
+"""The training configuration: defaults, ``--config train.toml``, command-line overrides, resume checks.
+
+Precedence: built-in defaults < the TOML file < options given on the command line. The
+resolved config is written to the run folder (``config.json``) and into every checkpoint.
+"""
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from fmcli.errors import FMError
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "mnist-mini"             # registered data set name, or a folder of images
+    data_dir: str | None = None          # where data files live (else $FM_DATA_DIR)
+    image_size: int | None = None        # resize + centre-crop (folders default to 32)
+    channels: int | None = None          # force 1 or 3 channels
+    conditional: bool = True             # use class labels when the data has them
+    # length
+    steps: int | None = None             # optimizer steps (default: DEFAULT_STEPS)
+    epochs: float | None = None          # alternative to --steps
+    batch_size: int = 128                # global batch of one optimizer step (split over GPUs and --grad-accum)
+    # optimisation
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    lr_schedule: str = "cosine"          # cosine | constant (after linear warm-up)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    # flow matching
+    label_dropout: float = 0.1           # probability of training on the null class (enables --cfg)
+    time_sampling: str = "uniform"       # uniform | logit-normal
+    time_mean: float = 0.0
+    time_std: float = 1.0
+    coupling: str = "independent"        # independent | ot (minibatch optimal transport)
+    # model overrides (None: the preset for the data)
+    model: dict = field(default_factory=dict)
+    # machinery
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"              # fp32 | bf16 | fp16
+    compile: bool = False
+    grad_checkpoint: bool = False
+    grad_accum: int = 1
+    # output
+    out: str | None = None
+    log_every: int = 100
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep: int = 3
+    skip_nonfinite: bool = False
+
+
+DEFAULT_STEPS = 2000
+CHOICES = {
+    "lr_schedule": ("cosine", "constant"),
+    "time_sampling": ("uniform", "logit-normal"),
+    "coupling": ("independent", "ot"),
+    "precision": ("fp32", "bf16", "fp16"),
+}
+# Keys that define what is trained: never changeable on resume.
+STRUCTURAL = ("data", "image_size", "channels", "conditional", "model")
+# Keys that may change freely on resume (length, cadence, machinery).
+FREE_ON_RESUME = ("steps", "epochs", "out", "log_every", "sample_every", "checkpoint_every", "keep",
+                  "skip_nonfinite", "device", "compile", "grad_checkpoint", "grad_accum", "data_dir")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FMError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise FMError(f"config file {path} is not valid TOML: {error}") from None
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        raise FMError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    return values
+
+
+def resolve(overrides: dict, config_file: Path | None = None, base: dict | None = None) -> TrainConfig:
+    """Defaults (or ``base``, a resumed run's config) < TOML file < explicit overrides."""
+    values = dict(base) if base is not None else asdict(TrainConfig())
+    if config_file is not None:
+        values.update(read_toml(config_file))
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    config = TrainConfig(**{key: values[key] for key in field_names() if key in values})
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    for key, allowed in CHOICES.items():
+        if getattr(config, key) not in allowed:
+            raise FMError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(config, key)!r}")
+    positive = {"batch_size": config.batch_size, "grad_accum": config.grad_accum, "log_every": config.log_every,
+                "sample_every": config.sample_every, "checkpoint_every": config.checkpoint_every, "keep": config.keep}
+    for key, value in positive.items():
+        if value < 1:
+            raise FMError(f"--{key.replace('_', '-')} must be at least 1 (got {value})")
+    if config.steps is not None and config.steps < 1:
+        raise FMError(f"--steps must be at least 1 (got {config.steps})")
+    if config.epochs is not None and config.epochs <= 0:
+        raise FMError(f"--epochs must be positive (got {config.epochs})")
+    if config.steps is not None and config.epochs is not None:
+        raise FMError("give --steps or --epochs, not both")
+    if config.lr <= 0:
+        raise FMError(f"--lr must be positive (got {config.lr})")
+    if not 0 <= config.label_dropout < 1:
+        raise FMError(f"--label-dropout must be in [0, 1) (got {config.label_dropout})")
+    if not 0 <= config.ema_decay < 1:
+        raise FMError(f"--ema-decay must be in [0, 1) (got {config.ema_decay})")
+    if config.batch_size % config.grad_accum:
+        raise FMError(f"--batch-size {config.batch_size} is not divisible by --grad-accum {config.grad_accum}")
+    if config.time_std <= 0:
+        raise FMError("--time-std must be positive")
+
+
+def check_resume(saved: dict, wanted: TrainConfig, allow_change: bool) -> None:
+    """Refuse to continue a run as something else; hyper-parameters change only when allowed."""
+    current = asdict(wanted)
+    structural = [key for key in STRUCTURAL if saved.get(key) != current.get(key)]
+    if structural:
+        details = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in structural)
+        raise FMError(f"cannot resume: the run was trained with a different model or data ({details})")
+    changed = [key for key in current if key not in STRUCTURAL + FREE_ON_RESUME and saved.get(key) != current[key]]
+    if changed and not allow_change:
+        details = ", ".join(f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in changed)
+        raise FMError(f"resuming with changed training options ({details}); pass --allow-change to accept")
+
+
+def to_json(config: TrainConfig) -> str:
+    return json.dumps(asdict(config), indent=2, sort_keys=True)

@@ -1,0 +1,343 @@
+"""A U-Net velocity network v(x, t, y) for images (after DDPM / ADM, trimmed to what small images need).
+
+Layout, for ``channel_mults = [1, 2, 2]`` on 28x28 (base channels C)::
+
+    conv_in 3x3 -> C @28                                     skips: [C]
+    level 0: num_res_blocks x Res(C)           @28, down -> 14    skips: +C per block, +C after down
+    level 1: num_res_blocks x Res(2C)          @14, down -> 7     skips: +2C ...,       +2C
+    level 2: num_res_blocks x Res(2C) (+attn)  @7                 skips: +2C per block
+    middle : Res(2C) -> Attn -> Res(2C)        @7
+    up 2   : (num_res_blocks + 1) x Res(cat(h, skip) -> 2C) (+attn), up -> 14
+    up 1   : (num_res_blocks + 1) x Res(cat(h, skip) -> 2C),         up -> 28
+    up 0   : (num_res_blocks + 1) x Res(cat(h, skip) -> C)
+    out    : GroupNorm -> SiLU -> conv 3x3 -> in_channels  (zero-initialised: v = 0 at start)
+
+Every down level has a matching up level, and each up block consumes exactly one skip, popped
+in reverse order, so the channel counts line up for any number of levels (the seed built 4
+down blocks and 3 up blocks).
+
+Conditioning: the time t in [0, 1] (t = 0 is data, t = 1 is noise) is multiplied by 1000 and
+encoded with sinusoids, then an MLP; the class embedding (index ``num_classes`` = null class)
+is added to it. Each residual block applies it as a scale and shift of its normalised
+features, h = GroupNorm(h) * (1 + scale) + shift: a multiplicative gate lets t switch features
+on and off (near t = 1 the input is noise, near t = 0 it is data), which a plain added bias
+cannot; ADM found it clearly better for the same cost.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fmcli.errors import FMError
+
+TIME_SCALE = 1000.0
+
+
+# --- time and class conditioning (shared with the MLP) -------------------------------------
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """[B] times -> [B, dim]: cos(1000 t w_k), sin(1000 t w_k), w_k = max_period^(-k / (dim/2)).
+
+    The factor 1000 (``TIME_SCALE``): these frequencies were designed for integer diffusion
+    steps 0..1000; on raw t in [0, 1] the slow half of them would barely change and the
+    network could hardly tell t = 0.2 from t = 0.3.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (TIME_SCALE * t.float())[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:  # odd width: pad with a zero column
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimeClassEmbedding(nn.Module):
+    """emb(t, y) = MLP(sinusoid(1000 t)) + E[y]; E has num_classes + 1 rows, the last one the null class."""
+
+    def __init__(self, freq_dim: int, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.class_embedding = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+
+    def forward(self, t: Tensor, y: Tensor | None) -> Tensor:
+        emb = self.time_mlp(sinusoidal_embedding(t, self.freq_dim))
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(y)
+        return emb
+
+
+def prepare_time_and_labels(
+    t: Tensor | float, y: Tensor | None, batch_size: int, num_classes: int, device: torch.device, validate: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Broadcast t (a number, 0-dim or [B]) to [B]; for a conditional model map y=None to the null class.
+
+    Raises FMError for a wrong t shape, labels given to an unconditional model, or labels
+    outside [0, num_classes]. ``validate=False`` (under torch.compile) skips the checks, so
+    no data-dependent Python branch is traced.
+    """
+    if not isinstance(t, Tensor):
+        t = torch.tensor(float(t), device=device)
+    if validate:
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch_size)):
+            raise FMError(f"t must be a scalar or have shape [{batch_size}] (one time per sample), got {list(t.shape)}")
+        if y is not None and num_classes == 0:
+            raise FMError("this model is unconditional: pass no class labels (y=None), or train a class-conditional model")
+        if y is not None:
+            if y.dim() != 1 or y.shape[0] != batch_size:
+                raise FMError(f"class labels y must have shape [{batch_size}], got {list(y.shape)}")
+            if y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise FMError(f"class labels y must be integers, got {y.dtype}")
+            if bool(((y < 0) | (y > num_classes)).any()):  # one host sync; skipped under compile
+                raise FMError(
+                    f"class labels y must be in [0, {num_classes}] ({num_classes} is the null class), "
+                    f"got values from {int(y.min())} to {int(y.max())}"
+                )
+    t = t.reshape(-1).expand(batch_size)
+    if num_classes > 0 and y is None:
+        y = torch.full((batch_size,), num_classes, dtype=torch.long, device=device)
+    return t, y
+
+
+def is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+
+def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= num_groups that divides channels (so 24 or 8 channels work)."""
+    groups = max(1, min(num_groups, channels))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Start a residual branch at zero, so each block begins as the identity (stable early training)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """h = skip(x) + conv(SiLU(GN(conv(SiLU(GN(x)))) * (1 + scale) + shift)), (scale, shift) = Linear(emb)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_ch, num_groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
+        self.norm2 = group_norm(out_ch, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb_proj(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Multi-head self-attention over the H*W positions, residual, heads of 32 channels (at least one)."""
+
+    def __init__(self, channels: int, num_groups: int, head_channels: int = 32) -> None:
+        super().__init__()
+        self.num_heads = max(1, channels // head_channels)
+        self.norm = group_norm(channels, num_groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, head_dim]
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# --- the network ----------------------------------------------------------------------------
+
+
+class UNet(nn.Module):
+    """Velocity v(x_t, t, y) ~ x1 - x0 for images x [B, C, H, W] in [-1, 1] (t = 0 data, t = 1 noise).
+
+    Args (all JSON-serialisable; kept in ``self.config`` with ``"name": "unet"``):
+        in_channels: 1 (grayscale) or 3 (RGB); the output has the same channels.
+        image_size: H = W; must be divisible by 2 ** (len(channel_mults) - 1).
+        base_channels: channels at full resolution; level i has base_channels * channel_mults[i].
+        channel_mults: one entry per resolution level.
+        num_res_blocks: residual blocks per level on the way down (the way up has one more).
+        attention_resolutions: spatial sizes (e.g. [7]) with self-attention; [] for none.
+        num_classes: 0 for unconditional; else labels 0..num_classes-1 plus the null class num_classes.
+        dropout: inside residual blocks.
+        num_groups: GroupNorm groups (reduced automatically to divide small channel counts).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        image_size: int = 28,
+        base_channels: int = 32,
+        channel_mults: list[int] | tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_resolutions: list[int] | tuple[int, ...] = (7,),
+        num_classes: int = 0,
+        dropout: float = 0.0,
+        num_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        channel_mults = [int(m) for m in channel_mults]
+        attention_resolutions = [int(r) for r in attention_resolutions]
+        _check_config(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
+                      attention_resolutions, num_classes, dropout, num_groups)
+        self.config = {
+            "name": "unet", "in_channels": in_channels, "image_size": image_size,
+            "base_channels": base_channels, "channel_mults": channel_mults, "num_res_blocks": num_res_blocks,
+            "attention_resolutions": attention_resolutions, "num_classes": num_classes,
+            "dropout": dropout, "num_groups": num_groups,
+        }
+        self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
+        self.grad_checkpointing = False
+
+        emb_dim = 4 * base_channels
+        self.embedding = TimeClassEmbedding(base_channels, emb_dim, num_classes)
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        def block(in_ch: int, out_ch: int) -> ResBlock:
+            return ResBlock(in_ch, out_ch, emb_dim, dropout, num_groups)
+
+        # Down path: record the channels of every tensor pushed as a skip.
+        skip_channels = [base_channels]
+        ch, resolution = base_channels, image_size
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                layers = [block(ch, base_channels * mult)]
+                ch = base_channels * mult
+                if resolution in attention_resolutions:
+                    layers.append(AttnBlock(ch, num_groups))
+                self.down.append(nn.ModuleList(layers))
+                skip_channels.append(ch)
+            if level < len(channel_mults) - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skip_channels.append(ch)
+                resolution //= 2
+
+        mid_attn = [AttnBlock(ch, num_groups)] if attention_resolutions else []
+        self.middle = nn.ModuleList([block(ch, ch), *mid_attn, block(ch, ch)])
+
+        # Up path: mirror image; each block concatenates one skip, popped last-in first-out.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mults))):
+            for _ in range(num_res_blocks + 1):
+                layers = [block(ch + skip_channels.pop(), base_channels * mult)]
+                ch = base_channels * mult
+                if resolution in attention_resolutions:
+                    layers.append(AttnBlock(ch, num_groups))
+                self.up.append(nn.ModuleList(layers))
+            if level > 0:
+                self.up.append(nn.ModuleList([Upsample(ch)]))
+                resolution *= 2
+        assert not skip_channels, "every skip must be consumed exactly once"
+
+        self.out = nn.Sequential(group_norm(ch, num_groups), nn.SiLU(),
+                                 zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute residual/attention activations in the backward pass (less memory, ~30% more compute)."""
+        self.grad_checkpointing = bool(enabled)
+
+    def _run(self, layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+        for layer in layers:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled() \
+                    and isinstance(layer, (ResBlock, AttnBlock)):
+                h = checkpoint(layer, h, emb, use_reentrant=False)
+            else:
+                h = layer(h, emb)
+        return h
+
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """x [B, C, H, W], t [B] or 0-dim in [0, 1], y [B] int64 or None (-> null class) -> v [B, C, H, W]."""
+        validate = not is_compiling()
+        if validate:
+            self._check_input(x)
+        t, y = prepare_time_and_labels(t, y, x.shape[0], self.num_classes, x.device, validate)
+        emb = self.embedding(t, y)
+
+        h = self.conv_in(x)
+        skips = [h]
+        for layers in self.down:
+            h = self._run(layers, h, emb)
+            skips.append(h)
+        h = self._run(self.middle, h, emb)
+        for layers in self.up:
+            if isinstance(layers[0], ResBlock):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = self._run(layers, h, emb)
+        return self.out(h)
+
+    def _check_input(self, x: Tensor) -> None:
+        expected = [self.in_channels, self.image_size, self.image_size]
+        if x.dim() != 4 or list(x.shape[1:]) != expected:
+            raise FMError(
+                f"the model expects images of shape [batch, {', '.join(map(str, expected))}], got {list(x.shape)}; "
+                "resize the data (--image-size / --channels) or train a model for this shape"
+            )
+
+
+def _check_config(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
+                  attention_resolutions, num_classes, dropout, num_groups) -> None:
+    if in_channels < 1:
+        raise FMError(f"in_channels must be at least 1, got {in_channels}")
+    if base_channels < 1 or num_res_blocks < 1 or num_groups < 1:
+        raise FMError("base_channels, num_res_blocks and num_groups must be positive integers")
+    if not channel_mults or min(channel_mults) < 1:
+        raise FMError(f"channel_mults must be a non-empty list of positive integers, got {channel_mults}")
+    if num_classes < 0:
+        raise FMError(f"num_classes must be 0 (unconditional) or positive, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise FMError(f"dropout must be in [0, 1), got {dropout}")
+    divisor = 2 ** (len(channel_mults) - 1)
+    if image_size < divisor or image_size % divisor:
+        lower, upper = image_size // divisor * divisor, (image_size // divisor + 1) * divisor
+        suggestion = f"use {lower} or {upper}" if lower > 0 else f"use {upper}"
+        raise FMError(
+            f"image size {image_size} is not divisible by {divisor}, the model's total downsampling; {suggestion} "
+            f"(or use fewer channel_mults)"
+        )
+    resolutions = [image_size // 2**i for i in range(len(channel_mults))]
+    unreachable = [r for r in attention_resolutions if r not in resolutions]
+    if unreachable:
+        raise FMError(
+            f"attention_resolutions {unreachable} are not resolutions of this model; choose from {resolutions}"
+        )

@@ -1,0 +1,35 @@
+"""Test isolation: no installed third-party plugin loads by accident, caches go to a temp folder."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["FM_LOAD_PLUGINS"] = ""          # before fmcli.plugins loads: built-ins only
+os.environ.setdefault("FM_CACHE_DIR", str(Path(__file__).parent / ".cache"))
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_mnist_dir() -> Path | None:
+    candidates = [os.environ.get("FM_DATA_DIR"), REPO.parent / "shared" / "data" / "mnist"]
+    for candidate in filter(None, candidates):
+        path = Path(candidate)
+        if (path / "t10k-images-idx3-ubyte.gz").exists() or (path / "t10k-images-idx3-ubyte").exists():
+            return path
+    return None
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    path = find_mnist_dir()
+    if path is None:
+        pytest.skip("real MNIST IDX files not found (set FM_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fm-cache"))

@@ -1,0 +1,160 @@
+"""The example plugin in plugins/fm-adams-bashforth: its ab2 solver and its rings data set.
+
+The plugin module is registered inline (from the source tree, no installation needed); the
+last test runs the installed ``fm`` console script and is skipped when the plugin's
+distribution is not installed (``pip install --no-deps --no-build-isolation -e plugins/fm-adams-bashforth``).
+"""
+
+import importlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import test_solvers as checks
+from fmcli import registry
+from fmcli.data.base import LoadOptions
+from fmcli.errors import FMError
+from fmcli.plugins import pm
+from fmcli.solvers.grids import TIME_GRIDS
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "fm-adams-bashforth"
+
+
+@pytest.fixture
+def plugin():
+    sys.path.insert(0, str(PLUGIN_DIR))
+    try:
+        module = importlib.import_module("fm_adams_bashforth")
+        registry.solvers()  # built-ins first, so the test sees the same table a user would
+        registered_here = not pm.is_registered(module)
+        if registered_here:
+            pm.register(module, name="fm-adams-bashforth-inline")
+        registry.reset()
+        yield module
+        if registered_here:
+            pm.unregister(module)
+        registry.reset()
+    finally:
+        sys.path.remove(str(PLUGIN_DIR))
+
+
+def test_ab2_is_registered_next_to_the_builtins(plugin):
+    solver = registry.get_solver("ab2")
+    assert set(checks.BUILTIN_SOLVERS) < set(registry.solvers())
+    assert (solver.adaptive, solver.order, solver.evals_per_step) == (False, 2, 1)
+    assert registry.owners("fm_register_solvers")["ab2"] == "fm-adams-bashforth-inline"
+
+
+@pytest.mark.parametrize("direction", [(1.0, 0.0), (0.0, 1.0)], ids=["1to0", "0to1"])
+@pytest.mark.parametrize("time_grid", TIME_GRIDS)
+def test_ab2_is_second_order(plugin, direction, time_grid):
+    solver = registry.get_solver("ab2")
+    order = checks.observed_order(solver, t_start=direction[0], t_end=direction[1], time_grid=time_grid)
+    assert abs(order - 2) < 0.3, order
+
+
+def test_ab2_costs_one_evaluation_per_step_after_a_heun_start(plugin):
+    calls = []
+
+    def velocity(x, t):
+        calls.append(float(t))
+        return checks.linear_velocity(x, t)
+
+    result = registry.get_solver("ab2").solve(velocity, checks.start_points(), steps=10)
+    assert result.nfe == len(calls) == 11
+    grid = [1.0 - k / 10 for k in range(10)]
+    # Heun evaluates at t_0 and t_1; afterwards one evaluation at each grid time t_1 .. t_9.
+    assert calls[:2] == pytest.approx(grid[:2]) and calls[2:] == pytest.approx(grid[1:])
+
+
+def test_ab2_gaussian_check(plugin):
+    solver = registry.get_solver("ab2")
+    x1, x0 = checks.check_gaussian_samples(solver)
+    assert (x0 - checks.gaussian_exact_transport(x1)).abs().max().item() < checks.fixed_step_tolerance(solver, 100)
+    errors = [checks.gaussian_transport_error(solver, steps) for steps in (4, 8, 16, 32)]
+    assert all(finer < coarser for coarser, finer in zip(errors, errors[1:])), errors
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda: checks.test_nonlinear_ode_matches_tight_reference("ab2"),
+        lambda: checks.test_batch_equals_samples_one_at_a_time("ab2"),
+        lambda: checks.test_save_at_trajectory("ab2", (1.0, 0.0)),
+        lambda: checks.test_save_at_trajectory("ab2", (0.0, 1.0)),
+        lambda: checks.test_conditioning_reaches_the_velocity_untouched("ab2"),
+        lambda: checks.test_reported_nfe_counts_every_evaluation("ab2"),
+    ],
+    ids=["nonlinear", "batch", "save_at-1to0", "save_at-0to1", "conditioning", "nfe"],
+)
+def test_ab2_passes_the_solver_suite(plugin, check):
+    check()
+
+
+def test_rings_data_set(plugin):
+    spec = registry.get_dataset("rings")
+    assert (spec.kind, spec.splits) == ("points", ("train", "test"))
+    train = spec.load(LoadOptions(split="train", num_samples=3000, seed=0))
+    assert train.data.shape == (3000, 2) and train.data.dtype == torch.float32
+    assert train.labels.dtype == torch.int64 and set(train.labels.tolist()) == {0, 1, 2}
+    radii = torch.tensor(plugin.rings.RADII)
+    # Every point lies on its own ring (radial noise 0.03; 6 standard deviations).
+    distance = train.data.norm(dim=1) - radii[train.labels]
+    assert distance.abs().max() < 6 * plugin.rings.NOISE
+    # Rings get points in proportion to their radius (uniform density along each circle).
+    shares = torch.bincount(train.labels, minlength=3).double() / 3000
+    expected = radii.double() / radii.sum()
+    assert ((shares - expected).abs() < 4 * (expected * (1 - expected) / 3000).sqrt()).all()
+    # Reproducible, with a test split that differs from the train split.
+    assert torch.equal(spec.load(LoadOptions(split="train", num_samples=3000, seed=0)).data, train.data)
+    assert not torch.equal(spec.load(LoadOptions(split="test", num_samples=3000, seed=0)).data, train.data)
+    assert not torch.equal(spec.load(LoadOptions(split="train", num_samples=3000, seed=1)).data, train.data)
+    assert len(spec.load(LoadOptions(split="test"))) == plugin.rings.DEFAULT_NUM_SAMPLES
+    with pytest.raises(FMError, match="splits"):
+        spec.load(LoadOptions(split="validation"))
+
+
+def test_single_file_example_plugin(monkeypatch):
+    """examples/my_plugin.py, registered inline: its solver passes the order and Gaussian checks."""
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR.parents[1] / "examples"))
+    module = importlib.import_module("my_plugin")
+    pm.register(module, name="my-plugin")
+    registry.reset()
+    try:
+        solver = registry.get_solver("ralston")
+        assert abs(checks.observed_order(solver) - 2) < 0.3
+        checks.check_gaussian_samples(solver)
+        data = registry.get_dataset("gaussian-grid").load(LoadOptions(num_samples=900, seed=3))
+        centres = torch.stack([data.labels % 3 - 1, data.labels // 3 - 1], dim=1).float()
+        assert data.data.shape == (900, 2) and (data.data - centres).abs().max() < 0.6
+    finally:
+        pm.unregister(module)
+        registry.reset()
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _installed("fm-adams-bashforth"), reason="fm-adams-bashforth is not installed")
+def test_installed_plugin_is_listed_by_fm_plugins():
+    # The console script when fmcli is installed, else the same entry point through ``python -m fmcli``.
+    fm = shutil.which("fm", path=str(Path(sys.executable).parent))
+    command = [fm] if fm else [sys.executable, "-m", "fmcli"]
+    env = dict(os.environ, FM_LOAD_PLUGINS="fm-adams-bashforth", PYTHONPATH=str(PLUGIN_DIR.parents[1]))
+    done = subprocess.run([*command, "plugins", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    text = json.dumps(listing)
+    assert "adams_bashforth" in text and "ab2" in text and "rings" in text, text
