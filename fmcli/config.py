@@ -89,11 +89,16 @@ def read_toml(path: Path) -> dict:
 
 def resolve(overrides: dict, config_file: Path | None = None, base: dict | None = None) -> TrainConfig:
     """Defaults (or ``base``, a resumed run's config) < TOML file < explicit overrides."""
-    values = dict(base) if base is not None else asdict(TrainConfig())
-    if config_file is not None:
-        values.update(read_toml(config_file))
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    config = TrainConfig(**{key: values[key] for key in field_names() if key in values})
+    values = asdict(TrainConfig())
+    layers = [base or {}, read_toml(config_file) if config_file is not None else {},
+              {key: value for key, value in overrides.items() if value is not None}]
+    for layer in layers:
+        # --steps and --epochs are two ways to say one thing: a layer that gives one drops the other.
+        for key, other in (("steps", "epochs"), ("epochs", "steps")):
+            if layer.get(key) is not None and layer.get(other) is None:
+                values[other] = None
+        values.update({key: value for key, value in layer.items() if key in values})
+    config = TrainConfig(**values)
     validate(config)
     return config
 

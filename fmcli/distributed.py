@@ -54,3 +54,10 @@ def all_sum(info: DistInfo, values: torch.Tensor) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values)
     return values
+
+
+def all_max(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
+    """The largest value over ranks (a stop request seen by any rank stops all of them)."""
+    if info.enabled:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value

@@ -73,7 +73,9 @@ def new_run_dir(config: TrainConfig) -> Path:
             raise FMError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                           f"or choose another --out")
         return run_dir
-    stem = Path("runs") / Path(config.data.rstrip("/")).name
+    name = Path(config.data.rstrip("/\\")).expanduser().resolve().name if "/" in config.data or config.data.startswith((".", "~")) \
+        else config.data
+    stem = Path("runs") / (name or "data")
     run_dir, n = stem, 1
     while run_dir.exists() and any(run_dir.iterdir()):
         n += 1
@@ -178,22 +180,31 @@ def stop_signals():
 
 # ----------------------------------------------------------------------------- the loop
 
+def step_seed(seed: int, step: int, salt: int) -> int:
+    """One integer per (seed, step, purpose): the seed of a generator used only in that step."""
+    return (seed * 1_000_003 + step) * 7 + salt
+
+
 class Trainer:
-    def __init__(self, config: TrainConfig, run_dir: Path, callbacks: Callbacks, resume_from: Path | None):
+    def __init__(self, config: TrainConfig, run_dir: Path, callbacks: Callbacks, resume_from: Path | None,
+                 dist: distributed.DistInfo, device: torch.device):
         self.config, self.run_dir, self.cb = config, run_dir, callbacks
-        device = resolve_device(config.device)
-        self.dist = distributed.setup(device.type)
-        if self.dist.enabled and device.type == "cuda":
-            device = torch.device("cuda", self.dist.local_rank)
-        self.device = device
+        self.dist, self.device = dist, device
         if config.batch_size % (self.dist.world_size * config.grad_accum):
             raise FMError(f"--batch-size {config.batch_size} must be divisible by the number of processes "
                           f"({self.dist.world_size}) times --grad-accum ({config.grad_accum})")
 
         self.data = self._load_data()
         self.num_classes = self.data.num_classes if (config.conditional and self.data.labels is not None) else 0
-        model_config = default_model_config(self.data.kind, self.data.shape, self.num_classes)
-        model_config.update(config.model)
+        checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
+        if checkpoint is not None:
+            # The checkpoint's own model config: newer presets must not change a resumed model.
+            self.check_same_data(checkpoint[1], resume_from)
+            model_config = dict(checkpoint[1].model_config)
+        else:
+            model_config = default_model_config(self.data.kind, self.data.shape, self.num_classes)
+            model_config.update(config.model)
+        torch.manual_seed(config.seed)  # the initial weights depend on --seed only
         self.model = build_model(model_config).to(device)
         self.ema = build_model(model_config).to(device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
@@ -208,8 +219,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.step, self.skipped, self.images_seen = 0, 0, 0
         self.last_good: Path | None = None
-        if resume_from is not None:
-            self._restore(resume_from)
+        self.stop_flag, self.stop_requested = {"signum": 0}, 0
+        if checkpoint is not None:
+            self._restore(*checkpoint, resume_from)
         self.forward_model: nn.Module = torch.compile(self.model) if config.compile else self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -223,6 +235,9 @@ class Trainer:
             self.total_steps = max(1, math.ceil(config.epochs * self.order.batches_per_epoch))
         else:
             self.total_steps = DEFAULT_STEPS
+        if self.step >= self.total_steps:
+            raise FMError(f"the run is already at step {self.step} of {self.total_steps}; "
+                          f"pass a larger --steps to continue it")
         # uint8 images live on the device (MNIST is 47 MB) and are normalised batch by batch.
         self.inputs = self.data.data.to(device)
         self.labels = self.data.labels.to(device) if self.num_classes else None
@@ -276,17 +291,34 @@ class Trainer:
         self.last_good = path
         return path
 
-    def _restore(self, path: Path) -> None:
-        tensors, meta = read_checkpoint(path)
-        self.model.load_state_dict(split_prefix(tensors, "model"))
-        self.ema.load_state_dict(split_prefix(tensors, "ema"))
+    def check_same_data(self, meta: CheckpointMeta, path: Path) -> None:
+        """The data must be what the checkpoint was trained on (kind, item shape, classes, size)."""
+        from fmcli.data.resolve import describe
+
+        now = describe(self.data)
+        now["num_classes"] = self.num_classes
+        keys = ("kind", "shape", "num_classes", "size")
+        changed = [key for key in keys if meta.data.get(key) != now[key]]
+        if changed:
+            details = "; ".join(f"{key}: {meta.data.get(key)!r} -> {now[key]!r}" for key in changed)
+            raise FMError(f"cannot resume {path}: the data differs from the data it was trained on ({details})")
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: CheckpointMeta, path: Path) -> None:
+        try:
+            self.model.load_state_dict(split_prefix(tensors, "model"))
+            self.ema.load_state_dict(split_prefix(tensors, "ema"))
+        except RuntimeError as error:
+            raise FMError(f"cannot resume {path}: its weights do not fit the model "
+                          f"({str(error).splitlines()[0][:160]})") from None
         load_optimizer(self.optimizer, tensors, meta.extra["optimizer_param_groups"])
+        for group in self.optimizer.param_groups:  # the saved groups carry the old run's options
+            group["weight_decay"] = self.config.weight_decay
         if meta.extra.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(meta.extra["scaler"])
         self.step = meta.step
         self.skipped = meta.extra.get("skipped_steps", 0)
         self.images_seen = meta.extra.get("images_seen", 0)
-        self.last_good = path
+        self.last_good = Path(path).resolve()
 
     # -- one step
 
@@ -294,7 +326,7 @@ class Trainer:
         """This rank's slice of the global batch for ``step``: x0, x1, t, labels (or None)."""
         config, device = self.config, self.device
         index = self.order.indices(step).to(device)
-        generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + step + 7919)
+        generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, step, 1))
         x0_all = self.inputs[index]
         x0_all = to_model_space(x0_all) if self.data.kind == "image" else x0_all.float()
         batch = x0_all.shape[0]
@@ -318,6 +350,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x0, x1, t, labels = self.draw_batch(self.step)
+        # Draws inside the model (dropout) use the global generator: seed it per step and rank too.
+        torch.manual_seed(step_seed(config.seed, self.step, 2 + self.dist.rank))
         if self.channels_last:
             x0, x1 = x0.contiguous(memory_format=torch.channels_last), x1.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float16)
@@ -335,18 +369,19 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         # One host sync per step: agree across ranks on the loss and on a stop request.
-        status = torch.stack([loss_sum.float(), grad_norm.float().nan_to_num(float("inf")),
-                              torch.tensor(float(self.stop_flag["signum"]), device=self.device)])
-        status = distributed.all_sum(self.dist, status)
-        status = status.cpu()
+        status = torch.stack([loss_sum.float(), grad_norm.float().nan_to_num(float("inf"))])
+        status = distributed.all_sum(self.dist, status).cpu()
+        signal_number = distributed.all_max(self.dist, torch.tensor(float(self.stop_flag["signum"]), device=self.device))
         loss_value = float(status[0]) / self.dist.world_size
-        finite = math.isfinite(loss_value) and math.isfinite(float(status[1]))
+        # With fp16 an infinite gradient is the grad scaler's business (it skips and lowers the scale).
+        finite = math.isfinite(loss_value) and (self.scaler.is_enabled() or math.isfinite(float(status[1])))
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
             if not config.skip_nonfinite:
                 where = f"; the last good checkpoint is {self.last_good}" if self.last_good else "; no checkpoint was written yet"
-                raise FMError(f"non-finite loss at step {self.step}{where}. Lower --lr, use --precision fp32, "
+                what = "loss" if not math.isfinite(loss_value) else "gradient"
+                raise FMError(f"non-finite {what} at step {self.step}{where}. Lower --lr, use --precision fp32, "
                               f"or pass --skip-nonfinite")
             self.skipped += 1
         else:
@@ -354,7 +389,7 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             update_ema(self.ema, self.model, ema_decay_at(self.step, config.ema_decay))
-        self.stop_requested = int(float(status[2]))
+        self.stop_requested = int(signal_number)
         self.step += 1
         self.images_seen += config.batch_size
         return torch.tensor([loss_value, float(status[1]) / self.dist.world_size, lr])
@@ -386,7 +421,6 @@ class Trainer:
 
     def run(self) -> TrainResult:
         config = self.config
-        self.stop_flag = {"signum": 0}
         info = {"run_dir": str(self.run_dir), "device": str(self.device), "world_size": self.dist.world_size,
                 "data": self.config.data, "size": len(self.data), "parameters": sum(p.numel() for p in self.model.parameters()),
                 "classes": self.num_classes}
@@ -396,8 +430,6 @@ class Trainer:
         start_time = time.perf_counter()
         window_start, window_images, window_losses = time.perf_counter(), 0, []
         last_loss = float("nan")
-        if self.step >= self.total_steps:
-            raise FMError(f"the run is already at step {self.step} of {self.total_steps}; pass a larger --steps to continue")
         with stop_signals() as flag:
             self.stop_flag = flag
             while self.step < self.total_steps:
@@ -419,7 +451,7 @@ class Trainer:
                             handle.write(json.dumps(record) + "\n")
                         self.cb.on_log(record)
                     window_start, window_images, window_losses = time.perf_counter(), 0, []
-                if self.stop_requested:
+                if self.stop_requested and self.step < self.total_steps:
                     path = self.save()
                     raise TrainingInterrupted(self.step, path, self.run_dir, self.stop_requested)
                 if self.step % config.checkpoint_every == 0 and self.step < self.total_steps:
@@ -433,35 +465,49 @@ class Trainer:
         return TrainResult(self.run_dir, path, self.step, last_loss, time.perf_counter() - start_time, self.skipped)
 
 
+def resume_target(resume: str, out: str | None) -> Path:
+    """The checkpoint to continue from: a run folder's last.safetensors, a given file, or the newest run."""
+    if resume == "latest":
+        path = Path(out) if out else find_latest_run()
+    else:
+        path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / "last.safetensors"
+    if not path.exists():
+        raise FMError(f"--resume {resume}: {path} does not exist (give a run folder, a checkpoint in it, or 'latest')")
+    return path
+
+
 def train(overrides: dict, *, config_file: Path | None = None, resume: str | None = None, allow_change: bool = False,
           callbacks: Callbacks | None = None) -> TrainResult:
-    """Resolve the config (defaults < file < overrides), set up the run folder, train, checkpoint."""
+    """Resolve the config (defaults < file < overrides), set up the run folder, train, checkpoint.
+
+    Under torchrun every rank runs this; only rank 0 writes files. Input errors are raised
+    before anything is written, and before a new run folder is created.
+    """
     callbacks = callbacks or Callbacks()
     resume_from = None
     if resume is not None:
-        if resume == "latest":
-            run_dir = Path(overrides["out"]) if overrides.get("out") else find_latest_run()
-        else:
-            run_dir = Path(resume)
-            if run_dir.is_file():
-                run_dir = run_dir.parent
-        resume_from = run_dir / "last.safetensors"
-        if not resume_from.exists():
-            raise FMError(f"--resume {resume}: {resume_from} does not exist")
+        resume_from = resume_target(resume, overrides.get("out"))
+        run_dir = resume_from.parent
         _, meta = read_checkpoint(resume_from)
         config = resolve({**overrides, "out": str(run_dir)}, config_file, base=meta.train_config)
         check_resume(meta.train_config, config, allow_change)
     else:
         config = resolve(overrides, config_file)
-        run_dir = new_run_dir(config)
+        run_dir = new_run_dir(config)  # every rank picks the same folder: nobody creates it before the barrier
         config.out = str(run_dir)
-    trainer = Trainer(config, run_dir, callbacks, resume_from)
+    device = resolve_device(config.device)
+    dist = distributed.setup(device.type)
     try:
-        if trainer.dist.is_main:
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+        distributed.barrier(dist)
+        trainer = Trainer(config, run_dir, callbacks, resume_from, dist, device)
+        if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(run_dir / "config.json", to_json(config).encode())
-        distributed.barrier(trainer.dist)
+        distributed.barrier(dist)
         return trainer.run()
     finally:
-        distributed.teardown(trainer.dist)
-
+        distributed.teardown(dist)

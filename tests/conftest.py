@@ -33,3 +33,28 @@ def mnist_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fm-cache"))
+
+
+TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": []}
+
+
+def train_tiny(out: Path, **overrides) -> Path:
+    """A few steps of a tiny model: enough for shapes, files and round trips, not for quality."""
+    from fmcli.train import train
+
+    options = {"data": "mnist-mini", "steps": 3, "out": str(out), "model": TINY_UNET, "batch_size": 16,
+               "warmup_steps": 1, "sample_every": 1000, "checkpoint_every": 1000, "log_every": 1000}
+    options.update(overrides)
+    return train(options).checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A class-conditional MNIST U-Net (with label dropout), trained for 3 steps."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(tmp_path_factory) -> Path:
+    """A 2-D MLP on moons, trained for 3 steps."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "toy", data="moons", model={"hidden": 32, "depth": 2})

@@ -1,5 +1,6 @@
 """``fm train``: parse and validate options, then call ``fmcli.train.train``."""
 
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +13,11 @@ from fmcli.errors import FMError
 from fmcli.train import Callbacks, TrainingInterrupted, train
 
 DATA_HELP = "A registered data set (see `fm plugins`) or a folder of images (sub-folders = classes)."
+
+
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun job (they train but say nothing)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 class RichCallbacks(Callbacks):
@@ -128,12 +134,15 @@ def train_command(
         result = train(overrides, config_file=config, resume=resume, allow_change=allow_change, callbacks=callbacks)
     except TrainingInterrupted as stop:
         callbacks.close()
-        name = signal.Signals(stop.signum).name if stop.signum else "signal"
-        typer.echo(f"{name}: stopped at step {stop.step}; checkpoint {stop.checkpoint}. "
-                   f"Resume with: fm train --resume {stop.run_dir}", err=True)
+        if is_main_process():
+            name = signal.Signals(stop.signum).name if stop.signum else "signal"
+            typer.echo(f"{name}: stopped at step {stop.step}; checkpoint {stop.checkpoint}. "
+                       f"Resume with: fm train --resume {stop.run_dir}", err=True)
         raise typer.Exit(128 + int(stop.signum or 2)) from None
     finally:
         callbacks.close()
+    if not is_main_process():  # under torchrun rank 0 reports for everyone
+        return
     summary = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "step": result.step,
                "loss": result.loss, "seconds": round(result.seconds, 2), "skipped_steps": result.skipped}
     if json_output:

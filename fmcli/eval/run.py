@@ -114,8 +114,9 @@ def _splits_of(name: str) -> tuple[str, ...]:
 def eval_data(name: str, options: EvalOptions, *, image_size: int | None = None, channels: int | None = None) -> EvalData:
     """The data set to score against, with the load options the model was trained with."""
     splits = _splits_of(name)
+    # The data seed stays at its default: procedural test sets (toys) must not change with --seed.
     load_options = LoadOptions(split=splits[0], data_dir=options.data_dir, image_size=image_size, channels=channels,
-                               seed=options.seed, download=options.download)
+                               download=options.download)
     data = EvalData(name=name, shape=(), kind="", splits=splits, load_options=load_options)
     first = data.load(splits[-1])
     data.shape, data.kind = tuple(first.shape), first.kind

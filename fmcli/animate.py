@@ -1,0 +1,425 @@
+"""Animations of generation: a GIF (or a PNG filmstrip) of ONE solve from noise to data.
+
+Time convention: x_t = (1 - t) x0 + t x1, t = 0 is data, t = 1 is noise; sampling integrates
+dx/dt = v(x, t) from t = 1 to t = 0. The frames are the states x_t of a single solve, read from
+the solver's trajectory at the frame times (``generate(..., save_at=times)``; fixed-step solvers
+interpolate linearly between grid states, adaptive ones use their dense output). Nothing is
+solved twice, so the last frame is exactly what ``fm sample`` gives for the same checkpoint,
+seed, solver and options, and the first frame is the initial noise x1.
+
+What a frame shows (``show``):
+
+    x     the state x_t: noise that sharpens into a sample
+    x0    the model's current guess of the end point, x̂0 = x_t - t v(x_t, t) (exact on a straight
+          path); it is sharp long before x_t is. Costs one extra model evaluation per frame
+          (of the whole batch), i.e. ``frames`` more evaluations than the solve itself.
+    both  the two side by side (x_t left, x̂0 right)
+
+2-D data (``kind == "points"``): particles moving along the flow over a quiver plot of the learned
+velocity at the frame's t, with the training data faintly behind. Arrows show -v: the velocity
+field v points towards NOISE (t increasing), and sampling runs t backwards, so -v is the
+direction the particles actually move.
+
+Memory: the solve returns its trajectory as float32 on the CPU, frames x num x prod(shape) x 4
+bytes (40 frames of 80 MNIST digits: 10 MB; briefly twice that while ``generate`` joins its
+batches); requests above ``MAX_TRAJECTORY_BYTES`` are refused. Each frame is turned into a uint8
+PIL image as soon as it is rendered, so the frames waiting for the encoder need about
+frames x width x height bytes (x3 for RGB), and the float trajectory is dropped before encoding.
+
+Palettes: grayscale data stays gray: frames are "L" images, which Pillow writes with a gray
+palette (one entry per gray level: no colour, no dithering). RGB frames are quantized to an
+adaptive 256-colour palette per frame with median cut and no dithering. Median cut splits colour
+space by population, the best of Pillow's methods for photo-like images (fast octree is quicker
+but coarser); Floyd-Steinberg dithering would add pixel noise that changes from frame to frame
+(a visible shimmer in a GIF) and compresses worse with GIF's LZW.
+"""
+
+import functools
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from fmcli.checkpoint import LoadedModel, atomic_write_bytes
+from fmcli.data.base import to_uint8
+from fmcli.errors import FMError
+from fmcli.flow import predicted_data
+from fmcli.images import PALETTE, grid_image
+from fmcli.sampling import generate, guided_velocity
+
+SHOW_MODES = ("x", "x0", "both")
+FORMATS = {".gif": "gif", ".png": "png"}
+DEFAULT_FRAMES = {"gif": 40, "png": 8}
+FRAMES_RANGE = (2, 1000)
+FPS_RANGE = (1, 50)        # GIF delays are whole centiseconds; browsers slow delays under 20 ms to 100 ms
+SCALE_RANGE = (1, 16)
+MAX_HOLD_S = 60.0
+MAX_TRAJECTORY_BYTES = 4 * 2**30
+FILMSTRIP_COLUMNS = 8
+POINTS_SIZE_PER_SCALE = 128  # a 2-D plot is 128 x scale pixels square (512 at the default scale 4)
+QUIVER_GRID = 20             # 20 x 20 arrows
+BACKGROUND_POINTS = 2000
+
+ProgressFn = Callable[[str, int, int], None]  # (stage "solve" or "render", done, total)
+
+
+@dataclass
+class AnimationSettings:
+    frames: int = 40
+    fps: int = 12
+    hold: float = 1.5          # extra seconds on the final frame
+    loop: bool = True
+    scale: int = 4             # nearest-neighbour magnification of images; 2-D plots are 128 x scale px
+    show: str = "x"            # x, x0 or both
+    nrow: int | None = None    # images per grid row (None: near square)
+
+
+@dataclass
+class Animation:
+    frames: list[Image.Image]  # "L" (grayscale data) or "RGB" images, all the same size
+    times: list[float]         # t of each frame, 1 -> 0
+    grid_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the x_t grid / plot in each frame
+    nfe: int                   # model evaluations of the solve (per sample)
+    extra_nfe: int             # evaluations for x̂0 frames and the quiver plots (one per frame each)
+    seconds: float
+
+
+# --- checks that need no model ------------------------------------------------------------
+
+
+def output_kind(out: Path) -> str:
+    """``gif`` or ``png`` from the file name; FMError for anything else or a missing folder."""
+    kind = FORMATS.get(Path(out).suffix.lower())
+    if kind is None:
+        raise FMError(f"cannot tell the animation format from {out}: end --out in .gif (an animation) "
+                      "or .png (a filmstrip of frames side by side)")
+    if not Path(out).parent.exists():
+        raise FMError(f"output folder {Path(out).parent} does not exist; create it first")
+    if Path(out).is_dir():
+        raise FMError(f"{out} is a folder; give a file name ending in .gif or .png")
+    return kind
+
+
+def check_settings(settings: AnimationSettings) -> None:
+    """One clear FMError for each out-of-range option."""
+    if not FRAMES_RANGE[0] <= settings.frames <= FRAMES_RANGE[1]:
+        raise FMError(f"--frames must be in {FRAMES_RANGE[0]}..{FRAMES_RANGE[1]} (got {settings.frames}): "
+                      "an animation needs at least the noise and the final sample")
+    if not FPS_RANGE[0] <= settings.fps <= FPS_RANGE[1]:
+        raise FMError(f"--fps must be in {FPS_RANGE[0]}..{FPS_RANGE[1]} (got {settings.fps}); GIF frame delays "
+                      "are centiseconds and browsers play delays under 20 ms slowly")
+    if not SCALE_RANGE[0] <= settings.scale <= SCALE_RANGE[1]:
+        raise FMError(f"--scale must be an integer in {SCALE_RANGE[0]}..{SCALE_RANGE[1]} (got {settings.scale})")
+    if not 0 <= settings.hold <= MAX_HOLD_S:
+        raise FMError(f"--hold must be between 0 and {MAX_HOLD_S:g} seconds (got {settings.hold:g})")
+    if settings.show not in SHOW_MODES:
+        raise FMError(f"--show must be one of {', '.join(SHOW_MODES)} (got {settings.show!r})")
+    if settings.nrow is not None and settings.nrow < 1:
+        raise FMError(f"--nrow must be at least 1 (got {settings.nrow})")
+
+
+def frame_times(frames: int) -> list[float]:
+    """``frames`` times evenly spaced from 1 (noise) down to 0 (data), both ends exact."""
+    return [1.0 - i / (frames - 1) for i in range(frames - 1)] + [0.0]
+
+
+def frame_durations_ms(frames: int, fps: int, hold: float) -> list[int]:
+    """Per-frame display times in ms, whole centiseconds (GIF's unit); the last one adds the hold."""
+    tick = max(2, round(100 / fps))
+    durations = [10 * tick] * frames
+    durations[-1] += 10 * round(hold * 100)
+    return durations
+
+
+def trajectory_bytes(frames: int, num: int, shape: Sequence[int]) -> int:
+    return frames * num * math.prod(shape) * 4
+
+
+# --- drawing --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def caption_font(scale: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font, larger for larger frames (10 px at scale 1, 16 px at the default 4)."""
+    return ImageFont.load_default(size=min(32, 10 + 2 * (scale - 1)))
+
+
+def with_caption(content: Image.Image, text: str, scale: int) -> tuple[Image.Image, int]:
+    """``content`` under a black strip holding ``text`` in white; returns the frame and the strip height.
+
+    The content keeps its pixels and sits at (0, strip height); the frame is widened (black) when
+    the text is wider than the content.
+    """
+    font = caption_font(scale)
+    left, top, right, bottom = font.getbbox(text)
+    pad = 2 + scale // 2
+    strip = bottom + 2 * pad
+    frame = Image.new(content.mode, (max(content.width, right + 2 * pad), strip + content.height), 0)
+    frame.paste(content, (0, strip))
+    white = 255 if content.mode == "L" else (255, 255, 255)
+    ImageDraw.Draw(frame).text((pad, pad), text, fill=white, font=font)
+    return frame, strip
+
+
+def side_by_side(left: Image.Image, right: Image.Image, gap: int) -> Image.Image:
+    """Two panels next to each other on black, tops aligned."""
+    canvas = Image.new(left.mode, (left.width + gap + right.width, max(left.height, right.height)), 0)
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width + gap, 0))
+    return canvas
+
+
+def state_grid(states: Tensor, nrow: int | None, scale: int) -> Image.Image:
+    """Float images [N, C, H, W] in model space [-1, 1] -> the uint8 grid ``fm sample`` writes (times ``scale``)."""
+    return grid_image(to_uint8(states), nrow=nrow, scale=scale)
+
+
+def time_label(t: float, frames: int) -> str:
+    return f"t = {t:.2f}" if frames <= 101 else f"t = {t:.3f}"  # no two frames share a label
+
+
+@dataclass
+class PlotFrame:
+    """A square 2-D plot of [-extent, extent]^2, ``size`` pixels wide, y up."""
+
+    size: int
+    extent: float
+
+    def to_pixel(self, xy: np.ndarray) -> np.ndarray:
+        return (xy / self.extent * 0.5 + 0.5) * self.size * np.array([1, -1]) + np.array([0, self.size])
+
+    def draw(self, points: np.ndarray, labels: list[int] | None, background: np.ndarray | None,
+             arrows_from: np.ndarray, arrows: np.ndarray) -> Image.Image:
+        """Background data (light grey), arrows ``arrows_from -> arrows_from + arrows`` (data units), then particles."""
+        picture = Image.new("RGB", (self.size, self.size), "white")
+        draw = ImageDraw.Draw(picture)
+        if background is not None:
+            for x, y in self.to_pixel(background):
+                draw.point((x, y), fill=(215, 215, 215))
+        head = max(2.0, self.size / 170)
+        for (x0, y0), (x1, y1) in zip(self.to_pixel(arrows_from), self.to_pixel(arrows_from + arrows)):
+            draw.line((x0, y0, x1, y1), fill=(150, 160, 190), width=1)
+            length = math.hypot(x1 - x0, y1 - y0)
+            if length > 1.5 * head:  # an arrow head on arrows long enough to show one
+                ux, uy = (x1 - x0) / length, (y1 - y0) / length
+                for side in (1, -1):  # two barbs at +-30 degrees from the shaft, pointing back
+                    bx = x1 - head * (ux * 0.866 - side * uy * 0.5)
+                    by = y1 - head * (uy * 0.866 + side * ux * 0.5)
+                    draw.line((x1, y1, bx, by), fill=(150, 160, 190), width=1)
+        radius = max(1.5, self.size / 256)
+        label_list = labels if labels is not None else [None] * len(points)
+        for (x, y), label in zip(self.to_pixel(points), label_list):
+            colour = PALETTE[label % len(PALETTE)] if label is not None else PALETTE[0]
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
+        return picture
+
+
+def load_background(meta_data: dict, train_config: dict, seed: int) -> np.ndarray | None:
+    """Up to BACKGROUND_POINTS training points of the checkpoint's data set, or None when it can't be loaded."""
+    from fmcli.data.base import LoadOptions
+    from fmcli.data.resolve import load_data
+
+    try:
+        options = LoadOptions(split="train", data_dir=train_config.get("data_dir"), download=False)
+        data = load_data(str(meta_data["name"]), options).data.float()
+    except Exception:  # a plugin data set that is gone, a missing file: the plot is fine without it
+        return None
+    if data.dim() != 2 or data.shape[1] != 2:
+        return None
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:BACKGROUND_POINTS]
+    return data[order].numpy()
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def predicted_x0(velocity: Callable[..., Tensor], states: Tensor, t: float, labels: Tensor | None,
+                 device: torch.device, batch_size: int) -> Tensor:
+    """x̂0 = x_t - t v(x_t, t) for CPU states [N, ...], evaluated in batches on ``device``; CPU float result."""
+    guesses = []
+    for first in range(0, len(states), batch_size):
+        x = states[first : first + batch_size].to(device)
+        y = None if labels is None else labels[first : first + batch_size].to(device)
+        t_tensor = torch.tensor(t, device=device, dtype=x.dtype)
+        guesses.append(predicted_data(x, t_tensor, velocity(x, t_tensor, y)).float().cpu())
+    return torch.cat(guesses)
+
+
+@torch.no_grad()
+def render_animation(
+    loaded: LoadedModel,
+    *,
+    num: int,
+    classes: Tensor | None,
+    settings: AnimationSettings,
+    solver: str = "heun",
+    steps: int = 20,
+    time_grid: str = "uniform",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    cfg: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 500,
+    progress: ProgressFn | None = None,
+) -> Animation:
+    """Solve once from noise to data with ``save_at`` = the frame times, and draw every frame."""
+    check_settings(settings)
+    shape = tuple(loaded.meta.data["shape"])
+    needed = trajectory_bytes(settings.frames, num, shape)
+    if needed > MAX_TRAJECTORY_BYTES:
+        raise FMError(f"{settings.frames} frames of {num} samples of shape {list(shape)} would keep "
+                      f"{needed / 2**30:.1f} GiB of trajectory in memory (limit {MAX_TRAJECTORY_BYTES / 2**30:.0f} GiB); "
+                      "use fewer --frames or --num")
+    start = time.perf_counter()
+    result = generate(loaded, num=num, classes=classes, solver=solver, steps=steps, time_grid=time_grid,
+                      rtol=rtol, atol=atol, cfg=cfg, seed=seed, batch_size=batch_size,
+                      save_at=frame_times(settings.frames),
+                      progress=(lambda done, total: progress("solve", done, total)) if progress else None)
+    times = [float(t) for t in result.times]
+    trajectory = result.trajectory  # [T, N, ...] float32 on the CPU
+    result.trajectory = None
+    device = next(loaded.model.parameters()).device
+    velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
+    x0 = functools.partial(predicted_x0, velocity, labels=classes, device=device, batch_size=batch_size)
+    if loaded.meta.data["kind"] == "points":
+        frames, box, extra = _points_frames(loaded, trajectory, times, classes, velocity, x0, settings, seed, progress)
+    else:
+        frames, box, extra = _image_frames(trajectory, times, x0, settings, progress)
+    del trajectory
+    return Animation(frames=frames, times=times, grid_box=box, nfe=result.nfe, extra_nfe=extra,
+                     seconds=time.perf_counter() - start)
+
+
+def _image_frames(trajectory: Tensor, times: list[float], x0: Callable[..., Tensor], settings: AnimationSettings,
+                  progress: ProgressFn | None) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
+    frames, box = [], (0, 0, 0, 0)
+    gap = 4 * settings.scale
+    for index, t in enumerate(times):
+        states = trajectory[index]
+        if settings.show == "x":
+            content, text = state_grid(states, settings.nrow, settings.scale), time_label(t, len(times))
+        elif settings.show == "x0":
+            content = state_grid(x0(states, t), settings.nrow, settings.scale)
+            text = f"{time_label(t, len(times))}  guess x0 = x_t - t v"
+        else:
+            left = state_grid(states, settings.nrow, settings.scale)
+            content = side_by_side(left, state_grid(x0(states, t), settings.nrow, settings.scale), gap)
+            text = f"{time_label(t, len(times))}  left x_t, right guess x0"
+        frame, strip = with_caption(content, text, settings.scale)
+        frames.append(frame)
+        width = content.width if settings.show != "both" else (content.width - gap) // 2
+        box = (0, strip, width, strip + content.height)
+        if progress:
+            progress("render", index + 1, len(times))
+    return frames, box, 0 if settings.show == "x" else len(times)
+
+
+def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], classes: Tensor | None,
+                   velocity: Callable[..., Tensor], x0: Callable[..., Tensor], settings: AnimationSettings,
+                   seed: int, progress: ProgressFn | None) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
+    """Particles over the quiver plot of -v at each frame's t (the direction they move while sampling)."""
+    device = next(loaded.model.parameters()).device
+    coordinates = trajectory.abs().numpy().ravel()
+    coordinates = coordinates[np.isfinite(coordinates)]
+    extent = 1.15 * max(float(np.percentile(coordinates, 99.5)) if coordinates.size else 1.0, 1e-3)
+    plot = PlotFrame(size=POINTS_SIZE_PER_SCALE * settings.scale, extent=extent)
+    axis = (torch.arange(QUIVER_GRID) + 0.5) / QUIVER_GRID * 2 * extent - extent
+    grid = torch.cartesian_prod(axis, axis)  # [400, 2]
+    # One class drawn for every particle: its field. Mixed classes or none: the unconditional (null-class) field.
+    single = classes is not None and bool((classes == classes[0]).all())
+    field_labels = torch.full((len(grid),), int(classes[0])) if single else None
+    fields = []
+    for t in times:  # one evaluation on the 20 x 20 grid per frame
+        t_tensor = torch.tensor(t, device=device)
+        y = None if field_labels is None else field_labels.to(device)
+        fields.append(-velocity(grid.to(device), t_tensor, y).float().cpu())
+    fields = torch.stack(fields)  # [T, 400, 2], the motion direction -v
+    # One arrow scale for all frames (so lengths compare across t): the 98th percentile speed spans 90% of a cell.
+    speeds = fields.norm(dim=-1).numpy().ravel()
+    speeds = speeds[np.isfinite(speeds)]
+    spacing = 2 * extent / QUIVER_GRID
+    typical = float(np.percentile(speeds, 98)) if speeds.size else 1.0
+    arrow_scale = 0.9 * spacing / max(typical, 1e-8)
+    background = load_background(loaded.meta.data, loaded.meta.train_config, seed)
+    labels = None if classes is None else classes.tolist()
+    frames, box = [], (0, 0, 0, 0)
+    gap = 4 * settings.scale
+    for index, t in enumerate(times):
+        arrows = fields[index] * arrow_scale
+        too_long = arrows.norm(dim=-1, keepdim=True) > spacing
+        arrows = torch.where(too_long, arrows / arrows.norm(dim=-1, keepdim=True) * spacing, arrows)
+        arrows = torch.nan_to_num(arrows).numpy()
+
+        def panel(points: Tensor) -> Image.Image:
+            return plot.draw(points.numpy(), labels, background, grid.numpy(), arrows)
+
+        states = trajectory[index]
+        label = f"{time_label(t, len(times))}  arrows: -v (where particles move)"
+        if settings.show == "x":
+            content = panel(states)
+        elif settings.show == "x0":
+            content, label = panel(x0(states, t)), f"{label}, dots: guess x0"
+        else:
+            content = side_by_side(panel(states), panel(x0(states, t)), gap)
+            label = f"{label}; left x_t, right guess x0"
+        frame, strip = with_caption(content, label, settings.scale)
+        frames.append(frame)
+        box = (0, strip, plot.size, strip + plot.size)
+        if progress:
+            progress("render", index + 1, len(times))
+    extra = len(times) * (1 if settings.show == "x" else 2)
+    return frames, box, extra
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def gif_frame(frame: Image.Image) -> Image.Image:
+    """Grayscale stays "L" (a gray palette); RGB gets a median-cut 256-colour palette without dithering."""
+    if frame.mode == "L":
+        return frame
+    return frame.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+
+
+def encode_gif(frames: Sequence[Image.Image], durations_ms: Sequence[int], loop: bool) -> bytes:
+    """An animated GIF; ``loop`` repeats forever (NETSCAPE loop 0), otherwise it plays once."""
+    converted = [gif_frame(frame) for frame in frames]
+    options = {"save_all": True, "append_images": converted[1:], "duration": list(durations_ms)}
+    if loop:
+        options["loop"] = 0
+    buffer = io.BytesIO()
+    converted[0].save(buffer, format="GIF", **options)
+    return buffer.getvalue()
+
+
+def encode_filmstrip(frames: Sequence[Image.Image], columns: int = FILMSTRIP_COLUMNS, gap: int = 4) -> bytes:
+    """The frames side by side (wrapping after ``columns``) on black, as a PNG."""
+    columns = min(columns, len(frames))
+    rows = math.ceil(len(frames) / columns)
+    width, height = frames[0].size
+    strip = Image.new(frames[0].mode, (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap), 0)
+    for index, frame in enumerate(frames):
+        row, column = divmod(index, columns)
+        strip.paste(frame, (column * (width + gap), row * (height + gap)))
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_animation(out: Path, animation: Animation, settings: AnimationSettings) -> int:
+    """Write the GIF or the filmstrip PNG atomically (no partial file on failure); returns its size in bytes."""
+    kind = output_kind(out)
+    if kind == "gif":
+        durations = frame_durations_ms(len(animation.frames), settings.fps, settings.hold)
+        payload = encode_gif(animation.frames, durations, settings.loop)
+    else:
+        payload = encode_filmstrip(animation.frames)
+    atomic_write_bytes(Path(out), payload)
+    return len(payload)

@@ -1,0 +1,7 @@
+"""``fm eval``: sample quality (FID, KID, precision/recall), class accuracy, likelihood and solver sweeps.
+
+Modules: ``metrics`` (the formulas), ``features`` (the extractor protocol), ``classifier`` /
+``inception`` / ``points`` (the built-in extractors), ``reference`` (cached real-data features),
+``nll`` (likelihoods by the instantaneous change of variables), ``plot`` (Pillow line plot) and
+``run`` (the functions the CLI calls).
+"""

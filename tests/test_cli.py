@@ -1,0 +1,128 @@
+"""The `fm` command end to end on tiny checkpoints: outputs, JSON, and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import train_tiny
+from fmcli.cli import app
+
+runner = CliRunner()
+
+
+def fm(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str):
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def unconditional_checkpoint(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "uncond", conditional=False)
+
+
+@pytest.fixture(scope="module")
+def no_dropout_checkpoint(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "nodrop", label_dropout=0.0)
+
+
+def test_sample_png_grid_npz_and_folder(tiny_checkpoint, tmp_path):
+    result = fm("sample", tiny_checkpoint, "--class", "6", "--num", "6", "--steps", "2", "--out", tmp_path / "six.png", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["nfe"] == 4 and summary["num"] == 6
+    assert Image.open(tmp_path / "six.png").mode == "L"
+
+    assert fm("sample", tiny_checkpoint, "--class", "all", "--num", "20", "--steps", "2",
+              "--out", tmp_path / "all.npz").exit_code == 0
+    arrays = np.load(tmp_path / "all.npz")
+    assert arrays["images"].shape == (20, 28, 28, 1) and arrays["images"].dtype == np.uint8
+    assert list(np.bincount(arrays["labels"])) == [2] * 10
+
+    assert fm("sample", tiny_checkpoint, "--num", "3", "--steps", "1", "--solver", "euler",
+              "--out", tmp_path / "pngs").exit_code == 0
+    assert len(list((tmp_path / "pngs").glob("*.png"))) == 3
+
+
+def test_sample_is_reproducible_through_the_cli(tiny_checkpoint, tmp_path):
+    for name in ("a", "b"):
+        assert fm("sample", tiny_checkpoint, "--class", "3", "--num", "4", "--steps", "3", "--seed", "5",
+                  "--out", tmp_path / f"{name}.npz").exit_code == 0
+    assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
+
+
+def test_sample_a_class_by_name_with_guidance(tiny_checkpoint, tmp_path):
+    result = fm("sample", tiny_checkpoint, "--class", "7", "--cfg", "2", "--num", "2",
+                "--steps", "1", "--out", tmp_path / "g.png")
+    assert result.exit_code == 0, result.output
+
+
+def test_sample_toy_scatter(toy_checkpoint, tmp_path):
+    result = fm("sample", toy_checkpoint, "--num", "200", "--steps", "2", "--out", tmp_path / "toy.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "toy.png").size == (512, 512)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--class", "10"], ["out of range", "0..9"]),
+    (["--class", "seven"], ["unknown class", "'seven'"]),
+    (["--solver", "huen"], ["unknown solver", "Did you mean 'heun'", "euler"]),
+    (["--num", "0"], ["--num"]),
+])
+def test_sample_bad_options(tiny_checkpoint, tmp_path, args, fragments):
+    result = fm("sample", tiny_checkpoint, *args, "--out", tmp_path / "x.png")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_class_on_unconditional_model(unconditional_checkpoint, tmp_path):
+    assert_one_line_error(fm("sample", unconditional_checkpoint, "--class", "3", "--out", tmp_path / "x.png"),
+                          "unconditional")
+
+
+def test_cfg_needs_label_dropout(no_dropout_checkpoint, tmp_path):
+    assert_one_line_error(fm("sample", no_dropout_checkpoint, "--class", "3", "--cfg", "3", "--out", tmp_path / "x.png"),
+                          "label dropout")
+
+
+def test_sample_bad_checkpoints(tmp_path, tiny_checkpoint):
+    assert_one_line_error(fm("sample", tmp_path / "missing.safetensors"), "does not exist")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(tiny_checkpoint.read_bytes()[:500])
+    assert_one_line_error(fm("sample", broken, "--out", tmp_path / "x.png"), "not a readable safetensors")
+    assert_one_line_error(fm("sample", tiny_checkpoint, "--out", tmp_path / "nowhere" / "x.png"), "does not exist")
+
+
+def test_info_table_and_json(tiny_checkpoint):
+    result = fm("info", tiny_checkpoint, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["step"] == 3 and info["data"]["name"] == "mnist-mini" and info["model_config"]["name"] == "unet"
+    assert info["train_config"]["batch_size"] == 16
+    table = fm("info", tiny_checkpoint)
+    assert table.exit_code == 0 and "mnist-mini" in table.output
+
+
+def test_plugins_lists_builtins_with_what_they_register():
+    result = fm("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert "heun" in rows["fmcli.builtins.solvers"]["solvers"]
+    assert "mnist-mini" in rows["fmcli.builtins.datasets"]["datasets"]
+    assert {"unet", "mlp"} <= set(rows["fmcli.builtins.models"]["models"])
+
+
+def test_help_has_examples():
+    for command in ("train", "sample", "info"):
+        result = fm(command, "--help")
+        assert result.exit_code == 0 and ("Example" in result.output), command
