@@ -321,6 +321,16 @@ def _image_frames(trajectory: Tensor, times: list[float], x0: Callable[..., Tens
     return frames, box, 0 if settings.show == "x" else len(times)
 
 
+def motion_field(velocity: Callable[..., Tensor], points: Tensor, times: Sequence[float], labels: Tensor | None,
+                 device: torch.device) -> Tensor:
+    """-v(points, t) for each t: [T, G, 2] on the CPU, the direction particles move while sampling (t decreasing).
+
+    One model evaluation (of the G grid points) per time.
+    """
+    y = None if labels is None else labels.to(device)
+    return torch.stack([-velocity(points.to(device), torch.tensor(t, device=device), y).float().cpu() for t in times])
+
+
 def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], classes: Tensor | None,
                    velocity: Callable[..., Tensor], x0: Callable[..., Tensor], settings: AnimationSettings,
                    seed: int, progress: ProgressFn | None) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
@@ -335,12 +345,8 @@ def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], 
     # One class drawn for every particle: its field. Mixed classes or none: the unconditional (null-class) field.
     single = classes is not None and bool((classes == classes[0]).all())
     field_labels = torch.full((len(grid),), int(classes[0])) if single else None
-    fields = []
-    for t in times:  # one evaluation on the 20 x 20 grid per frame
-        t_tensor = torch.tensor(t, device=device)
-        y = None if field_labels is None else field_labels.to(device)
-        fields.append(-velocity(grid.to(device), t_tensor, y).float().cpu())
-    fields = torch.stack(fields)  # [T, 400, 2], the motion direction -v
+    field_note = " without class" if classes is not None and not single else ""
+    fields = motion_field(velocity, grid, times, field_labels, device)
     # One arrow scale for all frames (so lengths compare across t): the 98th percentile speed spans 90% of a cell.
     speeds = fields.norm(dim=-1).numpy().ravel()
     speeds = speeds[np.isfinite(speeds)]
@@ -361,7 +367,7 @@ def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], 
             return plot.draw(points.numpy(), labels, background, grid.numpy(), arrows)
 
         states = trajectory[index]
-        label = f"{time_label(t, len(times))}  arrows: -v (where particles move)"
+        label = f"{time_label(t, len(times))}  arrows: -v{field_note} (where particles move)"
         if settings.show == "x":
             content = panel(states)
         elif settings.show == "x0":

@@ -49,7 +49,7 @@ class TrainConfig:
     # output
     out: str | None = None
     log_every: int = 100
-    sample_every: int = 1000
+    sample_every: int = 1000             # 0: no sample grids at all
     checkpoint_every: int = 1000
     keep: int = 3
     skip_nonfinite: bool = False
@@ -108,10 +108,14 @@ def validate(config: TrainConfig) -> None:
         if getattr(config, key) not in allowed:
             raise FMError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(config, key)!r}")
     positive = {"batch_size": config.batch_size, "grad_accum": config.grad_accum, "log_every": config.log_every,
-                "sample_every": config.sample_every, "checkpoint_every": config.checkpoint_every, "keep": config.keep}
+                "checkpoint_every": config.checkpoint_every, "keep": config.keep}
     for key, value in positive.items():
         if value < 1:
             raise FMError(f"--{key.replace('_', '-')} must be at least 1 (got {value})")
+    if config.sample_every < 0:
+        raise FMError(f"--sample-every must be 0 (no sample grids) or positive (got {config.sample_every})")
+    if config.warmup_steps < 0:
+        raise FMError(f"--warmup-steps must be 0 or positive (got {config.warmup_steps})")
     if config.steps is not None and config.steps < 1:
         raise FMError(f"--steps must be at least 1 (got {config.steps})")
     if config.epochs is not None and config.epochs <= 0:

@@ -117,6 +117,14 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(columns, device=x1.device)
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel for all parameters) where this torch and device support it."""
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # e.g. a device without a fused kernel
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
 class BatchOrder:
     """Epoch permutations from (seed, epoch); the global batch of step k is a slice of one."""
 
@@ -202,7 +210,7 @@ class Trainer:
             self.check_same_data(checkpoint[1], resume_from)
             model_config = dict(checkpoint[1].model_config)
         else:
-            model_config = default_model_config(self.data.kind, self.data.shape, self.num_classes)
+            model_config = default_model_config(self.data.kind, self.data.shape, self.num_classes, device.type)
             model_config.update(config.model)
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only
         self.model = build_model(model_config).to(device)
@@ -213,9 +221,7 @@ class Trainer:
         self.channels_last = device.type == "cuda" and self.data.kind == "image"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        fused = device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                           fused=fused or None)
+        self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.step, self.skipped, self.images_seen = 0, 0, 0
         self.last_good: Path | None = None
@@ -344,7 +350,8 @@ class Trainer:
         mine = slice(self.dist.rank * share, (self.dist.rank + 1) * share)
         return x0_all[mine], x1[mine], t[mine], None if labels is None else labels[mine]
 
-    def train_step(self) -> torch.Tensor:
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step on the global batch of ``self.step``; returns (loss, grad norm, lr)."""
         config = self.config
         lr = lr_at(self.step, config, self.total_steps)
         for group in self.optimizer.param_groups:
@@ -392,7 +399,7 @@ class Trainer:
         self.stop_requested = int(signal_number)
         self.step += 1
         self.images_seen += config.batch_size
-        return torch.tensor([loss_value, float(status[1]) / self.dist.world_size, lr])
+        return loss_value, float(status[1]) / self.dist.world_size, lr
 
     # -- pictures
 
@@ -433,13 +440,13 @@ class Trainer:
         with stop_signals() as flag:
             self.stop_flag = flag
             while self.step < self.total_steps:
-                loss, grad_norm, lr = self.train_step().tolist()
+                loss, grad_norm, lr = self.train_step()
                 last_loss = loss
                 window_losses.append(loss)
                 window_images += config.batch_size
                 if self.dist.is_main:
                     self.cb.on_step(self.step)
-                if self.step % config.log_every == 0 or self.step == self.total_steps:
+                if self.step % config.log_every == 0 or self.step == self.total_steps or self.stop_requested:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.step, "loss": sum(window_losses) / len(window_losses), "lr": lr,
                               "grad_norm": grad_norm, "images_per_s": window_images / max(elapsed, 1e-9),
@@ -456,10 +463,10 @@ class Trainer:
                     raise TrainingInterrupted(self.step, path, self.run_dir, self.stop_requested)
                 if self.step % config.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save()
-                if self.step % config.sample_every == 0 and self.step < self.total_steps:
+                if config.sample_every and self.step % config.sample_every == 0 and self.step < self.total_steps:
                     self.save_sample_grid()
         path = self.save()
-        grid = self.save_sample_grid()
+        grid = self.save_sample_grid() if config.sample_every else None
         if grid is not None:
             self.cb.on_message(f"samples: {grid}")
         return TrainResult(self.run_dir, path, self.step, last_loss, time.perf_counter() - start_time, self.skipped)

@@ -69,7 +69,8 @@ def fast_classifier(monkeypatch):
 
 
 def invoke(*args: str):
-    return runner.invoke(app, ["eval", *args])
+    # Few KID subsets keep the tests fast (the kernel matrices are most of the cost at these sizes).
+    return runner.invoke(app, ["eval", "--kid-subsets", "5", *args])
 
 
 def test_points_report_has_every_figure_with_its_sample_count_and_the_nll(points_checkpoint):

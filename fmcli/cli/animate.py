@@ -57,7 +57,9 @@ def animate_command(
     """Animate sampling: frames of ONE solve from t = 1 (noise) to t = 0 (data), as a GIF or a PNG filmstrip.
 
     The frames are read from the solver's trajectory, so the last frame is exactly what
-    `fm sample` draws with the same seed, solver and steps. Grayscale data stays gray.
+    `fm sample` draws with the same seed, solver and steps (enlarged by --scale). Each frame is
+    captioned with its t; grayscale data stays gray. Long animations are bounded in memory:
+    about frames x num x pixels x 4 bytes for the trajectory, then uint8 frames.
     For 2-D data, particles move over arrows of -v, the direction they travel while sampling.
 
     Examples:

@@ -49,6 +49,8 @@ def eval_command(
     extractor: Annotated[Optional[str], typer.Option(help=EXTRACTOR_HELP, autocompletion=registry.completer(registry.feature_extractors))] = None,
     inception_weights: Annotated[Optional[Path], typer.Option(help="Local pt_inception-2015-12-05-6726825d.pth (or its safetensors conversion); otherwise downloaded once into the cache.")] = None,
     k: Annotated[int, typer.Option(help="Neighbours defining the k-NN manifolds of precision/recall.")] = 3,
+    kid_subsets: Annotated[int, typer.Option(help="Random subsets KID is averaged over (its ± is their std).")] = 100,
+    kid_subset_size: Annotated[int, typer.Option(help="Samples per KID subset (capped at the sample count).")] = 1000,
     solver: Annotated[str, typer.Option(help="ODE solver for sampling.", autocompletion=registry.completer(registry.solvers))] = "heun",
     steps: Annotated[str, typer.Option(help="Steps of a fixed-step solver; with --sweep a list, e.g. 2,5,10,20.")] = "20",
     time_grid: Annotated[str, typer.Option(help="Time grid of fixed-step solvers.")] = "uniform",
@@ -92,7 +94,8 @@ def eval_command(
     if any(count < 1 for count in step_counts):
         raise FMError("--steps must be at least 1")
     options = EvalOptions(
-        num_samples=num, metrics=tuple(_parse_list(metrics, "--metrics")), extractor=extractor, k=k, solver=solver,
+        num_samples=num, metrics=tuple(_parse_list(metrics, "--metrics")), extractor=extractor, k=k,
+        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, solver=solver,
         steps=step_counts[0], time_grid=time_grid, rtol=rtol, atol=atol, cfg=cfg, seed=seed, batch_size=batch_size,
         weights=weights, device=device, data=data, data_dir=data_dir, cache_dir=cache_dir,
         inception_weights=inception_weights, download=not offline, nll=nll, nll_samples=nll_samples,
@@ -101,8 +104,9 @@ def eval_command(
     for metric in options.metrics:
         if metric not in METRICS:
             raise FMError(f"--metrics: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    if num < 1 or batch_size < 1 or k < 1 or probes < 1 or nll_samples < 1:
-        raise FMError("--num, --batch-size, --k, --probes and --nll-samples must be positive")
+    if min(num, batch_size, k, probes, nll_samples, kid_subsets) < 1 or kid_subset_size < 2:
+        raise FMError("--num, --batch-size, --k, --probes, --nll-samples and --kid-subsets must be positive, "
+                      "--kid-subset-size at least 2")
     if extractor is not None:
         registry.get_feature_extractor(extractor)
     if nll:

@@ -85,7 +85,7 @@ def train_command(
     grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute activations in backward to save memory.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="Split each batch into this many micro-batches. [default: 1]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Log the loss every N steps (metrics.jsonl). [default: 100]")] = None,
-    sample_every: Annotated[Optional[int], typer.Option(help="Save a sample grid every N steps. [default: 1000]")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Save a sample grid every N steps and at the end (0: never). [default: 1000]")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Write a checkpoint every N steps. [default: 1000]")] = None,
     keep: Annotated[Optional[int], typer.Option(help="Keep the newest N step checkpoints. [default: 3]")] = None,
     skip_nonfinite: Annotated[Optional[bool], typer.Option("--skip-nonfinite/--stop-nonfinite", help="Skip steps with a NaN/inf loss instead of stopping.")] = None,
