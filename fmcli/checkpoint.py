@@ -180,6 +180,10 @@ def update_last_link(run_dir: Path, target: Path) -> Path:
     except OSError:
         atomic_write_bytes(link, Path(target).read_bytes())
         return link
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(link.parent)
     return link

@@ -1,16 +1,17 @@
 """The training loop: flow matching with AdamW, warm-up + cosine, EMA, checkpoints and exact resume.
 
-Everything random in step k (data order, t, the noise x1, label dropout) is drawn from
-generators seeded by (seed, epoch) and (seed, k). Resuming therefore needs no saved RNG
-streams and continues bit for bit: N steps + N resumed steps == 2N steps in one go (CPU).
-Under torchrun every rank draws the same global batch and keeps its slice.
+Everything random in step k (data order, t, the noise x1, label dropout, dropout inside the
+model) is drawn from generators seeded by (seed, epoch) and (seed, k), and the initial weights
+from the seed alone. Resuming therefore needs no saved RNG streams and continues bit for bit:
+N steps + N resumed steps == 2N steps in one go (CPU; with a cosine schedule the planned total
+must be the same). Under torchrun every rank draws the same global batch and keeps its slice,
+so N ranks at B/N do the maths of one process at B.
 """
 
 import json
 import math
 import signal
 import time
-from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from fmcli.checkpoint import read_checkpoint, split_prefix

@@ -3,7 +3,7 @@
 import typer
 
 from fmcli import __version__
-from fmcli.cli import info, plugins, sample, train
+from fmcli.cli import animate, eval, info, plugins, sample, train
 
 app = typer.Typer(
     name="fm",
@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 app.command("train")(train.train_command)
 app.command("sample")(sample.sample_command)
+app.command("animate")(animate.animate_command)
+app.command("eval")(eval.eval_command)
 app.command("info")(info.info_command)
 app.command("plugins")(plugins.plugins_command)
 

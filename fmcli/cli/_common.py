@@ -29,7 +29,8 @@ def cli_errors(func: Callable) -> Callable:
         except FMError as error:
             if os.environ.get("FM_DEBUG") == "1":
                 raise
-            typer.echo(f"error: {error}", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
+                typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
