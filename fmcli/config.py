@@ -90,8 +90,10 @@ def read_toml(path: Path) -> dict:
 def resolve(overrides: dict, config_file: Path | None = None, base: dict | None = None) -> TrainConfig:
     """Defaults (or ``base``, a resumed run's config) < TOML file < explicit overrides."""
     values = asdict(TrainConfig())
-    layers = [base or {}, read_toml(config_file) if config_file is not None else {},
-              {key: value for key, value in overrides.items() if value is not None}]
+    file_values = read_toml(config_file) if config_file is not None else {}
+    explicit = {key: value for key, value in overrides.items() if value is not None}
+    data = explicit.get("data") or file_values.get("data") or (base or {}).get("data") or values["data"]
+    layers = [dataset_defaults(data), base or {}, file_values, explicit]
     for layer in layers:
         # --steps and --epochs are two ways to say one thing: a layer that gives one drops the other.
         for key, other in (("steps", "epochs"), ("epochs", "steps")):
@@ -101,6 +103,15 @@ def resolve(overrides: dict, config_file: Path | None = None, base: dict | None 
     config = TrainConfig(**values)
     validate(config)
     return config
+
+
+def dataset_defaults(data: str) -> dict:
+    """The registered data set's own training defaults (none for folders or unknown names)."""
+    from fmcli import registry
+    from fmcli.data.resolve import looks_like_path
+
+    spec = None if looks_like_path(data) else registry.datasets().get(data)
+    return dict(spec.train_defaults) if spec is not None else {}
 
 
 def validate(config: TrainConfig) -> None:

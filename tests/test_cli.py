@@ -126,3 +126,16 @@ def test_help_has_examples():
     for command in ("train", "sample", "info"):
         result = fm(command, "--help")
         assert result.exit_code == 0 and ("Example" in result.output), command
+
+
+def test_every_registered_solver_samples_through_the_cli(tiny_checkpoint, tmp_path):
+    from fmcli import registry
+
+    for name, solver in registry.solvers().items():
+        result = fm("sample", tiny_checkpoint, "--class", "2", "--num", "2", "--solver", name, "--steps", "2",
+                    "--rtol", "1e-3", "--atol", "1e-3", "--out", tmp_path / f"{name}.npz", "--json")
+        assert result.exit_code == 0, (name, result.output)
+        summary = json.loads(result.output)
+        if not solver.adaptive:
+            assert summary["nfe"] == 2 * solver.evals_per_step, name
+        assert np.load(tmp_path / f"{name}.npz")["images"].shape == (2, 28, 28, 1)

@@ -65,3 +65,24 @@ def parse_int_list(text: str, option: str) -> list[int]:
     if not values:
         raise FMError(f"{option} is empty")
     return values
+
+
+def registered_names(table: Callable[[], dict]) -> str:
+    """Registered names for --help text (a broken plugin must not break --help itself)."""
+    try:
+        return ", ".join(table())
+    except Exception:  # noqa: BLE001 - the command itself reports plugin errors properly
+        return "see `fm plugins`"
+
+
+def solver_help() -> str:
+    from fmcli import registry
+
+    return f"ODE solver: {registered_names(registry.solvers)}."
+
+
+def dataset_help() -> str:
+    from fmcli import registry
+
+    return (f"A registered data set ({registered_names(registry.datasets)}) or a folder of images "
+            f"(sub-folders = classes).")

@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from fmcli import registry
-from fmcli.cli._common import cli_errors, console, err_console, print_json, progress_bar
+from fmcli.cli._common import cli_errors, console, err_console, print_json, progress_bar, solver_help
 from fmcli.errors import FMError
 from fmcli.eval.run import METRICS, EvalOptions, evaluate_checkpoint, evaluate_real, sweep
 
@@ -51,7 +51,7 @@ def eval_command(
     k: Annotated[int, typer.Option(help="Neighbours defining the k-NN manifolds of precision/recall.")] = 3,
     kid_subsets: Annotated[int, typer.Option(help="Random subsets KID is averaged over (its ± is their std).")] = 100,
     kid_subset_size: Annotated[int, typer.Option(help="Samples per KID subset (capped at the sample count).")] = 1000,
-    solver: Annotated[str, typer.Option(help="ODE solver for sampling.", autocompletion=registry.completer(registry.solvers))] = "heun",
+    solver: Annotated[str, typer.Option(help=solver_help(), autocompletion=registry.completer(registry.solvers))] = "heun",
     steps: Annotated[str, typer.Option(help="Steps of a fixed-step solver; with --sweep a list, e.g. 2,5,10,20.")] = "20",
     time_grid: Annotated[str, typer.Option(help="Time grid of fixed-step solvers.")] = "uniform",
     rtol: Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers.")] = 1e-5,

@@ -7,13 +7,14 @@ import typer
 
 from fmcli import registry
 from fmcli.checkpoint import load_checkpoint
-from fmcli.cli._common import cli_errors, err_console, print_json, progress_bar
+from fmcli.cli._common import cli_errors, err_console, print_json, progress_bar, solver_help
 from fmcli.data.base import to_uint8
 from fmcli.errors import FMError
 from fmcli.images import output_format, write_samples
 from fmcli.sampling import generate, parse_classes, resolve_device
+from fmcli.solvers.grids import TIME_GRIDS
 
-SOLVER_HELP = "ODE solver; `fm plugins` lists them all (euler, heun, rk4, dopri5, rk45, ...)."
+SOLVER_HELP = solver_help()
 CFG_HELP = ("Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
             "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch).")
 
@@ -26,7 +27,7 @@ def sample_command(
     class_: Annotated[Optional[str], typer.Option("--class", help="Class index, class name, or 'all' (an equal number per class).")] = None,
     solver: Annotated[str, typer.Option(help=SOLVER_HELP, autocompletion=registry.completer(registry.solvers))] = "heun",
     steps: Annotated[int, typer.Option(help="Steps of a fixed-step solver (NFE = steps x evaluations per step).")] = 20,
-    time_grid: Annotated[str, typer.Option(help="Time grid of fixed-step solvers (uniform or a non-uniform schedule).")] = "uniform",
+    time_grid: Annotated[str, typer.Option(help=f"Time grid of fixed-step solvers: {', '.join(TIME_GRIDS)} (the last two are dense near t = 0, the data end).")] = "uniform",
     rtol: Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers.")] = 1e-5,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers.")] = 1e-5,
     cfg: Annotated[float, typer.Option(help=CFG_HELP)] = 1.0,

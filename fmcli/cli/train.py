@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from fmcli import registry
-from fmcli.cli._common import cli_errors, err_console, parse_int_list, print_json, progress_bar
+from fmcli.cli._common import cli_errors, dataset_help, err_console, parse_int_list, print_json, progress_bar
 from fmcli.errors import FMError
 from fmcli.train import Callbacks, TrainingInterrupted, train
 
-DATA_HELP = "A registered data set (see `fm plugins`) or a folder of images (sub-folders = classes)."
+DATA_HELP = dataset_help()
 
 
 def is_main_process() -> bool:
@@ -56,9 +56,9 @@ def train_command(
     data: Annotated[Optional[str], typer.Argument(help=DATA_HELP, autocompletion=registry.completer(registry.datasets),
                                                    show_default="mnist-mini")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data>, never overwritten).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default 2000).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default: the data set's own, e.g. 350 for mnist-mini; else 2000).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Train for this many passes over the data instead of --steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Global batch per optimizer step (split across GPUs and --grad-accum). [default: 128]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch per optimizer step (split across GPUs and --grad-accum). [default: 128; mnist-mini 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW. [default: 2e-3]")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="After linear warm-up: cosine or constant. [default: cosine]")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help="Linear learning-rate warm-up steps. [default: 200]")] = None,

@@ -54,6 +54,9 @@ class DatasetSpec:
     kind: str                                   # "image" or "points"
     splits: tuple[str, ...]                     # e.g. ("train", "test"); ("train",) when no test split
     load: Callable[[LoadOptions], ArrayDataset]
+    # Training options that suit this data (e.g. a short schedule for the embedded subset);
+    # they sit between fm's defaults and the user's config file and options.
+    train_defaults: dict = field(default_factory=dict)
 
 
 def to_model_space(images_uint8: Tensor) -> Tensor:
