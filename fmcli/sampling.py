@@ -83,6 +83,17 @@ def guided_velocity(model: torch.nn.Module, cfg: float, null_class: int) -> Call
     return velocity
 
 
+DEFAULT_GUIDANCE = 2.0
+
+
+def default_cfg(loaded: LoadedModel, classes: Tensor | None) -> float:
+    """Guidance when the user gives no --cfg: 2 for class-conditional sampling from a model trained
+    with label dropout (class-faithful samples, at some cost in diversity), otherwise 1 (none)."""
+    if classes is not None and loaded.meta.num_classes and loaded.meta.label_dropout > 0:
+        return DEFAULT_GUIDANCE
+    return 1.0
+
+
 def check_guidance(loaded: LoadedModel, cfg: float, classes: Tensor | None) -> None:
     if cfg == 1.0:
         return

@@ -139,3 +139,15 @@ def test_every_registered_solver_samples_through_the_cli(tiny_checkpoint, tmp_pa
         if not solver.adaptive:
             assert summary["nfe"] == 2 * solver.evals_per_step, name
         assert np.load(tmp_path / f"{name}.npz")["images"].shape == (2, 28, 28, 1)
+
+
+def test_guidance_defaults_to_2_only_where_the_model_supports_it(tiny_checkpoint, no_dropout_checkpoint, tmp_path):
+    def used_cfg(checkpoint, *args):
+        result = fm("sample", checkpoint, *args, "--num", "2", "--steps", "1", "--out", tmp_path / "g.npz", "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["cfg"]
+
+    assert used_cfg(tiny_checkpoint, "--class", "4") == 2.0
+    assert used_cfg(tiny_checkpoint) == 1.0                       # unconditional sampling: nothing to guide
+    assert used_cfg(tiny_checkpoint, "--class", "4", "--cfg", "1") == 1.0
+    assert used_cfg(no_dropout_checkpoint, "--class", "4") == 1.0  # no null class was trained

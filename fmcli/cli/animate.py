@@ -18,7 +18,7 @@ from fmcli.checkpoint import load_checkpoint
 from fmcli.cli._common import cli_errors, err_console, print_json, progress_bar
 from fmcli.cli.sample import CFG_HELP, SOLVER_HELP
 from fmcli.errors import FMError
-from fmcli.sampling import parse_classes, resolve_device
+from fmcli.sampling import default_cfg, parse_classes, resolve_device
 
 SHOW_HELP = ("x: the state x_t; x0: the model's current guess of the final image, x̂0 = x_t - t v(x_t, t), sharp "
              "long before x_t is (one extra model evaluation per frame); both: the two side by side.")
@@ -47,7 +47,7 @@ def animate_command(
     time_grid: Annotated[str, typer.Option(help="Time grid of fixed-step solvers (uniform or a non-uniform schedule).")] = "uniform",
     rtol: Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers.")] = 1e-5,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers.")] = 1e-5,
-    cfg: Annotated[float, typer.Option(help=CFG_HELP)] = 1.0,
+    cfg: Annotated[Optional[float], typer.Option(help=CFG_HELP, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise: the last frame equals fm sample's output for the same "
                                            "seed and options.")] = 0,
     weights: Annotated[str, typer.Option(help="ema (default) or raw weights.")] = "ema",
@@ -89,6 +89,7 @@ def animate_command(
     if total < 1:
         raise FMError(f"--num must be at least 1 (got {total})")
     classes = parse_classes(class_, total, loaded.meta.class_names)
+    cfg = default_cfg(loaded, classes) if cfg is None else cfg
     with progress_bar() as bar:
         tasks = {"solve": bar.add_task("solve", total=total), "render": bar.add_task("render", total=settings.frames)}
         animation = render_animation(

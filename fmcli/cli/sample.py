@@ -11,12 +11,13 @@ from fmcli.cli._common import cli_errors, err_console, print_json, progress_bar,
 from fmcli.data.base import to_uint8
 from fmcli.errors import FMError
 from fmcli.images import output_format, write_samples
-from fmcli.sampling import generate, parse_classes, resolve_device
+from fmcli.sampling import default_cfg, generate, parse_classes, resolve_device
 from fmcli.solvers.grids import TIME_GRIDS
 
 SOLVER_HELP = solver_help()
 CFG_HELP = ("Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
-            "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch).")
+            "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch). "
+            "[default: 2 with --class on a model trained with label dropout, else 1]")
 
 
 @cli_errors
@@ -30,7 +31,7 @@ def sample_command(
     time_grid: Annotated[str, typer.Option(help=f"Time grid of fixed-step solvers: {', '.join(TIME_GRIDS)} (the last two are dense near t = 0, the data end).")] = "uniform",
     rtol: Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers.")] = 1e-5,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers.")] = 1e-5,
-    cfg: Annotated[float, typer.Option(help=CFG_HELP)] = 1.0,
+    cfg: Annotated[Optional[float], typer.Option(help=CFG_HELP, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise: same checkpoint, seed and options give the same samples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Samples per solver call.")] = 500,
     weights: Annotated[str, typer.Option(help="ema (default) or raw weights.")] = "ema",
@@ -57,6 +58,7 @@ def sample_command(
     registry.get_solver(solver)  # unknown names fail before the model loads
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     classes = parse_classes(class_, num, loaded.meta.class_names)
+    cfg = default_cfg(loaded, classes) if cfg is None else cfg
     if fmt == "folder":
         out.mkdir(parents=True, exist_ok=True)
     with progress_bar() as bar:
