@@ -128,12 +128,13 @@ def test_show_x0_is_the_models_guess_and_both_puts_them_side_by_side(nine_gif, s
     guesses, _, _ = gif_frames(tmp_path / "x0.gif")
     # at t = 0 the guess x_t - 0 * v is the sample itself
     assert np.array_equal(bottom_left(guesses[-1], size), sampled_png)
-    # at t = 1 it is x1 - v(x1, 1), computed here from the model directly
+    # at t = 1 it is x1 - v(x1, 1), computed here from the model directly (with the default guidance, 2)
     loaded = load_checkpoint(tiny_checkpoint)
     noise = torch.randn((20, 1, 28, 28), generator=torch.Generator().manual_seed(7))
     labels = parse_classes("all", 20, loaded.meta.class_names)
+    velocity = guided_velocity(loaded.model, 2.0, null_class=loaded.meta.num_classes)
     with torch.no_grad():
-        guess = noise - loaded.model(noise, torch.ones(20), labels)
+        guess = noise - velocity(noise, torch.tensor(1.0), labels)
     expected = np.asarray(grid_image(to_uint8(guess), nrow=2).convert("RGB"))
     assert np.abs(bottom_left(guesses[0], size).astype(int) - expected).max() <= 1  # float rounding at .5
 
