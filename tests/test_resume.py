@@ -26,15 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 MLP = {"hidden": 32, "depth": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (as in the subprocesses): same summation order everywhere, and fast on busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def moons(out: Path, **overrides) -> dict:
     options = dict(data="moons", model=MLP, batch_size=16, steps=6, warmup_steps=2, out=str(out),
                    log_every=1000, sample_every=0, checkpoint_every=1000)
@@ -122,7 +113,6 @@ def test_epochs_run_resumes_with_steps(tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("resume") / "run"
-    torch.set_num_threads(1)
     train(moons(run, steps=2))
     return run
 

@@ -35,15 +35,6 @@ def mnist(out: Path, **overrides) -> dict:
     return moons(out, data="mnist-mini", model=TINY_UNET) | overrides
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy two-core machine two threads are many times slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def weights(checkpoint: Path, group: str = "model") -> dict[str, torch.Tensor]:
     return split_prefix(read_checkpoint(checkpoint)[0], group)
 
