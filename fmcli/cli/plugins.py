@@ -36,8 +36,9 @@ def plugins_command(json_output: Annotated[bool, typer.Option("--json", help="Pr
         print_json(rows)
         return
     table = Table(title="fm plugins")
-    for column in ("plugin", "version", *KINDS):
-        table.add_column(column.replace("_", " "))
+    table.add_column("plugin", no_wrap=True)
+    for column in ("version", *KINDS):
+        table.add_column(column.replace("_", " "), overflow="fold")
     for row in rows:
         table.add_row(row["name"], row["version"], *(", ".join(row[kind]) for kind in KINDS))
     console.print(table)
