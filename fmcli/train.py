@@ -147,13 +147,13 @@ class BatchOrder:
         return chunk
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    state = optimizer.state_dict()
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW's per-parameter state as ``optim.<index>.<slot>`` tensors (its param groups go in the metadata)."""
     tensors = {}
-    for index, slots in state["state"].items():
+    for index, slots in optimizer.state_dict()["state"].items():
         for key, value in slots.items():
             tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, state["param_groups"]
+    return tensors
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
@@ -273,8 +273,7 @@ class Trainer:
         data["num_classes"] = self.num_classes
         data["class_names"] = self.data.class_names if self.num_classes else None
         data["normalisation"] = "uint8 / 127.5 - 1 (range [-1, 1])" if self.data.kind == "image" else "none"
-        _, groups = optimizer_tensors(self.optimizer)
-        extra = {"optimizer_param_groups": groups, "skipped_steps": self.skipped, "images_seen": self.images_seen,
+        extra = {"optimizer_param_groups": self.optimizer.state_dict()["param_groups"], "skipped_steps": self.skipped, "images_seen": self.images_seen,
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                  "total_steps": self.total_steps}
         return CheckpointMeta(format_version=FORMAT_VERSION, model_config=self.model.config, data=data,
@@ -287,7 +286,7 @@ class Trainer:
         if self.dist.is_main:
             tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
             tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
-            tensors |= optimizer_tensors(self.optimizer)[0]
+            tensors |= optimizer_tensors(self.optimizer)
             save_checkpoint(path, tensors, self.meta())
             update_last_link(self.run_dir, path)
             old = sorted(self.run_dir.glob("step-*.safetensors"))[: -self.config.keep]
