@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from fmcli.checkpoint import atomic_write_bytes
 from fmcli.data.base import ArrayDataset, to_model_space
+from fmcli.data.resolve import content_hash
 from fmcli.errors import FMError
-from fmcli.eval.features import ExtractorContext, Progress, dataset_hash
+from fmcli.eval.features import ExtractorContext, Progress, cache_name
 
 FEATURE_DIM = 128
 FORMAT = "fmcli-classifier"
@@ -149,16 +151,14 @@ def train_classifier(
 
 
 def classifier_path(cache: Path, dataset_name: str, train_hash: str) -> Path:
-    safe_name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset_name)
-    return cache / "classifiers" / f"{safe_name}-{train_hash[:16]}.safetensors"
+    return cache / "classifiers" / f"{cache_name(dataset_name)}-{train_hash[:16]}.safetensors"
 
 
 def save_classifier(path: Path, network: SmallCNN, metadata: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     encoded = {key: json.dumps(value) for key, value in metadata.items()} | {"format": FORMAT}
-    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(tmp), metadata=encoded)
-    tmp.replace(path)  # atomic: another process never sees half a file
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    atomic_write_bytes(path, save(state, metadata=encoded))  # another process never sees half a file
 
 
 def load_classifier(path: Path, device: torch.device | str = "cpu") -> tuple[SmallCNN, dict]:
@@ -187,7 +187,7 @@ def trained_classifier(context: ExtractorContext) -> ClassifierExtractor:
             f"the 'classifier' feature extractor needs a labelled data set, and {context.dataset_name!r} has no "
             f"classes; use --extractor inception"
         )
-    train_hash = dataset_hash(train)
+    train_hash = content_hash(train)
     path = classifier_path(context.cache, context.dataset_name, train_hash)
     if path.exists():
         network, metadata = load_classifier(path, context.device)

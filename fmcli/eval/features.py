@@ -80,11 +80,9 @@ def default_extractor(shape: tuple[int, ...]) -> str:
     return "inception" if channels == 3 and min(height, width) >= 32 else "classifier"
 
 
-def dataset_hash(dataset: ArrayDataset) -> str:
-    """Content hash of a loaded data set (keys every cache entry, so edited data is never mixed up)."""
-    from fmcli.data.resolve import content_hash
-
-    return content_hash(dataset)
+def cache_name(text: str) -> str:
+    """``text`` made safe as part of a cache file name."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 @torch.no_grad()

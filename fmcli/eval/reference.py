@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
+from fmcli.checkpoint import atomic_write_bytes
 from fmcli.data.base import ArrayDataset
-from fmcli.eval.features import FeatureExtractor, Progress, dataset_hash, extract_features
+from fmcli.data.resolve import content_hash
+from fmcli.eval.features import FeatureExtractor, Progress, cache_name, extract_features
 from fmcli.eval.metrics import FeatureStats, feature_statistics
 
 
@@ -30,12 +32,8 @@ class ReferenceFeatures:
     path: Path
 
 
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
-def reference_path(cache: Path, dataset: ArrayDataset, extractor: FeatureExtractor) -> Path:
-    key = f"{_safe(dataset.name)}-{_safe(dataset.split)}-{_safe(extractor.identity)}-{dataset_hash(dataset)[:16]}"
+def reference_path(cache: Path, dataset: ArrayDataset, extractor: FeatureExtractor, data_hash: str) -> Path:
+    key = f"{cache_name(dataset.name)}-{cache_name(dataset.split)}-{cache_name(extractor.identity)}-{data_hash[:16]}"
     return cache / "reference" / f"{key}.safetensors"
 
 
@@ -49,7 +47,8 @@ def reference_features(
     progress: Progress | None = None,
 ) -> ReferenceFeatures:
     """Features and statistics of every item of ``dataset``, from the cache when possible."""
-    path = reference_path(cache, dataset, extractor)
+    data_hash = content_hash(dataset)
+    path = reference_path(cache, dataset, extractor, data_hash)
     if path.exists():
         try:
             tensors = load_file(str(path))
@@ -64,9 +63,8 @@ def reference_features(
     if logits is not None:
         tensors["logits"] = logits.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     metadata = {"dataset": dataset.name, "split": dataset.split, "extractor": extractor.identity,
-                "content_hash": dataset_hash(dataset), "count": str(features.shape[0])}
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()})
-    tmp.replace(path)
+                "content_hash": data_hash, "count": str(features.shape[0])}
+    atomic_write_bytes(path, save(tensors, metadata={k: json.dumps(v) if not isinstance(v, str) else v
+                                                     for k, v in metadata.items()}))
     return ReferenceFeatures(features, logits, stats, cached=False, path=path)
