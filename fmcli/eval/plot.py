@@ -9,6 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from fmcli.checkpoint import atomic_write_bytes
+from fmcli.images import png_bytes
+
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
@@ -105,4 +108,4 @@ def plot_metric_vs_nfe(runs: list[dict], path: Path, *, metric: str = "fid", tit
         name = f"{solver} (adaptive)" if series[0].get("adaptive") else solver
         draw.text((lx + 32, ly), name, fill="black", font=small, anchor="lm")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    atomic_write_bytes(Path(path), png_bytes(image))

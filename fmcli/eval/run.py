@@ -402,11 +402,12 @@ def sweep(checkpoint: Path, options: EvalOptions, solvers: list[str], steps: lis
 def write_sweep(report: dict, out_dir: Path) -> list[str]:
     import json
 
+    from fmcli.checkpoint import atomic_write_bytes
     from fmcli.eval.plot import plot_metric_vs_nfe
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "sweep.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str))
+    atomic_write_bytes(json_path, json.dumps(report, indent=2, default=str).encode())
     files = [str(json_path)]
     metric = "fid" if any("fid" in run for run in report["runs"]) else "kid"
     if any(metric in run for run in report["runs"]):
