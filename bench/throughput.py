@@ -26,7 +26,8 @@ from fmcli.checkpoint import CheckpointMeta, FORMAT_VERSION, LoadedModel  # noqa
 from fmcli.flow import flow_matching_loss  # noqa: E402
 from fmcli.models import build_model  # noqa: E402
 from fmcli.models.presets import count_flops, default_model_config  # noqa: E402
-from fmcli.sampling import generate, resolve_device  # noqa: E402
+from fmcli.device import resolve_device  # noqa: E402
+from fmcli.sampling import SamplingOptions, generate  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s). H200/H100 SXM: 989 on paper; measured ~790 on the H200 here.
 KNOWN_PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
@@ -101,10 +102,11 @@ def main(argv=None) -> int:
     loaded = LoadedModel(model=forward, meta=meta)
     classes = torch.arange(args.sample_batch) % 10
     for solver, steps in (("euler", 10), ("heun", 5), ("euler", 20), ("heun", 10)):
+        options = SamplingOptions(solver=solver, steps=steps, cfg=1.0, batch_size=args.sample_batch)
+
         def sample():
             with autocast:
-                generate(loaded, num=args.sample_batch, classes=classes, solver=solver, steps=steps,
-                         batch_size=args.sample_batch)
+                generate(loaded, options, num=args.sample_batch, classes=classes)
         elapsed, iters = timed(sample, device, args.seconds, min_iters=2)
         nfe = steps * (1 if solver == "euler" else 2)
         ips = iters * args.sample_batch / elapsed

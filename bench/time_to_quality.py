@@ -45,7 +45,8 @@ from fmcli.eval.run import EvalOptions, evaluate_checkpoint  # noqa: E402
 from fmcli.hookspecs import hookimpl  # noqa: E402
 from fmcli.models import ModelSpec  # noqa: E402
 from fmcli.plugins import pm  # noqa: E402
-from fmcli.sampling import resolve_device  # noqa: E402
+from fmcli.device import resolve_device  # noqa: E402
+from fmcli.sampling import SamplingOptions  # noqa: E402
 from fmcli.train import Callbacks, Trainer  # noqa: E402  (the bench drives the loop itself, by wall clock)
 
 
@@ -84,28 +85,28 @@ def train_ours(args, out: Path) -> list[dict]:
     trainer.stop_flag = {"signum": 0}
     snapshots, budgets = [], sorted(args.budgets)
     # Warm-up (compilation, cuDNN autotuning) is not training time: run a few steps first, then restore.
-    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    state = {k: v.clone() for k, v in trainer.state.model.state_dict().items()}
     for _ in range(3):
         trainer.train_step()
     synchronize(device)
-    trainer.model.load_state_dict(state)
-    trainer.ema.load_state_dict(state)
-    trainer.optimizer.state.clear()
-    trainer.step = trainer.images_seen = 0
+    trainer.state.model.load_state_dict(state)
+    trainer.state.ema.load_state_dict(state)
+    trainer.state.optimizer.state.clear()
+    trainer.state.step = trainer.state.images_seen = 0
     elapsed, start = 0.0, time.perf_counter()
     while budgets:
         trainer.train_step()
-        if trainer.step % 10 == 0:
+        if trainer.state.step % 10 == 0:
             synchronize(device)
             elapsed = time.perf_counter() - start
         if elapsed >= budgets[0]:
             budget = budgets.pop(0)
             pause = time.perf_counter()
             path = trainer.save()
-            snapshots.append({"side": "fm", "budget_s": budget, "checkpoint": str(path), "steps": trainer.step,
-                              "train_images_per_s": trainer.images_seen / elapsed})
+            snapshots.append({"side": "fm", "budget_s": budget, "checkpoint": str(path), "steps": trainer.state.step,
+                              "train_images_per_s": trainer.state.images_seen / elapsed})
             start += time.perf_counter() - pause  # saving is not training time
-    params = sum(p.numel() for p in trainer.model.parameters())
+    params = sum(p.numel() for p in trainer.state.model.parameters())
     for snap in snapshots:
         snap["parameters"] = params
     return snapshots
@@ -196,8 +197,9 @@ def train_reference(args, out: Path, data, labels) -> list[dict]:
 # ----------------------------------------------------------------------------- scoring
 
 def score(snapshot: dict, solver: str, steps: int, tol: float, args) -> dict:
-    options = EvalOptions(num_samples=args.num, solver=solver, steps=steps, rtol=tol, atol=tol, seed=args.seed,
-                          batch_size=args.sample_batch, device=args.device, data=args.data,
+    sampling = SamplingOptions(solver=solver, steps=steps, rtol=tol, atol=tol, cfg=1.0, seed=args.seed,
+                               batch_size=args.sample_batch)
+    options = EvalOptions(num_samples=args.num, sampling=sampling, device=args.device, data=args.data,
                           data_dir=Path(args.data_dir) if args.data_dir else None, metrics=("fid", "kid"))
     report = evaluate_checkpoint(Path(snapshot["checkpoint"]), options)
     metrics = report["metrics"]

@@ -35,7 +35,6 @@ but coarser); Floyd-Steinberg dithering would add pixel noise that changes from 
 """
 
 import functools
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -44,15 +43,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor
 
-from fmcli.checkpoint import LoadedModel, atomic_write_bytes
-from fmcli.data.base import to_uint8
+from fmcli.checkpoint import LoadedModel
+from fmcli.data.base import LoadOptions, to_uint8
 from fmcli.errors import FMError
+from fmcli.files import atomic_write_bytes
 from fmcli.flow import predicted_data
-from fmcli.images import PALETTE, grid_image
-from fmcli.sampling import generate, guided_velocity
+from fmcli.images import PlotFrame, encode_filmstrip, encode_gif, grid_image, side_by_side, with_caption
+from fmcli.sampling import SamplingOptions, generate, guided_velocity
 
 SHOW_MODES = ("x", "x0", "both")
 FORMATS = {".gif": "gif", ".png": "png"}
@@ -62,7 +62,6 @@ FPS_RANGE = (1, 50)        # GIF delays are whole centiseconds; browsers slow de
 SCALE_RANGE = (1, 16)
 MAX_HOLD_S = 60.0
 MAX_TRAJECTORY_BYTES = 4 * 2**30
-FILMSTRIP_COLUMNS = 8
 POINTS_SIZE_PER_SCALE = 128  # a 2-D plot is 128 x scale pixels square (512 at the default scale 4)
 QUIVER_GRID = 20             # 20 x 20 arrows
 BACKGROUND_POINTS = 2000
@@ -145,37 +144,6 @@ def trajectory_bytes(frames: int, num: int, shape: Sequence[int]) -> int:
 # --- drawing --------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def caption_font(scale: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's default font, larger for larger frames (10 px at scale 1, 16 px at the default 4)."""
-    return ImageFont.load_default(size=min(32, 10 + 2 * (scale - 1)))
-
-
-def with_caption(content: Image.Image, text: str, scale: int) -> tuple[Image.Image, int]:
-    """``content`` under a black strip holding ``text`` in white; returns the frame and the strip height.
-
-    The content keeps its pixels and sits at (0, strip height); the frame is widened (black) when
-    the text is wider than the content.
-    """
-    font = caption_font(scale)
-    left, top, right, bottom = font.getbbox(text)
-    pad = 2 + scale // 2
-    strip = bottom + 2 * pad
-    frame = Image.new(content.mode, (max(content.width, right + 2 * pad), strip + content.height), 0)
-    frame.paste(content, (0, strip))
-    white = 255 if content.mode == "L" else (255, 255, 255)
-    ImageDraw.Draw(frame).text((pad, pad), text, fill=white, font=font)
-    return frame, strip
-
-
-def side_by_side(left: Image.Image, right: Image.Image, gap: int) -> Image.Image:
-    """Two panels next to each other on black, tops aligned."""
-    canvas = Image.new(left.mode, (left.width + gap + right.width, max(left.height, right.height)), 0)
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width + gap, 0))
-    return canvas
-
-
 def state_grid(states: Tensor, nrow: int | None, scale: int) -> Image.Image:
     """Float images [N, C, H, W] in model space [-1, 1] -> the uint8 grid ``fm sample`` writes (times ``scale``)."""
     return grid_image(to_uint8(states), nrow=nrow, scale=scale)
@@ -185,45 +153,8 @@ def time_label(t: float, frames: int) -> str:
     return f"t = {t:.2f}" if frames <= 101 else f"t = {t:.3f}"  # no two frames share a label
 
 
-@dataclass
-class PlotFrame:
-    """A square 2-D plot of [-extent, extent]^2, ``size`` pixels wide, y up."""
-
-    size: int
-    extent: float
-
-    def to_pixel(self, xy: np.ndarray) -> np.ndarray:
-        return (xy / self.extent * 0.5 + 0.5) * self.size * np.array([1, -1]) + np.array([0, self.size])
-
-    def draw(self, points: np.ndarray, labels: list[int] | None, background: np.ndarray | None,
-             arrows_from: np.ndarray, arrows: np.ndarray) -> Image.Image:
-        """Background data (light grey), arrows ``arrows_from -> arrows_from + arrows`` (data units), then particles."""
-        picture = Image.new("RGB", (self.size, self.size), "white")
-        draw = ImageDraw.Draw(picture)
-        if background is not None:
-            for x, y in self.to_pixel(background):
-                draw.point((x, y), fill=(215, 215, 215))
-        head = max(2.0, self.size / 170)
-        for (x0, y0), (x1, y1) in zip(self.to_pixel(arrows_from), self.to_pixel(arrows_from + arrows)):
-            draw.line((x0, y0, x1, y1), fill=(150, 160, 190), width=1)
-            length = math.hypot(x1 - x0, y1 - y0)
-            if length > 1.5 * head:  # an arrow head on arrows long enough to show one
-                ux, uy = (x1 - x0) / length, (y1 - y0) / length
-                for side in (1, -1):  # two barbs at +-30 degrees from the shaft, pointing back
-                    bx = x1 - head * (ux * 0.866 - side * uy * 0.5)
-                    by = y1 - head * (uy * 0.866 + side * ux * 0.5)
-                    draw.line((x1, y1, bx, by), fill=(150, 160, 190), width=1)
-        radius = max(1.5, self.size / 256)
-        label_list = labels if labels is not None else [None] * len(points)
-        for (x, y), label in zip(self.to_pixel(points), label_list):
-            colour = PALETTE[label % len(PALETTE)] if label is not None else PALETTE[0]
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
-        return picture
-
-
 def load_background(meta_data: dict, train_config: dict, seed: int) -> np.ndarray | None:
     """Up to BACKGROUND_POINTS training points of the checkpoint's data set, or None when it can't be loaded."""
-    from fmcli.data.base import LoadOptions
     from fmcli.data.resolve import load_data
 
     try:
@@ -255,41 +186,33 @@ def predicted_x0(velocity: Callable[..., Tensor], states: Tensor, t: float, labe
 @torch.no_grad()
 def render_animation(
     loaded: LoadedModel,
+    sampling: SamplingOptions,
     *,
     num: int,
     classes: Tensor | None,
     settings: AnimationSettings,
-    solver: str = "heun",
-    steps: int = 20,
-    time_grid: str = "uniform",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    cfg: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 500,
     progress: ProgressFn | None = None,
 ) -> Animation:
     """Solve once from noise to data with ``save_at`` = the frame times, and draw every frame."""
     check_settings(settings)
-    shape = tuple(loaded.meta.data["shape"])
+    shape = loaded.meta.shape
     needed = trajectory_bytes(settings.frames, num, shape)
     if needed > MAX_TRAJECTORY_BYTES:
         raise FMError(f"{settings.frames} frames of {num} samples of shape {list(shape)} would keep "
                       f"{needed / 2**30:.1f} GiB of trajectory in memory (limit {MAX_TRAJECTORY_BYTES / 2**30:.0f} GiB); "
                       "use fewer --frames or --num")
     start = time.perf_counter()
-    result = generate(loaded, num=num, classes=classes, solver=solver, steps=steps, time_grid=time_grid,
-                      rtol=rtol, atol=atol, cfg=cfg, seed=seed, batch_size=batch_size,
-                      save_at=frame_times(settings.frames),
+    result = generate(loaded, sampling, num=num, classes=classes, save_at=frame_times(settings.frames),
                       progress=(lambda done, total: progress("solve", done, total)) if progress else None)
     times = [float(t) for t in result.times]
     trajectory = result.trajectory  # [T, N, ...] float32 on the CPU
     result.trajectory = None
-    device = next(loaded.model.parameters()).device
-    velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
-    x0 = functools.partial(predicted_x0, velocity, labels=classes, device=device, batch_size=batch_size)
+    velocity = guided_velocity(loaded.model, result.cfg, null_class=loaded.meta.num_classes)
+    x0 = functools.partial(predicted_x0, velocity, labels=classes, device=loaded.device,
+                           batch_size=sampling.batch_size)
     if loaded.meta.data["kind"] == "points":
-        frames, box, extra = _points_frames(loaded, trajectory, times, classes, velocity, x0, settings, seed, progress)
+        frames, box, extra = _points_frames(loaded, trajectory, times, classes, velocity, x0, settings,
+                                            sampling.seed, progress)
     else:
         frames, box, extra = _image_frames(trajectory, times, x0, settings, progress)
     del trajectory
@@ -335,7 +258,7 @@ def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], 
                    velocity: Callable[..., Tensor], x0: Callable[..., Tensor], settings: AnimationSettings,
                    seed: int, progress: ProgressFn | None) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
     """Particles over the quiver plot of -v at each frame's t (the direction they move while sampling)."""
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     coordinates = trajectory.abs().numpy().ravel()
     coordinates = coordinates[np.isfinite(coordinates)]
     extent = 1.15 * max(float(np.percentile(coordinates, 99.5)) if coordinates.size else 1.0, 1e-3)
@@ -385,38 +308,6 @@ def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], 
 
 
 # --- encoding -------------------------------------------------------------------------------
-
-
-def gif_frame(frame: Image.Image) -> Image.Image:
-    """Grayscale stays "L" (a gray palette); RGB gets a median-cut 256-colour palette without dithering."""
-    if frame.mode == "L":
-        return frame
-    return frame.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-
-
-def encode_gif(frames: Sequence[Image.Image], durations_ms: Sequence[int], loop: bool) -> bytes:
-    """An animated GIF; ``loop`` repeats forever (NETSCAPE loop 0), otherwise it plays once."""
-    converted = [gif_frame(frame) for frame in frames]
-    options = {"save_all": True, "append_images": converted[1:], "duration": list(durations_ms)}
-    if loop:
-        options["loop"] = 0
-    buffer = io.BytesIO()
-    converted[0].save(buffer, format="GIF", **options)
-    return buffer.getvalue()
-
-
-def encode_filmstrip(frames: Sequence[Image.Image], columns: int = FILMSTRIP_COLUMNS, gap: int = 4) -> bytes:
-    """The frames side by side (wrapping after ``columns``) on black, as a PNG."""
-    columns = min(columns, len(frames))
-    rows = math.ceil(len(frames) / columns)
-    width, height = frames[0].size
-    strip = Image.new(frames[0].mode, (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap), 0)
-    for index, frame in enumerate(frames):
-        row, column = divmod(index, columns)
-        strip.paste(frame, (column * (width + gap), row * (height + gap)))
-    buffer = io.BytesIO()
-    strip.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_animation(out: Path, animation: Animation, settings: AnimationSettings) -> int:

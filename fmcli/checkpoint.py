@@ -2,16 +2,19 @@
 
 One file holds everything:
     model.*   raw weights                ema.*     EMA weights (sampling uses these by default)
-    optim.*   AdamW moments and steps    (training state, for exact resume)
+    optim.*   AdamW moments and steps    (training state, for exact resume; see ``fmcli.train_state``)
 and string metadata: format and version, the model config, the data description (name,
 split, kind, shape, classes, normalisation), the step, and the resolved training config.
 
-Writes are atomic: temporary file in the same folder, fsync, rename, fsync of the folder,
-so a crash or a full disk never damages the newest good checkpoint.
+A checkpoint is a file from somewhere: before anything is allocated, its metadata is checked
+against the tensor shapes in the safetensors header (readable without loading the data), by
+building the model on PyTorch's "meta" device (shapes only, no memory), and the item shape is
+bounded. A file that lies about its model gets one line naming the mismatch, not a 600 GB
+allocation.
 """
 
 import json
-import os
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,20 +24,23 @@ from safetensors.torch import load, save
 from torch import nn
 
 from fmcli.errors import FMError
+from fmcli.files import atomic_write_bytes
 
 FORMAT = "fmcli-checkpoint"
 FORMAT_VERSION = 1
+# The largest item a checkpoint may describe: 4 x 1024 x 1024 values (an RGBA megapixel image).
+MAX_ITEM_VALUES = 4 * 1024 * 1024
 
 
 @dataclass
 class CheckpointMeta:
     format_version: int
     model_config: dict
-    data: dict                 # name, split, kind, shape, num_classes, class_names, normalisation
+    data: dict  # name, split, kind, shape, num_classes, class_names, normalisation
     step: int
     label_dropout: float = 0.0
     train_config: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)   # training state that is not a tensor (schedulers, scaler, ...)
+    extra: dict = field(default_factory=dict)  # training state that is not a tensor (scaler, counters, ...)
 
     @property
     def num_classes(self) -> int:
@@ -44,16 +50,24 @@ class CheckpointMeta:
     def class_names(self) -> list[str]:
         return list(self.data.get("class_names") or [])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one generated item, e.g. (1, 28, 28) or (2,)."""
+        return tuple(self.data["shape"])
+
 
 @dataclass
 class LoadedModel:
-    model: nn.Module           # eval mode, on the requested device
+    model: nn.Module  # eval mode, on the requested device
     meta: CheckpointMeta
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
 
 def _encode_meta(meta: CheckpointMeta) -> dict[str, str]:
-    fields = asdict(meta)
-    encoded = {key: json.dumps(value) for key, value in fields.items()}
+    encoded = {key: json.dumps(value) for key, value in asdict(meta).items()}
     encoded["format"] = FORMAT
     return encoded
 
@@ -66,42 +80,18 @@ def _decode_meta(raw: dict[str, str], path: Path) -> CheckpointMeta:
     except (KeyError, ValueError):
         raise FMError(f"{path}: checkpoint metadata has no readable format_version") from None
     if version != FORMAT_VERSION:
-        raise FMError(f"{path}: checkpoint format version {version} is not supported by this fm "
-                      f"(it reads version {FORMAT_VERSION}); upgrade fm or re-train")
+        raise FMError(
+            f"{path}: checkpoint format version {version} is not supported by this fm "
+            f"(it reads version {FORMAT_VERSION}); upgrade fm or re-train"
+        )
     try:
         values = {name: json.loads(raw[name]) for name in CheckpointMeta.__dataclass_fields__ if name in raw}
-        return CheckpointMeta(**values)
+        meta = CheckpointMeta(**values)
     except (TypeError, ValueError) as error:
         raise FMError(f"{path}: checkpoint metadata is damaged ({error})") from None
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    if not isinstance(meta.model_config, dict) or not isinstance(meta.data, dict) or "shape" not in meta.data:
+        raise FMError(f"{path}: checkpoint metadata is damaged (no model config or data shape)")
+    return meta
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:
@@ -113,8 +103,8 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: Checkpoi
     atomic_write_bytes(Path(path), save(contiguous, metadata=_encode_meta(meta)))
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """All tensors and the metadata of a checkpoint file, with clear errors for bad files."""
+def checkpoint_file(path: Path) -> Path:
+    """``path`` itself, or a run folder's last.safetensors; FMError when neither exists."""
     path = Path(path)
     if not path.exists():
         raise FMError(f"checkpoint {path} does not exist")
@@ -122,68 +112,105 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta
         candidate = path / "last.safetensors"
         if not candidate.exists():
             raise FMError(f"{path} is a folder without last.safetensors; pass a checkpoint file")
-        path = candidate
+        return candidate
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """All tensors and the metadata of a checkpoint file (or run folder), with clear errors for bad files."""
+    path = checkpoint_file(path)
     payload = path.read_bytes()
     try:
         tensors = load(payload)
-        raw = _read_raw_metadata(payload)
+        header = _parse_header(payload[:8], payload[8:])
     except (SafetensorError, ValueError, OSError, RuntimeError) as error:
-        raise FMError(f"{path} is not a readable safetensors checkpoint (truncated or another format): "
-                      f"{str(error).splitlines()[0][:120]}") from None
-    return tensors, _decode_meta(raw, path)
+        raise _unreadable(path, error) from None
+    return tensors, _decode_meta(header.get("__metadata__") or {}, path)
 
 
-def _read_raw_metadata(payload: bytes) -> dict[str, str]:
-    if len(payload) < 8:
+def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], CheckpointMeta]:
+    """Tensor shapes and metadata from the safetensors header alone: a few kB read, whatever the file's size."""
+    path = checkpoint_file(path)
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            header = _parse_header(prefix, handle.read(int.from_bytes(prefix, "little") if len(prefix) == 8 else 0))
+        shapes = {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        raise _unreadable(path, error) from None
+    return shapes, _decode_meta(header.get("__metadata__") or {}, path)
+
+
+def _parse_header(prefix: bytes, rest: bytes) -> dict:
+    if len(prefix) < 8:
         raise ValueError("file too short")
-    header_len = int.from_bytes(payload[:8], "little")
-    header = json.loads(payload[8 : 8 + header_len])
-    return header.get("__metadata__") or {}
+    header_len = int.from_bytes(prefix, "little")
+    if header_len > len(rest) or header_len > 100_000_000:  # safetensors' own limit on header size
+        raise ValueError("header length beyond the end of the file")
+    header = json.loads(rest[:header_len])
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header
 
 
-def read_metadata(path: Path) -> CheckpointMeta:
-    """Only the metadata (for ``fm info``)."""
-    return read_checkpoint(path)[1]
+def _unreadable(path: Path, error: Exception) -> FMError:
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
+    return FMError(f"{path} is not a readable safetensors checkpoint (truncated or another format): {reason}")
 
 
-def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """{"ema.a": x, "model.a": y} -> {"a": x} for prefix "ema"."""
+def split_prefix(tensors: dict, prefix: str) -> dict:
+    """{"ema.a": x, "model.a": y} -> {"a": x} for prefix "ema" (tensors, or shapes from ``read_header``)."""
     start = prefix + "."
-    return {name[len(start):]: t for name, t in tensors.items() if name.startswith(start)}
+    return {name[len(start) :]: t for name, t in tensors.items() if name.startswith(start)}
+
+
+def check_model_fits(meta: CheckpointMeta, shapes: dict[str, tuple[int, ...]], group: str, path: Path) -> None:
+    """The metadata must describe the tensors ``group.*`` (``shapes``: name -> shape, e.g. from ``read_header``)
+    and a bounded item shape; checked by building the model on the meta device, so nothing is allocated."""
+    from fmcli.models import build_model
+
+    shape = meta.data.get("shape")
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(isinstance(s, int) and s >= 1 for s in shape)):
+        raise FMError(f"{path}: checkpoint metadata has an invalid data shape {shape!r}")
+    if math.prod(shape) > MAX_ITEM_VALUES:
+        raise FMError(
+            f"{path}: checkpoint metadata describes items of shape {shape} ({math.prod(shape):,} values), "
+            f"more than fm accepts ({MAX_ITEM_VALUES:,}); the file is damaged or not meant for fm"
+        )
+    with torch.device("meta"):  # shapes only: nothing is allocated, whatever the config asks for
+        model = build_model(meta.model_config)
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        try:  # one forward on a meta batch: the model must take the items the metadata describes
+            model(torch.empty(1, *shape), torch.zeros(1))
+        except FMError as error:
+            raise FMError(f"{path}: checkpoint metadata does not fit together: {error}") from None
+        except Exception:  # noqa: BLE001 - a plugin model that cannot run on "meta": the weight shapes still count
+            pass
+    found = split_prefix(shapes, group)
+    if not found:
+        raise FMError(f"{path} holds no {group} weights")
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if missing or unexpected:
+        which = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise FMError(f"{path}: its {group} tensors do not match the model config in its metadata ({which})")
+    for name, want in expected.items():
+        if found[name] != want:
+            raise FMError(
+                f"{path}: tensor {group}.{name} has shape {list(found[name])} but the model config in its "
+                f"metadata needs {list(want)}; the file is damaged or its metadata was edited"
+            )
 
 
 def load_checkpoint(path: Path, *, device: str | torch.device = "cpu", weights: str = "ema") -> LoadedModel:
-    """Rebuild the model from the checkpoint's own config and load EMA (default) or raw weights."""
+    """Rebuild the model from the checkpoint's own config (checked first) and load EMA (default) or raw weights."""
     from fmcli.models import build_model
 
     if weights not in ("ema", "raw"):
         raise FMError(f"--weights must be 'ema' or 'raw', not {weights!r}")
+    group = "ema" if weights == "ema" else "model"
+    shapes, meta = read_header(path)
+    check_model_fits(meta, shapes, group, Path(path))
     tensors, meta = read_checkpoint(path)
-    state = split_prefix(tensors, "ema" if weights == "ema" else "model")
-    if not state:
-        raise FMError(f"{path} holds no {weights} weights")
     model = build_model(meta.model_config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise FMError(f"{path}: weights do not match the model config ({str(error).splitlines()[0][:160]})") from None
+    model.load_state_dict(split_prefix(tensors, group))
     return LoadedModel(model=model.to(device).eval(), meta=meta)
-
-
-def update_last_link(run_dir: Path, target: Path) -> Path:
-    """Point run_dir/last.safetensors at ``target`` atomically (a relative symlink; a copy where links fail)."""
-    link = Path(run_dir) / "last.safetensors"
-    tmp = link.with_name(f".last.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.symlink(Path(target).name, tmp)
-    except OSError:
-        atomic_write_bytes(link, Path(target).read_bytes())
-        return link
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(link.parent)
-    return link

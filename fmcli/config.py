@@ -56,6 +56,7 @@ class TrainConfig:
 
 
 DEFAULT_STEPS = 2000
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 CHOICES = {
     "lr_schedule": ("cosine", "constant"),
     "time_sampling": ("uniform", "logit-normal"),
@@ -107,10 +108,9 @@ def resolve(overrides: dict, config_file: Path | None = None, base: dict | None 
 
 def dataset_defaults(data: str) -> dict:
     """The registered data set's own training defaults (none for folders or unknown names)."""
-    from fmcli import registry
-    from fmcli.data.resolve import looks_like_path
+    from fmcli.data.resolve import registered_dataset
 
-    spec = None if looks_like_path(data) else registry.datasets().get(data)
+    spec = registered_dataset(data)
     return dict(spec.train_defaults) if spec is not None else {}
 
 
@@ -143,6 +143,11 @@ def validate(config: TrainConfig) -> None:
         raise FMError(f"--batch-size {config.batch_size} is not divisible by --grad-accum {config.grad_accum}")
     if config.time_std <= 0:
         raise FMError("--time-std must be positive")
+    if config.image_size is not None and not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
+        raise FMError(f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels "
+                      f"(got {config.image_size})")
+    if config.channels not in (None, 1, 3):
+        raise FMError(f"--channels must be 1 (grayscale) or 3 (RGB), not {config.channels}")
 
 
 def check_resume(saved: dict, wanted: TrainConfig, allow_change: bool) -> None:

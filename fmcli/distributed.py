@@ -50,14 +50,16 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_sum(info: DistInfo, values: torch.Tensor) -> torch.Tensor:
-    if info.enabled:
-        dist.all_reduce(values)
-    return values
+def all_reduce_status(info: DistInfo, status: torch.Tensor) -> tuple[float, float, int]:
+    """[loss, grad norm, stop signal] of this rank -> (mean loss, mean grad norm, largest signal) over all ranks.
 
-
-def all_max(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
-    """The largest value over ranks (a stop request seen by any rank stops all of them)."""
+    The one host sync of a training step: every rank learns the same loss (to decide on a
+    non-finite step together) and whether any rank was asked to stop.
+    """
     if info.enabled:
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value
+        sums, signal = status[:2].clone(), status[2:].clone()
+        dist.all_reduce(sums)
+        dist.all_reduce(signal, op=dist.ReduceOp.MAX)
+        status = torch.cat([sums / info.world_size, signal])
+    loss, grad_norm, signum = status.cpu().tolist()
+    return loss, grad_norm, int(signum)

@@ -11,8 +11,6 @@ flow carries N(0, I) at t = 1 to the data distribution at t = 0. Sampling theref
 integrates dx/dt = v(x, t) *backwards*, from t = 1 to t = 0 (see ``fmcli.solvers``).
 """
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -66,7 +64,14 @@ def predicted_data(xt: Tensor, t: Tensor, v: Tensor) -> Tensor:
     return xt - broadcast_time(t.expand(xt.shape[0]) if t.dim() == 0 else t, xt) * v
 
 
-def logit_normal_density(t: float, mean: float = 0.0, std: float = 1.0) -> float:
-    """Density of the logit-normal time distribution (for plots and tests)."""
-    logit = math.log(t / (1 - t))
-    return math.exp(-((logit - mean) ** 2) / (2 * std**2)) / (std * math.sqrt(2 * math.pi) * t * (1 - t))
+def ot_pairing(x0: Tensor, x1: Tensor) -> Tensor:
+    """Minibatch optimal transport: the permutation of x1 minimising sum_i ||x0_i - x1_perm(i)||^2.
+
+    Pairing each data point with nearby noise makes the paths cross less, so the learned flow
+    is straighter (fewer solver steps for the same error). Exact, by the Hungarian algorithm.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x0.flatten(1).float(), x1.flatten(1).float()).pow(2).cpu().numpy()
+    _, columns = linear_sum_assignment(cost)
+    return torch.as_tensor(columns, device=x1.device)

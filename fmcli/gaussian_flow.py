@@ -12,8 +12,6 @@ and the marginal velocity E[x1 - x0 | x_t = x] is affine in x:
 Integrating dx/dt = v* from t = 1 to t = 0 carries N(0, I) exactly to N(mu, Sigma).
 """
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -49,9 +47,3 @@ class GaussianFlow:
         _, s_t = self.marginal(t)
         eye = torch.eye(self.dim, dtype=torch.float64)
         return float(torch.trace((t * eye - (1 - t) * self.cov) @ torch.linalg.inv(s_t)))
-
-
-def standard_normal_log_prob(x: Tensor) -> Tensor:
-    """log N(x; 0, I) per sample, summed over all non-batch dimensions."""
-    flat = x.reshape(x.shape[0], -1).double()
-    return -0.5 * (flat.pow(2).sum(1) + flat.shape[1] * math.log(2 * math.pi))

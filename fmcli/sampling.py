@@ -1,46 +1,71 @@
-"""Generate samples: draw x1 ~ N(0, I) and integrate dx/dt = v(x, t, y) from t = 1 to t = 0.
+"""Generate samples: draw x1 ~ N(0, I) and integrate dx/dt = v(x, t, y) from t = 1 (noise) to t = 0 (data).
 
 Classifier-free guidance combines the conditional and the unconditional ("null" class)
 velocities as ``v_uncond + cfg * (v_cond - v_uncond)``: cfg = 1 is plain conditional
 sampling; larger values give more typical, class-faithful samples at the cost of diversity.
+
+``SamplingOptions`` is the one shape of "how to sample" that ``fm sample``, ``fm animate``,
+``fm eval`` and the training loop's sample grids all pass to ``generate``.
 """
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from fmcli.checkpoint import LoadedModel
 from fmcli.errors import FMError
-from fmcli.registry import get_solver
+from fmcli.solvers.grids import TIME_GRIDS
+
+DEFAULT_GUIDANCE = 2.0
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to integrate from noise to data. Validated on creation: a bad value fails before any work."""
+
+    solver: str = "heun"  # a registered solver (fm plugins lists them)
+    steps: int = 20  # steps of a fixed-step solver (NFE = steps x evaluations per step)
+    time_grid: str = "uniform"  # where fixed-step solvers put their steps (fmcli.solvers.grids)
+    rtol: float = 1e-5  # tolerances of adaptive solvers
+    atol: float = 1e-5
+    cfg: float | None = None  # guidance scale; None: ``default_cfg`` (2 for --class on a model with label dropout)
+    seed: int = 0  # seed of the noise: same checkpoint, seed and options give the same samples
+    batch_size: int = 500  # samples per solver call
+
+    def __post_init__(self) -> None:
+        from fmcli.registry import get_solver
+
+        get_solver(self.solver)  # unknown names: FMError with the closest match
+        if self.steps < 1:
+            raise FMError(f"--steps must be at least 1 (got {self.steps})")
+        if self.time_grid not in TIME_GRIDS:
+            raise FMError(f"--time-grid must be one of {', '.join(TIME_GRIDS)} (got {self.time_grid!r})")
+        for name, value in (("rtol", self.rtol), ("atol", self.atol)):
+            if not (math.isfinite(value) and 0 < value < 1):
+                raise FMError(f"--{name} must be a tolerance between 0 and 1, exclusive (got {value:g})")
+        if self.cfg is not None and not math.isfinite(self.cfg):
+            raise FMError(f"--cfg must be a finite number (got {self.cfg})")
+        if self.batch_size < 1:
+            raise FMError(f"--batch-size must be at least 1 (got {self.batch_size})")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class SampleResult:
-    samples: Tensor                  # float on the CPU [N, ...], model space ([-1, 1] for images)
-    labels: Tensor | None            # int64 [N], None when unconditional
-    nfe: int                         # model evaluations per sample (velocity calls of one solve)
-    seconds: float                   # wall time of sampling
-    times: Tensor | None = None      # [T] times of the trajectory, if save_at was given
+    samples: Tensor  # float on the CPU [N, ...], model space ([-1, 1] for images)
+    labels: Tensor | None  # int64 [N], None when unconditional
+    nfe: int  # model evaluations per sample (velocity calls of one solve)
+    seconds: float  # wall time of sampling
+    cfg: float  # the guidance scale used
+    times: Tensor | None = None  # [T] times of the trajectory, if save_at was given
     trajectory: Tensor | None = None  # [T, N, ...] on the CPU
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FMError("--device cuda was asked for but no CUDA GPU is available (try --device auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FMError("--device mps was asked for but MPS is not available (try --device auto)")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise FMError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
 
 
 def balanced_classes(num: int, num_classes: int) -> Tensor:
@@ -63,8 +88,10 @@ def parse_classes(spec: str | None, num: int, class_names: Sequence[str]) -> Ten
         if not 0 <= index < len(class_names):
             raise FMError(f"--class {index} is out of range: this model knows classes 0..{len(class_names) - 1}")
     else:
-        raise FMError(f"unknown class {spec!r}: use an index 0..{len(class_names) - 1}, one of "
-                      f"{', '.join(class_names[:20])}, or 'all'")
+        raise FMError(
+            f"unknown class {spec!r}: use an index 0..{len(class_names) - 1}, one of "
+            f"{', '.join(class_names[:20])}, or 'all'"
+        )
     return torch.full((num,), index, dtype=torch.long)
 
 
@@ -83,9 +110,6 @@ def guided_velocity(model: torch.nn.Module, cfg: float, null_class: int) -> Call
     return velocity
 
 
-DEFAULT_GUIDANCE = 2.0
-
-
 def default_cfg(loaded: LoadedModel, classes: Tensor | None) -> float:
     """Guidance when the user gives no --cfg: 2 for class-conditional sampling from a model trained
     with label dropout (class-faithful samples, at some cost in diversity), otherwise 1 (none)."""
@@ -100,47 +124,41 @@ def check_guidance(loaded: LoadedModel, cfg: float, classes: Tensor | None) -> N
     if loaded.meta.num_classes == 0 or classes is None:
         raise FMError("--cfg needs a class-conditional model and --class")
     if loaded.meta.label_dropout <= 0:
-        raise FMError("--cfg other than 1 needs a model trained with label dropout (--label-dropout > 0); "
-                      "this checkpoint was trained without it, so it has no unconditional velocity")
+        raise FMError(
+            "--cfg other than 1 needs a model trained with label dropout (--label-dropout > 0); "
+            "this checkpoint was trained without it, so it has no unconditional velocity"
+        )
 
 
 @torch.no_grad()
 def generate(
     loaded: LoadedModel,
+    options: SamplingOptions,
     *,
     num: int,
     classes: Tensor | None = None,
-    solver: str = "heun",
-    steps: int = 20,
-    time_grid: str = "uniform",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    cfg: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 500,
     save_at: Sequence[float] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
     """Sample ``num`` items from t = 1 (noise) to t = 0 (data). Same inputs, same outputs."""
+    from fmcli.registry import get_solver
+
     if num < 1:
-        raise FMError("--num must be at least 1")
-    if steps < 1:
-        raise FMError("--steps must be at least 1")
+        raise FMError(f"--num must be at least 1 (got {num})")
+    cfg = default_cfg(loaded, classes) if options.cfg is None else options.cfg
     check_guidance(loaded, cfg, classes)
-    ode_solver = get_solver(solver)
-    model = loaded.model
-    device = next(model.parameters()).device
-    shape = tuple(loaded.meta.data["shape"])
-    velocity = guided_velocity(model, cfg, null_class=loaded.meta.num_classes)
-    generator = torch.Generator().manual_seed(seed)
+    solver = get_solver(options.solver)
+    device = loaded.device
+    velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
+    generator = torch.Generator().manual_seed(options.seed)
     outputs, trajectories, nfe, times = [], [], 0, None
     start = time.perf_counter()
-    for first in range(0, num, batch_size):
-        count = min(batch_size, num - first)
-        x1 = torch.randn((count, *shape), generator=generator).to(device)
+    for first in range(0, num, options.batch_size):
+        count = min(options.batch_size, num - first)
+        x1 = torch.randn((count, *loaded.meta.shape), generator=generator).to(device)
         conditioning = {} if classes is None else {"y": classes[first : first + count].to(device)}
-        result = ode_solver.solve(velocity, x1, t_start=1.0, t_end=0.0, steps=steps, time_grid=time_grid,
-                                  rtol=rtol, atol=atol, save_at=save_at, conditioning=conditioning)
+        result = solver.solve(velocity, x1, t_start=1.0, t_end=0.0, steps=options.steps, time_grid=options.time_grid,
+                              rtol=options.rtol, atol=options.atol, save_at=save_at, conditioning=conditioning)
         outputs.append(result.x.float().cpu())
         nfe = max(nfe, result.nfe)
         if result.trajectory is not None:
@@ -150,12 +168,36 @@ def generate(
             progress(first + count, num)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
     return SampleResult(
         samples=torch.cat(outputs),
         labels=classes,
         nfe=nfe,
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
+        cfg=cfg,
         times=times,
         trajectory=torch.cat(trajectories, dim=1) if trajectories else None,
     )
+
+
+# The grids the training loop writes every --sample-every steps: a quick look, not a measurement.
+PREVIEW = SamplingOptions(solver="heun", steps=10, cfg=1.0, seed=1234)
+PREVIEW_PER_CLASS = 8
+
+
+def write_sample_grid(loaded: LoadedModel, path: Path) -> Path:
+    """A PNG of samples: 8 per class (one row each) for conditional image models, 64 images or 1,000
+    points otherwise. Used by training for its ``samples/step-*.png`` previews."""
+    from fmcli.data.base import to_uint8
+    from fmcli.files import atomic_write_bytes
+    from fmcli.images import grid_image, png_bytes, scatter_image
+
+    num_classes, points = loaded.meta.num_classes, loaded.meta.data["kind"] == "points"
+    num = PREVIEW_PER_CLASS * num_classes if num_classes else (1000 if points else 64)
+    classes = balanced_classes(num, num_classes) if num_classes else None
+    result = generate(loaded, PREVIEW, num=num, classes=classes)
+    if points:
+        picture = scatter_image(result.samples, result.labels)
+    else:
+        picture = grid_image(to_uint8(result.samples), nrow=PREVIEW_PER_CLASS if num_classes else None, scale=2)
+    atomic_write_bytes(path, png_bytes(picture))
+    return path

@@ -15,8 +15,6 @@ from typer.testing import CliRunner
 
 from fmcli.animate import (
     AnimationSettings,
-    PlotFrame,
-    encode_gif,
     frame_durations_ms,
     frame_times,
     motion_field,
@@ -27,8 +25,8 @@ from fmcli.cli import app as fm_app
 from fmcli.cli.animate import animate_command
 from fmcli.data.base import to_uint8
 from fmcli.errors import FMError
-from fmcli.images import grid_image
-from fmcli.sampling import guided_velocity, parse_classes
+from fmcli.images import PlotFrame, encode_gif, grid_image
+from fmcli.sampling import SamplingOptions, guided_velocity, parse_classes
 
 runner = CliRunner()
 animate_app = typer.Typer()
@@ -188,7 +186,7 @@ def test_particles_and_arrows_move_along_minus_v():
     meta = CheckpointMeta(format_version=1, model_config={}, data={"name": "no-such-data", "kind": "points", "shape": [2]},
                           step=0)
     loaded = LoadedModel(model=ConstantVelocity(), meta=meta)
-    animation = render_animation(loaded, num=200, classes=None, settings=AnimationSettings(frames=2, scale=2))
+    animation = render_animation(loaded, SamplingOptions(), num=200, classes=None, settings=AnimationSettings(frames=2, scale=2))
     left, top, right, bottom = animation.grid_box
     first, last = (np.asarray(frame)[top:bottom, left:right].astype(int) for frame in animation.frames)
 
@@ -230,7 +228,7 @@ def test_rgb_frames_keep_their_colours_without_dithering():
 def test_memory_bound_refuses_huge_trajectories(tiny_checkpoint):
     loaded = load_checkpoint(tiny_checkpoint)
     with pytest.raises(FMError, match="fewer --frames or --num"):
-        render_animation(loaded, num=100_000, classes=None, settings=AnimationSettings(frames=1000))
+        render_animation(loaded, SamplingOptions(), num=100_000, classes=None, settings=AnimationSettings(frames=1000))
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from fmcli.checkpoint import FORMAT_VERSION, load_checkpoint, read_checkpoint
 from fmcli.errors import FMError
-from fmcli.sampling import generate
+from fmcli.sampling import SamplingOptions, generate
 
 
 def test_round_trip_gives_identical_outputs(tiny_checkpoint):
@@ -37,9 +37,9 @@ def test_raw_and_ema_weights_differ_after_training(tiny_checkpoint):
 def test_sampling_is_deterministic(tiny_checkpoint):
     loaded = load_checkpoint(tiny_checkpoint)
     classes = torch.tensor([1, 6, 6])
-    first = generate(loaded, num=3, classes=classes, solver="heun", steps=4, seed=7)
-    second = generate(loaded, num=3, classes=classes, solver="heun", steps=4, seed=7)
-    other = generate(loaded, num=3, classes=classes, solver="heun", steps=4, seed=8)
+    first = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=7), num=3, classes=classes)
+    second = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=7), num=3, classes=classes)
+    other = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=8), num=3, classes=classes)
     assert torch.equal(first.samples, second.samples)
     assert not torch.equal(first.samples, other.samples)
     assert first.nfe == 8

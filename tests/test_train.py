@@ -18,7 +18,9 @@ import fmcli.train as train_module
 from fmcli.checkpoint import read_checkpoint, split_prefix
 from fmcli.config import TrainConfig, read_toml, resolve
 from fmcli.errors import FMError
-from fmcli.train import BatchOrder, lr_at, train
+from fmcli.batches import BatchOrder
+from fmcli.optim import lr_at
+from fmcli.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 MLP = {"hidden": 32, "depth": 2}
@@ -77,7 +79,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     # os.replace fails after the temp file is complete; fsync fails while it is being written.
-    monkeypatch.setattr(f"fmcli.checkpoint.os.{failing}", broken)
+    monkeypatch.setattr(f"fmcli.files.os.{failing}", broken)
     with pytest.raises(OSError, match="No space left"):
         train({"steps": 4}, resume=str(run))
     monkeypatch.undo()

@@ -1,6 +1,6 @@
 """Built-in feature extractors for ``fm eval``: classifier, inception and points."""
 
-from fmcli.eval.classifier import trained_classifier
+from fmcli.eval.classifier import FEATURE_DIM, trained_classifier
 from fmcli.eval.features import ExtractorSpec
 from fmcli.eval.inception import load_inception
 from fmcli.eval.points import load_points
@@ -14,11 +14,13 @@ def fm_register_feature_extractors(register):
         description="small CNN trained on the data set's training split on first use, cached (128-d); "
                     "default for 1-channel or small images such as MNIST; also gives conditional accuracy",
         load=trained_classifier,
+        dim=FEATURE_DIM,
     ))
     register(ExtractorSpec(
         name="inception",
         description="FID Inception-v3 of pytorch-fid (2048-d), figures comparable to papers; default for RGB >= 32x32",
         load=load_inception,
+        dim=2048,
     ))
     register(ExtractorSpec(
         name="points",

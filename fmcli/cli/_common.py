@@ -1,19 +1,30 @@
-"""What every command shares: one-line errors, the consoles, progress bars, JSON output."""
+"""What every command shares: one-line errors, consoles, progress bars, JSON, and the options declared once.
+
+The sampling options (``--solver``, ``--steps``, ``--time-grid``, ``--rtol``, ``--atol``, ``--cfg``,
+``--seed``, ``--batch-size``) are declared ONCE, in ``SAMPLING_OPTIONS``, with one help text each;
+``@sampling_options()`` gives them to a command, which receives a validated
+``fmcli.sampling.SamplingOptions``. A new sampling option is a field of ``SamplingOptions`` and an
+entry here, nothing else.
+"""
 
 import functools
+import inspect
 import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fmcli import registry
 from fmcli.errors import FMError
+from fmcli.solvers.grids import TIME_GRIDS
 
-console = Console()                 # results (tables) on stdout
+console = Console()  # results (tables) on stdout
 err_console = Console(stderr=True)  # progress and messages on stderr
 
 
@@ -50,21 +61,28 @@ def progress_bar(*fields: str) -> Progress:
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
     columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    return Progress(*columns, console=err_console, transient=False, disable=not sys.stderr.isatty() and os.environ.get("FM_PROGRESS") != "1")
+    hidden = not sys.stderr.isatty() and os.environ.get("FM_PROGRESS") != "1"
+    return Progress(*columns, console=err_console, transient=False, disable=hidden)
 
 
 def print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
 
-def parse_int_list(text: str, option: str) -> list[int]:
+def parse_list(text: str, option: str, kind: Callable[[str], Any] = str) -> list:
+    """``--option a,b,c`` -> [kind(a), kind(b), kind(c)], with one clear error for a bad item or an empty list."""
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise FMError(f"{option} takes comma-separated integers, e.g. 1,2,2 (got {text!r})") from None
+        example = "2,5,10" if kind is int else "1e-3,1e-5" if kind is float else "a,b"
+        raise FMError(f"{option} takes a comma-separated list, e.g. {example} (got {text!r})") from None
     if not values:
         raise FMError(f"{option} is empty")
     return values
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    return parse_list(text, option, int)
 
 
 def registered_names(table: Callable[[], dict]) -> str:
@@ -76,13 +94,72 @@ def registered_names(table: Callable[[], dict]) -> str:
 
 
 def solver_help() -> str:
-    from fmcli import registry
-
     return f"ODE solver: {registered_names(registry.solvers)}."
 
 
 def dataset_help() -> str:
-    from fmcli import registry
-
     return (f"A registered data set ({registered_names(registry.datasets)}) or a folder of images "
             f"(sub-folders = classes).")
+
+
+# --- options several commands share ---------------------------------------------------------------
+
+CheckpointArgument = Annotated[
+    Path, typer.Argument(help="A .safetensors checkpoint or a run folder (uses its last.safetensors).")]
+WeightsOption = Annotated[str, typer.Option(help="ema (the default, smoother) or raw weights.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+CFG_HELP = ("Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
+            "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch). "
+            "[default: 2 for fm sample/animate with --class on a model trained with label dropout; else 1, and "
+            "always 1 in fm eval so FID measures the model itself]")
+
+# field of SamplingOptions -> (its command-line option, its default). The defaults are those of
+# SamplingOptions (tests/test_cli.py checks they agree); cfg None means "the default for the request".
+SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "solver": (Annotated[str, typer.Option(help=solver_help(),
+                                           autocompletion=registry.completer(registry.solvers))], "heun"),
+    "steps": (Annotated[int, typer.Option(help="Steps of a fixed-step solver (NFE = steps x evaluations per step; "
+                                               "adaptive solvers choose their own).")], 20),
+    "time_grid": (Annotated[str, typer.Option(help=f"Time grid of fixed-step solvers: {', '.join(TIME_GRIDS)} "
+                                                   "(the last two are dense near t = 0, the data end).")], "uniform"),
+    "rtol": (Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers, in (0, 1).")], 1e-5),
+    "atol": (Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers, in (0, 1).")], 1e-5),
+    "cfg": (Annotated[Optional[float], typer.Option(help=CFG_HELP, show_default=False)], None),
+    "seed": (Annotated[int, typer.Option(help="Seed of the noise: the same checkpoint, seed and options give the "
+                                              "same samples.")], 0),
+    "batch_size": (Annotated[int, typer.Option(help="Samples per solver call (memory vs speed).")], 500),
+}
+
+
+def sampling_options(*, exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> Callable:
+    """Decorate a Typer command that takes ``sampling: SamplingOptions``: the command gets one option per
+    entry of ``SAMPLING_OPTIONS`` (except ``exclude``; ``defaults`` overrides defaults) in place of that
+    parameter, and is called with the validated ``SamplingOptions`` they make."""
+    defaults = defaults or {}
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command)
+        names = [name for name in SAMPLING_OPTIONS if name not in exclude]
+        options = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=SAMPLING_OPTIONS[name][0],
+                                     default=defaults.get(name, SAMPLING_OPTIONS[name][1])) for name in names]
+        parameters = []
+        for parameter in signature.parameters.values():  # the options go where ``sampling`` was
+            if parameter.name == "sampling":
+                parameters += options
+            else:
+                parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            from fmcli.sampling import SamplingOptions
+
+            chosen = {name: kwargs.pop(name) for name in names}
+            return command(sampling=SamplingOptions(**chosen), **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate

@@ -1,5 +1,6 @@
 """``fm eval``: sample quality (FID, KID, precision/recall), class accuracy, likelihood, solver sweeps."""
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -7,24 +8,24 @@ import typer
 from rich.table import Table
 
 from fmcli import registry
-from fmcli.cli._common import cli_errors, console, err_console, print_json, progress_bar, solver_help
+from fmcli.cli._common import (
+    DeviceOption,
+    JsonOption,
+    WeightsOption,
+    cli_errors,
+    console,
+    err_console,
+    parse_list,
+    print_json,
+    progress_bar,
+    sampling_options,
+)
 from fmcli.errors import FMError
-from fmcli.eval.run import METRICS, EvalOptions, evaluate_checkpoint, evaluate_real, sweep
 
+METRICS = ("fid", "kid", "pr")  # fmcli.eval.run.METRICS, named here without importing torch
 EXTRACTOR_HELP = ("Feature network: classifier (trained on the data set on first use, cached; default for MNIST and "
                   "other 1-channel/small images), inception (FID Inception-v3, comparable to papers; default for RGB "
                   ">= 32x32), points (2-D toys). `fm plugins` lists all.")
-
-
-def _parse_list(text: str, option: str, kind=str) -> list:
-    try:
-        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise FMError(f"{option} takes a comma-separated list, e.g. {'2,5,10' if kind is int else 'a,b'} "
-                      f"(got {text!r})") from None
-    if not values:
-        raise FMError(f"{option} is empty")
-    return values
 
 
 class _StageProgress:
@@ -39,7 +40,9 @@ class _StageProgress:
         self.bar.update(self.tasks[stage], completed=done, total=total)
 
 
+# fmt: off
 @cli_errors
+@sampling_options(exclude=("steps",), defaults={"cfg": 1.0})
 def eval_command(
     checkpoint: Annotated[Optional[Path], typer.Argument(help="A .safetensors checkpoint or a run folder (uses its last.safetensors). Omit with --real.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Data set to score against (default: the checkpoint's own); with --real, the data set to score.")] = None,
@@ -51,16 +54,10 @@ def eval_command(
     k: Annotated[int, typer.Option(help="Neighbours defining the k-NN manifolds of precision/recall.")] = 3,
     kid_subsets: Annotated[int, typer.Option(help="Random subsets KID is averaged over (its ± is their std).")] = 100,
     kid_subset_size: Annotated[int, typer.Option(help="Samples per KID subset (capped at the sample count).")] = 1000,
-    solver: Annotated[str, typer.Option(help=solver_help(), autocompletion=registry.completer(registry.solvers))] = "heun",
-    steps: Annotated[str, typer.Option(help="Steps of a fixed-step solver; with --sweep a list, e.g. 2,5,10,20.")] = "20",
-    time_grid: Annotated[str, typer.Option(help="Time grid of fixed-step solvers.")] = "uniform",
-    rtol: Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers.")] = 1e-5,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers.")] = 1e-5,
-    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale for class-conditional samples.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of the noise (a sweep uses the same seed for every solver).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Samples per solver call.")] = 500,
-    weights: Annotated[str, typer.Option(help="ema (default) or raw weights.")] = "ema",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    steps: Annotated[str, typer.Option(help="Steps of a fixed-step solver (NFE = steps x evaluations per step); with --sweep a list, e.g. 2,5,10,20.")] = "20",
+    sampling=None,
+    weights: WeightsOption = "ema",
+    device: DeviceOption = "auto",
     real: Annotated[bool, typer.Option("--real", help="Score real TRAIN images (same count) against the test split: the floor a model can reach.")] = False,
     nll: Annotated[bool, typer.Option("--nll", help="Also report the negative log-likelihood of test items (bits/dim for images).")] = False,
     nll_samples: Annotated[int, typer.Option(help="Test items for --nll.")] = 500,
@@ -74,6 +71,7 @@ def eval_command(
     offline: Annotated[bool, typer.Option("--offline", help="Never download (data or Inception weights).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object with every figure, its sample count and the options.")] = False,
 ) -> None:
+    # fmt: on
     """Score a model: FID, KID and precision/recall against the test split, class accuracy, likelihood.
 
     Examples:
@@ -88,48 +86,39 @@ def eval_command(
 
       fm eval runs/cifar --extractor inception --inception-weights pt_inception-2015-12-05-6726825d.pth --json
     """
-    step_counts = _parse_list(steps, "--steps", int)
+    from fmcli.eval.nll import NLLOptions
+    from fmcli.eval.run import EvalOptions, evaluate_checkpoint, evaluate_real
+    from fmcli.eval.sweep import sweep
+
+    step_counts = parse_list(steps, "--steps", int)
     if not sweep_solvers and len(step_counts) != 1:
         raise FMError("--steps takes one number (a list only with --sweep)")
-    if any(count < 1 for count in step_counts):
-        raise FMError("--steps must be at least 1")
+    solvers = parse_list(sweep_solvers, "--sweep") if sweep_solvers else None
+    tolerances = parse_list(rtols, "--rtols", float) if rtols else None
+    if real and checkpoint is not None:
+        raise FMError("--real scores real images; give either a checkpoint or --real, not both")
+    if real and data is None:
+        raise FMError("--real needs --data (the data set whose train split is scored against its test split)")
+    if not real and checkpoint is None:
+        raise FMError("give a checkpoint to evaluate, or --real --data NAME for the real-data floor")
     options = EvalOptions(
-        num_samples=num, metrics=tuple(_parse_list(metrics, "--metrics")), extractor=extractor, k=k,
-        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, solver=solver,
-        steps=step_counts[0], time_grid=time_grid, rtol=rtol, atol=atol, cfg=cfg, seed=seed, batch_size=batch_size,
+        num_samples=num, metrics=tuple(parse_list(metrics, "--metrics")), extractor=extractor, k=k,
+        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, sampling=replace(sampling, steps=step_counts[0]),
         weights=weights, device=device, data=data, data_dir=data_dir, cache_dir=cache_dir,
-        inception_weights=inception_weights, download=not offline, nll=nll, nll_samples=nll_samples,
-        nll_solver=nll_solver, nll_steps=nll_steps, probes=probes,
+        inception_weights=inception_weights, download=not offline,
+        nll=NLLOptions(samples=nll_samples, solver=nll_solver, steps=nll_steps, probes=probes) if nll else None,
     )
-    for metric in options.metrics:
-        if metric not in METRICS:
-            raise FMError(f"--metrics: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    if min(num, batch_size, k, probes, nll_samples, kid_subsets) < 1 or kid_subset_size < 2:
-        raise FMError("--num, --batch-size, --k, --probes, --nll-samples and --kid-subsets must be positive, "
-                      "--kid-subset-size at least 2")
-    if extractor is not None:
-        registry.get_feature_extractor(extractor)
-    if nll:
-        registry.get_solver(nll_solver)
     with progress_bar() as bar:
         progress = _StageProgress(bar)
         if real:
-            if data is None:
-                raise FMError("--real needs --data (the data set whose train split is scored against its test split)")
-            if checkpoint is not None:
-                raise FMError("--real scores real images; give either a checkpoint or --real, not both")
             report = evaluate_real(data, options, progress)
-        elif checkpoint is None:
-            raise FMError("give a checkpoint to evaluate, or --real --data NAME for the real-data floor")
-        elif sweep_solvers:
-            report = sweep(checkpoint, options, _parse_list(sweep_solvers, "--sweep"),
-                           step_counts,
-                           rtols=_parse_list(rtols, "--rtols", float) if rtols else None, out_dir=out, progress=progress)
+        elif solvers:
+            report = sweep(checkpoint, options, solvers, step_counts, rtols=tolerances, out_dir=out, progress=progress)
         else:
             report = evaluate_checkpoint(checkpoint, options, progress)
     if json_output:
         print_json(report)
-    elif sweep_solvers and not real:
+    elif solvers and not real:
         _print_sweep(report)
     else:
         _print_report(report)

@@ -127,8 +127,6 @@ def train_command(
         grad_checkpoint=grad_checkpoint, grad_accum=grad_accum, log_every=log_every, sample_every=sample_every,
         checkpoint_every=checkpoint_every, keep=keep, skip_nonfinite=skip_nonfinite,
     )
-    if channels is not None and channels not in (1, 3):
-        raise FMError("--channels must be 1 or 3")
     callbacks = RichCallbacks(quiet=json_output)
     try:
         result = train(overrides, config_file=config, resume=resume, allow_change=allow_change, callbacks=callbacks)

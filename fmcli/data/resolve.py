@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 from fmcli import registry
-from fmcli.data.base import ArrayDataset, LoadOptions
+from fmcli.data.base import ArrayDataset, DatasetSpec, LoadOptions
 from fmcli.data.folder import load_folder
 from fmcli.errors import FMError
 
@@ -18,6 +18,11 @@ def looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or text.startswith((".", "~"))
 
 
+def registered_dataset(text: str) -> DatasetSpec | None:
+    """The registered data set ``text`` names, or None when it is a path or no registered name."""
+    return None if looks_like_path(text) else registry.datasets().get(text)
+
+
 def load_data(name_or_path: str, options: LoadOptions) -> ArrayDataset:
     """A folder path -> the image-folder loader; a name -> the registered data set of that name.
 
@@ -25,10 +30,10 @@ def load_data(name_or_path: str, options: LoadOptions) -> ArrayDataset:
     ``mnist/`` folder holding the IDX files) means the registered data set; write ``./mnist``
     for the folder.
     """
-    is_name = not looks_like_path(name_or_path) and name_or_path in registry.datasets()
-    if not is_name and (looks_like_path(name_or_path) or Path(name_or_path).exists()):
+    spec = registered_dataset(name_or_path)
+    if spec is None and (looks_like_path(name_or_path) or Path(name_or_path).exists()):
         return load_folder(name_or_path, options)  # also raises the "missing" / "not a folder" errors
-    spec = registry.get_dataset(name_or_path)  # unknown name: FMError with the closest match
+    spec = spec or registry.get_dataset(name_or_path)  # unknown name: FMError with the closest match
     if options.split not in spec.splits:
         raise FMError(f"data set {spec.name!r} has no split {options.split!r}; available: {', '.join(spec.splits)}")
     return spec.load(options)

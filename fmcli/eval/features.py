@@ -63,6 +63,7 @@ class ExtractorSpec:
     name: str
     description: str
     load: Callable[[ExtractorContext], FeatureExtractor]
+    dim: int | None = None  # feature length when known before loading (lets --num be checked before any work)
 
 
 def default_cache_dir() -> Path:

@@ -1,0 +1,81 @@
+"""What optimizer step k trains on: the data order, the noise, the times and the labels.
+
+Everything random in step k is drawn from generators seeded by (seed, epoch) and (seed, k), so
+resuming needs no saved RNG streams and continues bit for bit. Under torchrun every rank draws
+the same GLOBAL batch (indices, t, noise, label dropout) and keeps its own slice, so N ranks at
+B/N do the maths of one process at B.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fmcli.config import TrainConfig
+from fmcli.data.base import to_model_space
+from fmcli.flow import ot_pairing, sample_time
+
+
+def step_seed(seed: int, step: int, salt: int) -> int:
+    """One integer per (seed, step, purpose): the seed of a generator used only in that step."""
+    return (seed * 1_000_003 + step) * 7 + salt
+
+
+class BatchOrder:
+    """Epoch permutations from (seed, epoch); the global batch of step k is a slice of one."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.batches_per_epoch = max(1, size // batch_size)
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> Tensor:
+        epoch, position = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.size, generator=generator)
+            self._epoch = epoch
+        start = position * self.batch_size
+        chunk = self._perm[start : start + self.batch_size]
+        if len(chunk) < self.batch_size:  # data smaller than one batch: wrap around
+            chunk = self._perm[torch.arange(start, start + self.batch_size) % self.size]
+        return chunk
+
+
+@dataclass
+class Batch:
+    x0: Tensor  # data, model space
+    x1: Tensor  # noise N(0, I), paired with x0
+    t: Tensor  # [B] times in (0, 1)
+    labels: Tensor | None  # [B] class indices, ``num_classes`` (the null class) where dropped
+
+
+class BatchSampler:
+    """Draws this rank's slice of the global batch of any step, from (seed, step) alone."""
+
+    def __init__(self, inputs: Tensor, labels: Tensor | None, num_classes: int, kind: str, config: TrainConfig,
+                 rank: int, world_size: int, device: torch.device):
+        self.inputs, self.labels, self.num_classes, self.kind = inputs, labels, num_classes, kind
+        self.config, self.rank, self.world_size, self.device = config, rank, world_size, device
+        self.order = BatchOrder(len(inputs), config.batch_size, config.seed)
+
+    def draw(self, step: int) -> Batch:
+        config, device = self.config, self.device
+        index = self.order.indices(step).to(self.inputs.device)
+        generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, step, 1))
+        x0 = self.inputs[index].to(device)
+        x0 = to_model_space(x0) if self.kind == "image" else x0.float()
+        batch = x0.shape[0]
+        t = sample_time(batch, method=config.time_sampling, mean=config.time_mean, std=config.time_std,
+                        generator=generator, device=device)
+        x1 = torch.randn(x0.shape, generator=generator, device=device)
+        labels = None
+        if self.labels is not None:
+            labels = self.labels[index].to(device)
+            drop = torch.rand(batch, generator=generator, device=device) < config.label_dropout
+            labels = labels.masked_fill(drop, self.num_classes)  # the null class: trains v(x, t) without a label
+        if config.coupling == "ot":
+            x1 = x1[ot_pairing(x0, x1)]
+        share = batch // self.world_size
+        mine = slice(self.rank * share, (self.rank + 1) * share)
+        return Batch(x0[mine], x1[mine], t[mine], None if labels is None else labels[mine])
