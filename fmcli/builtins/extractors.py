@@ -1,10 +1,7 @@
-"""Built-in feature extractors for ``fm eval``: classifier, inception and points."""
+"""Built-in feature extractors for ``fm eval``: classifier, inception and points (imported when first loaded)."""
 
-from fmcli.eval.classifier import FEATURE_DIM, trained_classifier
-from fmcli.eval.features import ExtractorSpec
-from fmcli.eval.inception import load_inception
-from fmcli.eval.points import load_points
 from fmcli.hookspecs import hookimpl
+from fmcli.specs import ExtractorSpec, lazy_callable
 
 
 @hookimpl
@@ -13,17 +10,17 @@ def fm_register_feature_extractors(register):
         name="classifier",
         description="small CNN trained on the data set's training split on first use, cached (128-d); "
                     "default for 1-channel or small images such as MNIST; also gives conditional accuracy",
-        load=trained_classifier,
-        dim=FEATURE_DIM,
+        load=lazy_callable("fmcli.eval.classifier:trained_classifier"),
+        dim=128,  # fmcli.eval.classifier.FEATURE_DIM
     ))
     register(ExtractorSpec(
         name="inception",
         description="FID Inception-v3 of pytorch-fid (2048-d), figures comparable to papers; default for RGB >= 32x32",
-        load=load_inception,
+        load=lazy_callable("fmcli.eval.inception:load_inception"),
         dim=2048,
     ))
     register(ExtractorSpec(
         name="points",
         description="the coordinates themselves, for 2-D toy data (default there)",
-        load=load_points,
+        load=lazy_callable("fmcli.eval.points:load_points"),
     ))

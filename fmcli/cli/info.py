@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fmcli.checkpoint import read_checkpoint
 from fmcli.cli._common import cli_errors, console, print_json
 
 
@@ -22,6 +21,8 @@ def info_command(
 
       fm info runs/demo/last.safetensors
     """
+    from fmcli.checkpoint import read_checkpoint
+
     tensors, meta = read_checkpoint(checkpoint)
     groups = sorted({name.split(".", 1)[0] for name in tensors})
     parameters = sum(t.numel() for name, t in tensors.items() if name.startswith("ema."))

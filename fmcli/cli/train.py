@@ -10,7 +10,6 @@ import typer
 from fmcli import registry
 from fmcli.cli._common import cli_errors, dataset_help, err_console, parse_int_list, print_json, progress_bar
 from fmcli.errors import FMError
-from fmcli.train import Callbacks, TrainingInterrupted, train
 
 DATA_HELP = dataset_help()
 
@@ -20,7 +19,9 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-class RichCallbacks(Callbacks):
+class RichCallbacks:
+    """fmcli.train.Callbacks drawn with rich: a progress bar with loss and images/s, and messages on stderr."""
+
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.progress = progress_bar("loss", "img/s")
@@ -127,6 +128,8 @@ def train_command(
         grad_checkpoint=grad_checkpoint, grad_accum=grad_accum, log_every=log_every, sample_every=sample_every,
         checkpoint_every=checkpoint_every, keep=keep, skip_nonfinite=skip_nonfinite,
     )
+    from fmcli.train import TrainingInterrupted, train
+
     callbacks = RichCallbacks(quiet=json_output)
     try:
         result = train(overrides, config_file=config, resume=resume, allow_change=allow_change, callbacks=callbacks)

@@ -4,7 +4,6 @@ Images are kept as uint8 [N, C, H, W] (MNIST's 60,000 digits are 47 MB) and norm
 [-1, 1] on the training device, batch by batch. 2-D toy data sets are float32 [N, D].
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,9 @@ import torch
 from torch import Tensor
 
 from fmcli.errors import FMError
+from fmcli.specs import DatasetSpec  # re-exported: plugins import it from here
+
+__all__ = ["ArrayDataset", "DatasetSpec", "LoadOptions", "to_model_space", "to_uint8"]
 
 
 @dataclass
@@ -45,18 +47,6 @@ class ArrayDataset:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape[1:])
-
-
-@dataclass
-class DatasetSpec:
-    name: str
-    description: str
-    kind: str                                   # "image" or "points"
-    splits: tuple[str, ...]                     # e.g. ("train", "test"); ("train",) when no test split
-    load: Callable[[LoadOptions], ArrayDataset]
-    # Training options that suit this data (e.g. a short schedule for the embedded subset);
-    # they sit between fm's defaults and the user's config file and options.
-    train_defaults: dict = field(default_factory=dict)
 
 
 def to_model_space(images_uint8: Tensor) -> Tensor:

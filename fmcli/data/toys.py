@@ -73,12 +73,12 @@ def spirals(n: int, rng: np.random.Generator) -> Sample:
     return points + rng.normal(0, 0.1, (n, 2)), arm
 
 
-TOYS: dict[str, tuple[Callable[[int, np.random.Generator], Sample], list[str] | None, str]] = {
-    # name: (sampler, class names or None, description)
-    "moons": (moons, ["upper", "lower"], "two interleaving half circles (2-D), labelled by moon"),
-    "8gaussians": (eight_gaussians, [str(k) for k in range(8)], "eight Gaussians on a circle (2-D), labelled by mode"),
-    "checkerboard": (checkerboard, None, "uniform on a 4x4 checkerboard's dark squares (2-D), unlabelled"),
-    "spirals": (spirals, ["arm 0", "arm 1"], "two interleaved spiral arms (2-D), labelled by arm"),
+TOYS: dict[str, tuple[Callable[[int, np.random.Generator], Sample], list[str] | None]] = {
+    # name: (sampler, class names or None); descriptions are registered in fmcli.builtins.datasets
+    "moons": (moons, ["upper", "lower"]),
+    "8gaussians": (eight_gaussians, [str(k) for k in range(8)]),
+    "checkerboard": (checkerboard, None),
+    "spirals": (spirals, ["arm 0", "arm 1"]),
 }
 
 
@@ -90,7 +90,7 @@ def load_toy(name: str, options: LoadOptions) -> ArrayDataset:
     if n <= 0:
         raise FMError(f"num_samples must be positive, not {n}")
     rng = np.random.default_rng([options.seed, SPLITS.index(options.split)])
-    sample, class_names, _ = TOYS[name]
+    sample, class_names = TOYS[name]
     points, labels = sample(n, rng)
     order = rng.permutation(n)  # the samplers emit class by class
     return ArrayDataset(

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from fmcli.checkpoint import atomic_write_bytes
+from fmcli.files import atomic_write_bytes
 from fmcli.data.base import ArrayDataset, to_model_space
 from fmcli.data.resolve import content_hash
 from fmcli.errors import FMError

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fmcli.data.base import ArrayDataset
+from fmcli.specs import ExtractorSpec  # re-exported: plugins import it from here
 
 # progress(stage, done, total): core code reports work through this, never by printing.
 Progress = Callable[[str, int, int], None]
@@ -56,14 +57,6 @@ class ExtractorContext:
     @property
     def cache(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else default_cache_dir()
-
-
-@dataclass
-class ExtractorSpec:
-    name: str
-    description: str
-    load: Callable[[ExtractorContext], FeatureExtractor]
-    dim: int | None = None  # feature length when known before loading (lets --num be checked before any work)
 
 
 def default_cache_dir() -> Path:

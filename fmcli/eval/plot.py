@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from fmcli.checkpoint import atomic_write_bytes
+from fmcli.files import atomic_write_bytes
 from fmcli.images import png_bytes
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),

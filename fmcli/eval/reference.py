@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from fmcli.checkpoint import atomic_write_bytes
+from fmcli.files import atomic_write_bytes
 from fmcli.data.base import ArrayDataset
 from fmcli.data.resolve import content_hash
 from fmcli.eval.features import FeatureExtractor, Progress, cache_name, extract_features

@@ -4,18 +4,12 @@ Every model is built from a plain JSON-serialisable config dict (stored in check
 ``{"name": "unet", ...keyword arguments of the class...}``.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fmcli.errors import FMError
+from fmcli.specs import ModelSpec  # re-exported: plugins import it from here
 
-
-@dataclass
-class ModelSpec:
-    name: str
-    description: str
-    build: Callable[..., Any]  # build(**config_without_name) -> torch.nn.Module with a ``config`` dict
+__all__ = ["ModelSpec", "build_model"]
 
 
 def build_model(config: dict) -> Any:

@@ -28,11 +28,12 @@ well-spread data (all variances >= 0.05) ``uniform`` is as good or better, and f
 
 import math
 from collections.abc import Callable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from fmcli.errors import FMError
+
+if TYPE_CHECKING:
+    import torch
 
 _WARPS: dict[str, Callable[[float], float]] = {
     "uniform": lambda u: u,
@@ -48,9 +49,9 @@ def make_time_grid(
     steps: int,
     t_start: float = 1.0,
     t_end: float = 0.0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> Tensor:
+    device: "torch.device | str | None" = None,
+    dtype: "torch.dtype | None" = None,
+) -> "torch.Tensor":
     """[steps + 1] times from ``t_start`` to ``t_end`` (both exact), denser near t = 0 unless uniform."""
     if name not in _WARPS:
         raise FMError(f"unknown time grid {name!r}: use one of {', '.join(TIME_GRIDS)}")
@@ -63,4 +64,6 @@ def make_time_grid(
     # Computed in Python floats (double precision) so the endpoints are exactly lo and hi.
     ascending = [lo] + [lo + (hi - lo) * warp(k / steps) for k in range(1, steps)] + [hi]
     times = ascending[::-1] if t_start > t_end else ascending
-    return torch.tensor(times, dtype=dtype, device=device)
+    import torch  # here, not at the top: the CLI reads TIME_GRIDS for --help without importing torch
+
+    return torch.tensor(times, dtype=dtype or torch.float64, device=device)

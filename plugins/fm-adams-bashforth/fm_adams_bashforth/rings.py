@@ -10,7 +10,7 @@ circle is the same; points are jittered radially with standard deviation 0.03. P
 import numpy as np
 import torch
 
-from fmcli.data.base import ArrayDataset, DatasetSpec, LoadOptions
+from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.errors import FMError
 
 RADII = (0.5, 1.0, 1.5)
@@ -39,11 +39,3 @@ def load_rings(options: LoadOptions) -> ArrayDataset:
         info={"radii": RADII, "noise": NOISE, "seed": options.seed},
     )
 
-
-RINGS = DatasetSpec(
-    name="rings",
-    description="three concentric circles (2-D points, label = ring); example plugin data set",
-    kind="points",
-    splits=SPLITS,
-    load=load_rings,
-)
