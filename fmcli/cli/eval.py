@@ -13,7 +13,7 @@ from fmcli.eval.run import METRICS, EvalOptions, evaluate_checkpoint, evaluate_r
 
 EXTRACTOR_HELP = ("Feature network: classifier (trained on the data set on first use, cached; default for MNIST and "
                   "other 1-channel/small images), inception (FID Inception-v3, comparable to papers; default for RGB "
-                  ">= 32x32), points (2-D toys). `fm plugins` lists all.")
+                  ">= 32x32; needs pip install 'fmcli[inception]'), points (2-D toys). `fm plugins` lists all.")
 
 
 def _parse_list(text: str, option: str, kind=str) -> list:

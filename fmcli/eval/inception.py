@@ -67,7 +67,7 @@ def package_modules() -> tuple[types.ModuleType, str]:
                 sys.modules[PACKAGE].__version__)
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.submodule_search_locations is None:
-        raise FMError(f"the inception extractor needs torch-fidelity: {INSTALL_HINT}")
+        raise FMError(f"the inception extractor needs torch-fidelity: {INSTALL_HINT}, or use --extractor classifier")
     before = {name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")}
     stand_in = types.ModuleType(PACKAGE)
     stand_in.__path__ = list(spec.submodule_search_locations)
@@ -76,7 +76,7 @@ def package_modules() -> tuple[types.ModuleType, str]:
         module = importlib.import_module(f"{PACKAGE}.feature_extractor_inceptionv3")
         version = importlib.import_module(f"{PACKAGE}.version").__version__
     except (ImportError, AttributeError) as error:
-        raise FMError(f"cannot import torch-fidelity's Inception ({str(error).splitlines()[0][:120]}); "
+        raise FMError(f"cannot import torch-fidelity's Inception ({' '.join(str(error).split())[:120]}); "
                       f"{INSTALL_HINT}") from None
     finally:
         for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
@@ -223,167 +223,3 @@ def load_inception(context: ExtractorContext) -> InceptionExtractor:
     return InceptionExtractor(network.to(context.device), identity=identity,
                               info={"weights": str(path), "network": f"torch-fidelity {version}"})
 
-
-# The hand-written network, kept only until the test shows torch-fidelity's gives the same features.
-
-
-class BasicConv2d(nn.Module):
-    def __init__(self, c_in: int, c_out: int, **kwargs):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, bias=False, **kwargs)
-        self.bn = nn.BatchNorm2d(c_out, eps=0.001)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.bn(self.conv(x)))
-
-
-def _avg_pool_no_pad(x: Tensor) -> Tensor:
-    # TensorFlow's average pool leaves the zero padding out of the mean (FID patch).
-    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-
-
-class FIDInceptionA(nn.Module):
-    def __init__(self, c_in: int, pool_features: int):
-        super().__init__()
-        self.branch1x1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch5x5_1 = BasicConv2d(c_in, 48, kernel_size=1)
-        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
-        self.branch_pool = BasicConv2d(c_in, pool_features, kernel_size=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool_no_pad(x)),
-        ], 1)
-
-
-class InceptionB(nn.Module):
-    def __init__(self, c_in: int):
-        super().__init__()
-        self.branch3x3 = BasicConv2d(c_in, 384, kernel_size=3, stride=2)
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, kernel_size=3, stride=2),
-        ], 1)
-
-
-class FIDInceptionC(nn.Module):
-    def __init__(self, c_in: int, channels_7x7: int):
-        super().__init__()
-        c7 = channels_7x7
-        self.branch1x1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch7x7_1 = BasicConv2d(c_in, c7, kernel_size=1)
-        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_1 = BasicConv2d(c_in, c7, kernel_size=1)
-        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch_pool = BasicConv2d(c_in, 192, kernel_size=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        seven = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        double = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-            double = layer(double)
-        return torch.cat([self.branch1x1(x), seven, double, self.branch_pool(_avg_pool_no_pad(x))], 1)
-
-
-class InceptionD(nn.Module):
-    def __init__(self, c_in: int):
-        super().__init__()
-        self.branch3x3_1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
-        self.branch7x7x3_1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        seven = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), seven, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
-
-
-class FIDInceptionE(nn.Module):
-    """Inception E block; ``pool="avg"`` for Mixed_7b, ``"max"`` for Mixed_7c (the FID network's quirk)."""
-
-    def __init__(self, c_in: int, pool: str):
-        super().__init__()
-        self.pool = pool
-        self.branch1x1 = BasicConv2d(c_in, 320, kernel_size=1)
-        self.branch3x3_1 = BasicConv2d(c_in, 384, kernel_size=1)
-        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 448, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
-        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch_pool = BasicConv2d(c_in, 192, kernel_size=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        three = self.branch3x3_1(x)
-        double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        pooled = _avg_pool_no_pad(x) if self.pool == "avg" else F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch3x3_2a(three), self.branch3x3_2b(three),
-            self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double),
-            self.branch_pool(pooled),
-        ], 1)
-
-
-class FIDInceptionV3(nn.Module):
-    """Inception-v3 up to the final average pool, with the parameter names of pytorch-fid's weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
-        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = FIDInceptionE(1280, pool="avg")
-        self.Mixed_7c = FIDInceptionE(2048, pool="max")
-        self.fc = nn.Linear(2048, 1008)   # unused by FID; present so the official file loads strictly
-
-    def forward(self, x: Tensor, size: int = 299) -> Tensor:
-        """Images in [-1, 1], [B, 1 or 3, H, W] -> 2048-d pool features [B, 2048].
-
-        ``size``: the resolution the images are resized to (299 for FID; tests use 75, the smallest
-        the strides allow, for speed).
-        """
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        if x.shape[-2:] != (size, size):
-            # Bilinear resizing is linear, so resizing [-1, 1] images equals pytorch-fid's
-            # resize of [0, 1] images followed by 2x - 1.
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
-            x = block(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
