@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 # torch 2.13.0: on this project's CPU machines pip takes a small CPU build from local disk.
 # On a GPU machine, install the CUDA build you want first (pip install torch), then make setup.
 TORCH  ?= torch==2.13.0
+# The inception extra's package, as pinned in pyproject.toml. Installed without its dependencies:
+# its torchvision would bring another torch build, and fm imports only its torch-only Inception module.
+FIDELITY ?= torch-fidelity>=0.3,<0.5
 
 .PHONY: setup demo test bench-cpu clean
 
@@ -15,6 +18,7 @@ $(BIN)/fm: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps "$(FIDELITY)"
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e plugins/fm-adams-bashforth
 	touch $(BIN)/fm
 

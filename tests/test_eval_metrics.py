@@ -1,18 +1,23 @@
 """fm eval's metrics against known answers, the feature extractors, the caches and the plot."""
 
+import importlib.util
+import io
 import math
+import os
+import sys
 import time
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from PIL import Image
 
-from fmcli.data.base import ArrayDataset, LoadOptions
+from fmcli.data.base import ArrayDataset, LoadOptions, to_model_space
 from fmcli.errors import FMError
-from fmcli.eval import metrics
+from fmcli.eval import inception, metrics
 from fmcli.eval.classifier import accuracy, train_classifier
 from fmcli.eval.features import ExtractorContext, extract_features
-from fmcli.eval.inception import FIDInceptionV3, load_weights, read_state_dict
 from fmcli.eval.plot import plot_metric_vs_nfe
 from fmcli.eval.reference import reference_features
 
@@ -103,50 +108,177 @@ def test_class_accuracy_and_histogram():
     assert metrics.class_histogram(predicted, 4) == [2, 3, 1, 0]
 
 
+INCEPTION_REFERENCE = Path(__file__).parent / "data" / "inception_reference.safetensors"
+
+
+def require_torch_fidelity() -> None:
+    """Skip without torch-fidelity here; in CI, where ``make setup`` installs it, its absence fails."""
+    if importlib.util.find_spec("torch_fidelity") is None:
+        message = "torch-fidelity is not installed (make setup installs it; or pip install 'fmcli[inception]')"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def inception_shapes() -> dict[str, torch.Tensor]:
+    """The names and shapes of torch-fidelity's FID Inception state dict, as meta tensors.
+
+    Its constructor loads weights (from a URL by default); with that switched off and on the
+    meta device, building it reads, downloads and allocates nothing.
+    """
+    network_class = inception.package_modules()[0].FeatureExtractorInceptionV3
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    with mock.patch.object(network_class, "load_state_dict"), torch.device("meta"):
+        network = network_class("shapes-only", ["2048"], feature_extractor_weights_path=empty)
+    return network.state_dict()
+
+
+def seeded_inception_state(shapes: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Random FID Inception weights, the same on every machine (CPU generator, sorted names).
+
+    He-normal convolutions and BatchNorm statistics near the identity keep the activations of
+    order one through the 94 conv/BN/ReLU layers (PyTorch's default init lets them shrink layer
+    after layer); non-trivial BatchNorm statistics make a wrong use of them show in the features.
+    No BatchNorm step counters, like the TensorFlow port's file.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in sorted(shapes):
+        shape = shapes[name].shape
+        if name.endswith("num_batches_tracked"):
+            continue
+        if name.endswith("conv.weight"):
+            state[name] = torch.randn(shape, generator=generator) * math.sqrt(2.0 / math.prod(shape[1:]))
+        elif name.endswith("bn.weight"):
+            state[name] = 0.75 + 0.5 * torch.rand(shape, generator=generator)
+        elif name.endswith(("bn.bias", "bn.running_mean")):
+            state[name] = 0.1 * torch.randn(shape, generator=generator)
+        elif name.endswith("bn.running_var"):
+            state[name] = 0.5 + torch.rand(shape, generator=generator)
+        elif name in ("fc.weight", "fc.bias"):
+            state[name] = 0.01 * torch.randn(shape, generator=generator)
+        else:
+            raise KeyError(f"no initialisation for {name}")
+    return state
+
+
+def seeded_images(size: int, seed: int) -> torch.Tensor:
+    """Four random RGB uint8 images [4, 3, size, size], the same on every machine."""
+    return torch.randint(0, 256, (4, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> float:
+    return float(sum(state[name].double().abs().sum() for name in sorted(state)))
+
+
 @pytest.fixture(scope="module")
-def inception():
-    """One randomly initialised FID Inception for the module (building it takes a few seconds)."""
-    return FIDInceptionV3().eval()
+def inception_state():
+    """Seeded random weights for torch-fidelity's FID Inception (never the real, downloaded ones)."""
+    require_torch_fidelity()
+    return seeded_inception_state(inception_shapes(), seed=0)
 
 
-def test_inception_network_gives_2048_features_with_random_weights(inception):
-    network = inception
+@pytest.fixture(scope="module")
+def seeded_inception(inception_state):
+    return inception.inception_network(inception_state, "seeded weights")
+
+
+def test_inception_network_gives_2048_features_with_random_weights(seeded_inception):
     grayscale = torch.rand(2, 1, 28, 28) * 2 - 1
     with torch.no_grad():
         # Grayscale in (repeated to RGB inside), resized to 75x75: the smallest size the strides allow.
-        features = network(grayscale, size=75)
+        features = inception.inception_features(seeded_inception, grayscale, size=75)
     assert features.shape == (2, 2048)
     assert torch.isfinite(features).all()
     assert not torch.allclose(features[0], features[1])
 
 
-def test_inception_weights_load_from_safetensors_and_pth_and_checksum_mismatch_fails(tmp_path, inception):
+def test_inception_features_match_those_of_the_hand_written_network(tmp_path, inception_state):
+    """fm's extractor (weights file, torch-fidelity's network, resize, normalisation, pooling)
+    against the features that fm's own hand-written FID Inception-v3 gave before it was deleted,
+    on the same seeded weights and images: tests/data/inception_reference.safetensors (66 KB),
+    written by tests/data/make_inception_reference.py in the commit that added it (git log -- tests/data),
+    where a test also found both networks equal (max |diff| 0.0 on one machine)."""
+    from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from fmcli.eval.inception import sha256_of
+    with safe_open(str(INCEPTION_REFERENCE), "pt") as reference:
+        expected = {name: reference.get_tensor(name) for name in reference.keys()}
+        metadata = reference.metadata()
+    assert metadata["weights_seed"] == "0"   # the seed inception_state uses
+    # The generators still give the weights and images the reference was made from.
+    assert weights_fingerprint(inception_state) == pytest.approx(float(metadata["weights_abs_sum"]), rel=1e-12)
+    weights = tmp_path / "seeded.safetensors"
+    save_file(inception_state, str(weights))
+    context = ExtractorContext(dataset_name="x", shape=(3, 64, 64), splits=("train",), load_split=None,
+                               weights=weights, download=False)
+    extractor = inception.load_inception(context)
+    assert (extractor.name, extractor.dim, extractor.num_classes) == ("inception", 2048, 0)
+    for size in (64, 299):   # resized to 299 / already 299
+        images = seeded_images(size, seed=int(metadata["images_seed"]))
+        assert int(images.long().sum()) == int(metadata[f"images_{size}_sum"])
+        features, logits = extract_features(extractor, images)
+        assert logits is None
+        # float32 rounding only: on one machine the two networks agree exactly, float32 and
+        # float64 features differ by < 1e-5 and 1 or 2 threads by ~6e-6; a wrong preprocessing
+        # step moves them by far more (TensorFlow's (x - 128) / 128 normalisation by 3e-2).
+        torch.testing.assert_close(features, expected[f"features_{size}"], rtol=1e-4, atol=1e-4)
 
-    state = inception.state_dict()   # random weights
+
+def test_inception_weights_load_from_safetensors_and_pth_and_checksum_mismatch_fails(
+        tmp_path, inception_state, seeded_inception):
+    from safetensors.torch import save_file
+
+    # safetensors without BatchNorm step counters (like the TensorFlow port), .pth with them.
     st_path, pth_path = tmp_path / "w.safetensors", tmp_path / "w.pth"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(st_path))
-    torch.save(state, pth_path)
-    for path in (st_path, pth_path):
-        loaded = read_state_dict(path, sha256_prefix=sha256_of(path)[:8])
+    save_file(inception_state, str(st_path))
+    torch.save(seeded_inception.state_dict(), pth_path)
+    for path, state in ((st_path, inception_state), (pth_path, seeded_inception.state_dict())):
+        loaded = inception.read_state_dict(path, sha256_prefix=inception.sha256_of(path)[:8])
         assert loaded.keys() == state.keys()
         assert all(torch.equal(loaded[k], v) for k, v in state.items())
-        load_weights(inception, loaded, str(path))  # every key fits the network (strict, but for BN counters)
+        inception.inception_network(loaded, str(path))  # every tensor fits the network (strictly)
     with pytest.raises(FMError, match="SHA-256"):
-        read_state_dict(st_path, sha256_prefix="00000000" if not sha256_of(st_path).startswith("0") else "ffffffff")
+        inception.read_state_dict(st_path, sha256_prefix="0" * 8 if inception.sha256_of(st_path)[0] != "0" else "f" * 8)
     with pytest.raises(FMError, match="not the FID Inception"):
-        load_weights(inception, {"conv.weight": torch.zeros(1)}, "bad file")
+        inception.inception_network({"conv.weight": torch.zeros(1)}, "bad file")
 
 
 def test_inception_without_weights_offline_is_a_clear_error(tmp_path):
-    from fmcli.eval.inception import load_inception
-
     context = ExtractorContext(dataset_name="x", shape=(3, 32, 32), splits=("train",), load_split=None,
                                cache_dir=tmp_path, download=False)
     with pytest.raises(FMError, match="--inception-weights"):
-        load_inception(context)
+        inception.load_inception(context)
+
+
+def test_inception_without_torch_fidelity_names_the_extra(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    save_file({"fc.bias": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+    context = ExtractorContext(dataset_name="x", shape=(3, 32, 32), splits=("train",), load_split=None,
+                               weights=tmp_path / "w.safetensors", download=False)
+    monkeypatch.setattr(inception, "PACKAGE", "torch_fidelity_not_installed")
+    inception.package_modules.cache_clear()
+    try:
+        with pytest.raises(FMError, match=r"pip install 'fmcli\[inception\]'"):
+            inception.load_inception(context)
+    finally:
+        inception.package_modules.cache_clear()
+
+
+def test_torch_fidelity_inception_imports_alone_and_leaves_sys_modules_as_it_was():
+    require_torch_fidelity()
+    inception.package_modules.cache_clear()
+    before = set(sys.modules)
+    module, version = inception.package_modules()
+    assert module.FeatureExtractorInceptionV3.__name__ == "FeatureExtractorInceptionV3" and version
+    added = set(sys.modules) - before
+    # Neither the rest of torch-fidelity (its __init__ imports torchvision) nor its Inception module
+    # stays imported under the package's name: a later ``import torch_fidelity`` runs as usual.
+    assert not any(name == "torch_fidelity" or name.startswith("torch_fidelity.") for name in added)
+    assert "torchvision" not in added
 
 
 class CountingExtractor:

@@ -15,7 +15,8 @@ def fm_register_feature_extractors(register):
     ))
     register(ExtractorSpec(
         name="inception",
-        description="FID Inception-v3 of pytorch-fid (2048-d), figures comparable to papers; default for RGB >= 32x32",
+        description="FID Inception-v3 (2048-d, from torch-fidelity: pip install 'fmcli[inception]'), figures "
+                    "comparable to papers; default for RGB >= 32x32",
         load=lazy_callable("fmcli.eval.inception:load_inception"),
         dim=2048,
     ))

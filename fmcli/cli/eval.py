@@ -25,7 +25,7 @@ from fmcli.errors import FMError
 METRICS = ("fid", "kid", "pr")  # fmcli.eval.run.METRICS, named here without importing torch
 EXTRACTOR_HELP = ("Feature network: classifier (trained on the data set on first use, cached; default for MNIST and "
                   "other 1-channel/small images), inception (FID Inception-v3, comparable to papers; default for RGB "
-                  ">= 32x32), points (2-D toys). `fm plugins` lists all.")
+                  ">= 32x32; needs pip install 'fmcli[inception]'), points (2-D toys). `fm plugins` lists all.")
 
 
 class _StageProgress:

@@ -9,7 +9,8 @@ Built in:
     classifier  a small CNN trained on the data set's own training split (cached), the
                 default for 1-channel or small images such as MNIST; its logits also give
                 the class of each sample (conditional accuracy).
-    inception   the FID Inception-v3 of pytorch-fid (2048-d), for figures comparable to papers.
+    inception   the FID Inception-v3 (pytorch-fid's port, taken from torch-fidelity: the
+                ``fmcli[inception]`` extra), 2048-d, for figures comparable to papers.
 """
 
 import os
