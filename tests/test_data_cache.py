@@ -10,6 +10,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -115,15 +116,15 @@ def entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.exists() else []
 
 
-def mapped_file(tensor: torch.Tensor) -> str | None:
-    """The file whose mapping holds the tensor's first byte (per /proc/self/maps), or None."""
+def mapping_of(tensor: torch.Tensor) -> tuple[str, str | None]:
+    """(permissions, file) of the mapping that holds the tensor's first byte, per /proc/self/maps."""
     address = tensor.data_ptr()
     for line in Path("/proc/self/maps").read_text().splitlines():
         parts = line.split(maxsplit=5)
         low, high = (int(x, 16) for x in parts[0].split("-"))
         if low <= address < high:
-            return parts[5] if len(parts) == 6 else None
-    return None
+            return parts[1], parts[5] if len(parts) == 6 else None
+    raise AssertionError("no mapping holds the tensor")
 
 
 # ---------------------------------------------------------------- round trip and hits
@@ -166,12 +167,13 @@ def test_second_load_maps_the_file_without_decoding(mixed, decodes, cache_home):
     assert decodes == [] and second.info["cache"]["status"] == "mapped"
     path = second.info["cache"]["path"]
     assert Path(path).parent == cache_home and entries(cache_home) == [Path(path).name]
-    assert mapped_file(second.data) == path  # the tensor's memory is the file, not a copy in RAM
+    assert mapping_of(second.data) == ("r--s", path)  # the file itself, read-only and shared; not a copy in RAM
     assert second.data.is_contiguous() and torch.equal(second.data, first.data)
     assert content_hash(second) == second.info["content_hash"] == first.info["content_hash"]
     assert len(content_hash(second)) == 16
-    second.data[0, 0, 0, 0] = 7  # copy-on-write: this process only, never the file
-    assert torch.equal(load_folder(mixed, LoadOptions(image_size=16)).data, first.data)
+    batch = second.data[torch.tensor([4, 1])]  # a gather is a copy in RAM, free to change
+    batch += 1
+    assert mapping_of(batch)[1] != path and torch.equal(batch - 1, first.data[[4, 1]])
 
 
 @linux_only
@@ -365,7 +367,8 @@ def test_disk_full_while_writing_leaves_nothing_that_is_used_later(mixed, cache_
 def test_too_little_free_space_is_known_before_decoding(mixed, decodes, monkeypatch):
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     data = load_folder(mixed, LoadOptions(image_size=8))
-    assert "MB free" in data.info["cache_warning"] and len(decodes) == 8  # decoded once, into memory
+    assert "1.0 kB free, the images need at least" in data.info["cache_warning"]
+    assert len(decodes) == 8  # decoded once, into memory
 
 
 def test_a_crashed_builders_temporary_file_is_ignored_and_removed(mixed, cache_home):
@@ -432,7 +435,7 @@ def fm() -> typer.Typer:
 def test_cli_prepare_and_info(fm, mixed, tmp_path):
     result = runner.invoke(fm, ["data", "prepare", str(mixed), "--image-size", "16"])
     assert result.exit_code == 0, result.output
-    assert "cached 6 images of 3x16x16, 2 classes" in result.output and " MB at " in result.output
+    assert re.search(r"^cached 6 images of 3x16x16, 2 classes: \d+\.\d kB at .*\.fmc$", result.stdout, re.M)
     assert "warning: skipped 2 unreadable file(s)" in result.output
     result = runner.invoke(fm, ["data", "prepare", str(mixed), "--image-size", "16"])
     assert result.exit_code == 0 and "already cached 6 images" in result.output

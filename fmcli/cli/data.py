@@ -8,7 +8,7 @@ from rich.table import Table
 
 from fmcli.cli._common import cli_errors, console, err_console, print_json, progress_bar
 from fmcli.data.base import LoadOptions
-from fmcli.data.cache import cache_dir, cached_folders, prepare_folder
+from fmcli.data.cache import cache_dir, cached_folders, format_bytes, prepare_folder
 from fmcli.data.folder import DEFAULT_IMAGE_SIZE
 
 app = typer.Typer(
@@ -17,10 +17,6 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
 
 
 @app.command("prepare")
@@ -53,7 +49,7 @@ def prepare_command(
     shape = "x".join(str(n) for n in info.shape)
     what = "already cached" if info.already_cached else "cached"
     classes = f", {len(info.class_names)} classes" if info.class_names else ""
-    console.print(f"{what} {info.count} images of {shape}{classes}: {_megabytes(info.size_bytes)} at {info.path}",
+    console.print(f"{what} {info.count} images of {shape}{classes}: {format_bytes(info.size_bytes)} at {info.path}",
                   soft_wrap=True, highlight=False)
 
 
@@ -92,5 +88,5 @@ def info_command(
             state = {True: "current", False: "stale: files changed", None: "-"}[entry.current]
         table.add_row(entry.source or entry.path.name, str(entry.count), "x".join(map(str, entry.shape)) or "-",
                       str(len(entry.class_names)) if entry.class_names else "-", str(entry.skipped),
-                      _megabytes(entry.size_bytes), state)
+                      format_bytes(entry.size_bytes), state)
     console.print(table)

@@ -39,9 +39,11 @@ Concurrency: the builder holds an exclusive ``flock`` on ``<folder id>.lock``, s
 of one folder (say 8 ranks under torchrun) decode it once; the others wait, then map the result.
 Without ``flock`` (Windows, some network file systems) every process writes its own temporary file
 and the renames are atomic, so the last one wins and each is complete: the result is still one
-valid file. Readers open the file read-only and map it copy-on-write (``mode="c"``): pages are
-shared through the page cache by every process mapping it, and a stray in-place write to the tensor
-stays private to that process instead of changing the file (a plain read-only map would crash it).
+valid file. Readers open the file read-only and map it read-only and shared (``mode="r"``): every
+process mapping it shares the same page-cache pages, nothing can change the file through the map, and
+the map is not charged to the process's committed memory, so a cache larger than RAM maps fine (a
+private copy-on-write map is charged in full and can be refused). The price: the tensor must not be
+written in place (that faults); indexing with a tensor returns a copy, which may be.
 
 A cache folder that cannot be written (read-only home, missing permissions, a full disk, too little
 free space for the pixels) is not an error for loading: ``load_cached`` raises ``CacheUnavailable``
@@ -64,6 +66,7 @@ import secrets
 import shutil
 import struct
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -125,7 +128,7 @@ class CacheInfo:
     shape: tuple[int, ...] = ()               # (C, S, S) per image
     class_names: list[str] | None = None
     skipped: int = 0                          # unreadable files left out
-    skipped_examples: list[str] | None = None # up to 5 "name: reason"
+    skipped_examples: list[str] | None = None  # up to 5 "name: reason"
     key: str = ""
     created: str = ""                         # UTC, ISO 8601
     already_cached: bool = False              # prepare_folder: nothing had to be decoded
@@ -142,6 +145,8 @@ class CacheInfo:
 
 @dataclass
 class Opened:
+    """A checked cache file with its pixels mapped."""
+
     path: Path
     data: torch.Tensor
     meta: dict
@@ -250,7 +255,7 @@ def check_sample(handle, header: dict, meta: dict) -> None:
 
 
 def map_cache(path: str | Path, key: str | None = None) -> Opened:
-    """Check ``path`` (cheaply, see the module docstring) and map its pixels read-only, copy-on-write.
+    """Check ``path`` (cheaply, see the module docstring) and map its pixels read-only.
 
     The checks and the map use one open file, so a concurrent rename cannot slip another file in
     between. FileNotFoundError when absent, CacheDamaged when a check fails.
@@ -262,8 +267,11 @@ def map_cache(path: str | Path, key: str | None = None) -> Opened:
             raise CacheDamaged("key in the metadata does not match the file name")
         check_sample(handle, header, meta)
         shape = (header["count"], header["channels"], header["size"], header["size"])
-        pixels = np.memmap(handle, dtype=np.uint8, mode="c", offset=DATA_OFFSET, shape=shape)
-    return Opened(path=path, data=torch.from_numpy(pixels), meta=meta, size_bytes=header["file_size"])
+        pixels = np.memmap(handle, dtype=np.uint8, mode="r", offset=DATA_OFFSET, shape=shape)
+    with warnings.catch_warnings():  # torch warns that it cannot mark the tensor read-only; the map itself is
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        data = torch.from_numpy(pixels)
+    return Opened(path=path, data=data, meta=meta, size_bytes=header["file_size"])
 
 
 def verify_cache(path: str | Path, full: bool = True) -> str | None:
@@ -559,11 +567,12 @@ def ensure(listing: FolderListing, size: int, channels: int | None, path_text: s
                 pass
             except CacheDamaged as error:
                 replaced = str(error)
+                final.unlink()  # its space may be what the new one needs; nobody maps a damaged file
             needed = DATA_OFFSET + len(listing.paths) * (channels or 1) * size * size  # the least it can take
             free = shutil.disk_usage(folder).free
             if free < needed:
-                raise CacheUnavailable(f"{folder} has {free / 1e6:.0f} MB free, the images need at least "
-                                       f"{needed / 1e6:.0f} MB")
+                raise CacheUnavailable(f"{folder} has {format_bytes(free)} free, the images need at least "
+                                       f"{format_bytes(needed)}")
             build(listing, size, channels, final, key, path_text, progress)
             prune(folder, fid, final, locked)
             opened = map_cache(final, key)
@@ -601,14 +610,21 @@ def load_cached(path: str | Path, listing: FolderListing, size: int, options: Lo
                         class_names=meta["class_names"], info=info)
 
 
-def describe_entry(opened_meta: dict, path: Path, size_bytes: int) -> CacheInfo:
+def describe_entry(meta: dict, path: Path, size_bytes: int) -> CacheInfo:
     return CacheInfo(
-        path=path, source=opened_meta["source"], size_bytes=size_bytes, count=opened_meta["count"],
-        shape=(opened_meta["channels"], opened_meta["image_size"], opened_meta["image_size"]),
-        class_names=opened_meta["class_names"], skipped=opened_meta["skipped"]["count"],
-        skipped_examples=opened_meta["skipped"]["examples"], key=opened_meta["key"],
-        created=opened_meta["created"],
+        path=path, source=meta["source"], size_bytes=size_bytes, count=meta["count"],
+        shape=(meta["channels"], meta["image_size"], meta["image_size"]), class_names=meta["class_names"],
+        skipped=meta["skipped"]["count"], skipped_examples=meta["skipped"]["examples"], key=meta["key"],
+        created=meta["created"],
     )
+
+
+def format_bytes(count: int) -> str:
+    """1234567 -> "1.2 MB" (powers of 1000, as ``df -H`` and file managers count)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def prepare_folder(path: str | Path, options: LoadOptions, progress: Progress | None = None) -> CacheInfo:
