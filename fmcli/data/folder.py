@@ -125,8 +125,8 @@ def load_folder(
         try:
             return cache.load_cached(path, listing, size, options, progress)
         except cache.CacheUnavailable as error:  # e.g. a read-only home or a full disk: still train, say so once
-            warning = (f"image cache not used ({error}); decoding into memory instead. Set FM_CACHE_DIR to a "
-                       f"writable folder with room for the images to map them from disk")
+            warning = (f"image cache not used ({error}); decoding into memory instead "
+                       f"(set FM_CACHE_DIR to a writable folder with room for the images)")
     data = load_in_memory(path, listing, size, options)
     if warning:
         data.info["cache_warning"] = warning
