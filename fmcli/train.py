@@ -145,6 +145,8 @@ class Trainer:
         if skipped and self.dist.is_main:
             self.cb.on_message(f"warning: skipped {skipped['count']} unreadable file(s), e.g. "
                                f"{', '.join(skipped['examples'])}")
+        if data.info.get("cache_warning") and self.dist.is_main:
+            self.cb.on_message(f"warning: {data.info['cache_warning']}")
         return data
 
     def _build_state(self, resumed: CheckpointMeta | None) -> TrainState:

@@ -36,3 +36,12 @@ def test_time_to_quality_smoke(tmp_path):
     assert all(row["side"] == "fm" and row["fid"] >= 0 and row["num_samples"] == 200 for row in rows)
     assert rows[2]["steps_trained"] > rows[0]["steps_trained"] > 0
     assert "| fm |" in (tmp_path / "time_to_quality.md").read_text()
+
+
+def test_folder_scale_smoke(tmp_path):
+    run("folder_scale.py", "--num", "24", "--classes", "3", "--pixels", "24", "--image-size", "16", "--repeat", "1",
+        "--out", str(tmp_path))
+    report = json.loads((tmp_path / "folder_scale.json").read_text())
+    assert [row["what"].split(",")[0] for row in report["rows"]][:3] == ["decode"] * 3
+    assert all(row["images_per_s"] > 0 for row in report["rows"])
+    assert len(list((tmp_path / "folder-scale-cache" / "folders").glob("*.fmc"))) == 1  # the user's cache untouched

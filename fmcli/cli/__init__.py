@@ -3,7 +3,7 @@
 import typer
 
 from fmcli import __version__
-from fmcli.cli import animate, eval, info, plugins, sample, train
+from fmcli.cli import animate, data, eval, info, plugins, sample, train
 
 app = typer.Typer(
     name="fm",
@@ -20,6 +20,7 @@ app.command("animate")(animate.animate_command)
 app.command("eval")(eval.eval_command)
 app.command("info")(info.info_command)
 app.command("plugins")(plugins.plugins_command)
+app.add_typer(data.app, name="data")
 
 
 def _version(value: bool) -> None:

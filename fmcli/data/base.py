@@ -25,6 +25,7 @@ class LoadOptions:
     num_samples: int | None = None       # for procedural data sets (toys)
     seed: int = 0                        # for procedural data sets
     download: bool = True                # may fetch official files when absent (never in tests)
+    cache: bool = True                   # image folders: decode once into a file under $FM_CACHE_DIR, then map it
 
 
 @dataclass

@@ -12,96 +12,68 @@ Rules:
   grayscale), else 3; ``options.channels`` forces 1 or 3. Transparent pixels are composited over
   white; 16-bit images are scaled to 8 bits; palette images are expanded.
 * Size: every image is resized (bilinear, antialiased) so its shorter side is ``S``, then
-  centre-cropped to ``S x S``; ``S = options.image_size``, or ``DEFAULT_IMAGE_SIZE`` (32) when unset.
+  centre-cropped to ``S x S``; ``S = options.image_size``, or ``DEFAULT_IMAGE_SIZE`` (32) when unset;
+  at least ``MIN_IMAGE_SIZE`` (8).
 * Files that cannot be decoded (corrupt, truncated, not really images) are skipped:
   ``info["skipped"] = {"count": n, "examples": [up to 5 "name: reason"]}`` (absent when none was);
   the CLI warns once.
   Values stay in [0, 255]; ``fmcli.data.base.to_model_space`` maps them to [-1, 1] later.
+* Cache: by default the decoded pixels are written once to a file under ``$FM_CACHE_DIR/folders``
+  and later loads map that file instead of decoding again (``fmcli.data.cache``); the tensor is
+  then backed by the file, not by RAM. ``LoadOptions(cache=False)`` decodes into memory as before;
+  so does a cache folder that cannot be written, with ``info["cache_warning"]`` saying why.
 """
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from fmcli.data import decode
 from fmcli.data.base import ArrayDataset, LoadOptions
+from fmcli.data.decode import (  # noqa: F401 - re-exported: this module's names since the first release
+    IMAGE_EXTENSIONS,
+    image_files,
+    is_image_name,
+    read_image,
+    resize_and_crop,
+    to_gray_or_rgb,
+)
 from fmcli.errors import FMError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
 DEFAULT_IMAGE_SIZE = 32
+MIN_IMAGE_SIZE = 8
 MAX_LISTED_SKIPS = 5
-WHITE = (255, 255, 255, 255)
-
-
-def is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), by extension, sorted by path."""
-    found = []
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        found += [Path(directory) / f for f in files if not f.startswith(".") and is_image_name(f)]
-    return sorted(found)
-
-
-def to_gray_or_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> "L" (when the pixels are gray) or "RGB"."""
-    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit: 0..65535 -> 0..255
-        pixels = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
-    if image.mode in ("1", "L"):
-        return image.convert("L")
-    rgb = image.convert("RGB")  # palette, CMYK, YCbCr, composited RGBA ...
-    pixels = np.asarray(rgb)
-    if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all():
-        return Image.fromarray(np.ascontiguousarray(pixels[..., 0]), mode="L")
-    return rgb
-
-
-def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side -> ``size`` (bilinear; Pillow widens the filter when shrinking), then centre crop."""
-    width, height = image.size
-    scale = size / min(width, height)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def read_image(path: Path, size: int) -> Image.Image | str:
-    """The image as a ``size x size`` "L" or "RGB" Pillow image, or the reason it cannot be read."""
-    try:
-        with Image.open(path) as opened:
-            opened.load()  # decode now: truncated or corrupt data raises here
-            image = ImageOps.exif_transpose(opened)  # camera orientation
-            return resize_and_crop(to_gray_or_rgb(image), size)
-    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
-        reason = str(error).replace(f" {str(path)!r}", "").replace(str(path), "the file")
-        return f"{type(error).__name__}: {reason[:100]}"  # short: it goes into a warning
 
 
 def read_all(paths: list[Path], size: int) -> list[Image.Image | str]:
     """Decode in threads (Pillow releases the GIL while decoding); keeps the order of ``paths``."""
     workers = min(8, os.cpu_count() or 1, max(1, len(paths)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: read_image(p, size), paths))
+        return list(pool.map(lambda p: decode.read_image(p, size), paths))
 
 
-def load_folder(path: str | Path, options: LoadOptions) -> ArrayDataset:
-    """All readable images under ``path``; see the module docstring for labels, size and channels."""
+@dataclass
+class FolderListing:
+    """What is in a folder before anything is decoded: the classes and their files, in label order."""
+
+    root: Path
+    groups: list[tuple[str, list[Path]]]  # (class name, sorted files); one ("", files) group when unlabelled
+    labelled: bool
+    ignored: list[Path]  # images at the top level next to class folders (not loaded, only counted)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for _, files in self.groups for p in files]
+
+
+def check_folder(path: str | Path, options: LoadOptions) -> tuple[Path, int]:
+    """The folder (``~`` expanded) and the image size, or the one-line error that says what is wrong."""
     root = Path(path).expanduser()
     if not root.exists():
         raise FMError(f"no folder at {path}: give an existing folder of images or a data set name")
@@ -110,19 +82,60 @@ def load_folder(path: str | Path, options: LoadOptions) -> ArrayDataset:
     if options.channels not in (None, 1, 3):
         raise FMError(f"channels must be 1 or 3, not {options.channels}")
     size = options.image_size or DEFAULT_IMAGE_SIZE
+    if size < MIN_IMAGE_SIZE:
+        raise FMError(f"image size must be at least {MIN_IMAGE_SIZE} pixels for a folder of images (got {size})")
+    return root, size
 
+
+def list_folder(root: Path, path: str | Path | None = None) -> FolderListing:
+    """The classes and image files under ``root`` (see the module docstring); errors when there is no image."""
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if class_dirs:
         groups = [(d.name, image_files(d)) for d in class_dirs]
-        ignored_top_level = sum(1 for f in root.iterdir() if f.is_file() and is_image_name(f.name))
+        ignored = sorted(f for f in root.iterdir() if f.is_file() and is_image_name(f.name))
     else:
         groups = [("", image_files(root))]
-        ignored_top_level = 0
-    paths = [p for _, files in groups for p in files]
-    if not paths:
+        ignored = []
+    listing = FolderListing(root=root, groups=groups, labelled=bool(class_dirs), ignored=ignored)
+    if not listing.paths:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise FMError(f"no image files under {path} (looked recursively for {kinds})")
+        raise FMError(f"no image files under {path or root} (looked recursively for {kinds})")
+    return listing
 
+
+def none_readable(path: str | Path, count: int, first_skipped: str) -> FMError:
+    return FMError(f"none of the {count} image files under {path} could be read (e.g. {first_skipped})")
+
+
+def load_folder(
+    path: str | Path,
+    options: LoadOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> ArrayDataset:
+    """All readable images under ``path``; see the module docstring for labels, size, channels and the cache.
+
+    ``progress(done, total)`` is called while images are decoded into the cache (not on a cache hit).
+    """
+    root, size = check_folder(path, options)
+    listing = list_folder(root, path)
+    warning = None
+    if options.cache:
+        from fmcli.data import cache  # the cache imports this module
+
+        try:
+            return cache.load_cached(path, listing, size, options, progress)
+        except cache.CacheUnavailable as error:  # e.g. a read-only home or a full disk: still train, say so once
+            warning = (f"image cache not used ({error}); decoding into memory instead "
+                       f"(set FM_CACHE_DIR to a writable folder with room for the images)")
+    data = load_in_memory(path, listing, size, options)
+    if warning:
+        data.info["cache_warning"] = warning
+    return data
+
+
+def load_in_memory(path: str | Path, listing: FolderListing, size: int, options: LoadOptions) -> ArrayDataset:
+    """Decode every image into one tensor in RAM (the reference the cache must match pixel for pixel)."""
+    root, paths = listing.root, listing.paths
     results = read_all(paths, size)
     images: list[Image.Image] = []
     labels: list[int] = []
@@ -130,7 +143,7 @@ def load_folder(path: str | Path, options: LoadOptions) -> ArrayDataset:
     empty_classes: list[str] = []
     skipped: list[str] = []
     position = 0
-    for class_name, files in groups:
+    for class_name, files in listing.groups:
         readable = []
         for file, result in zip(files, results[position : position + len(files)]):
             if isinstance(result, str):
@@ -145,18 +158,18 @@ def load_folder(path: str | Path, options: LoadOptions) -> ArrayDataset:
         labels += [len(class_names)] * len(readable)
         class_names.append(class_name)
     if not images:
-        raise FMError(f"none of the {len(paths)} image files under {path} could be read (e.g. {skipped[0]})")
+        raise none_readable(path, len(paths), skipped[0])
 
     channels = options.channels or (1 if all(image.mode == "L" for image in images) else 3)
     mode = "L" if channels == 1 else "RGB"
     pixels = np.stack([np.asarray(image.convert(mode)) for image in images])  # [N, S, S] or [N, S, S, 3]
     data = torch.from_numpy(pixels.reshape(len(images), size, size, channels)).permute(0, 3, 1, 2).contiguous()
-    labelled = bool(class_dirs)
+    labelled = listing.labelled
     info: dict = {"source": str(root), "image_size": size}
     if skipped:  # only present when something was skipped, so callers can warn on ``if info.get("skipped")``
         info["skipped"] = {"count": len(skipped), "examples": skipped[:MAX_LISTED_SKIPS]}
     if labelled:
-        info["ignored_top_level"] = ignored_top_level
+        info["ignored_top_level"] = len(listing.ignored)
         info["empty_classes"] = [name for name in empty_classes if name]
     return ArrayDataset(
         name=str(path),
