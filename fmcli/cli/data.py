@@ -7,9 +7,7 @@ import typer
 from rich.table import Table
 
 from fmcli.cli._common import cli_errors, console, err_console, print_json, progress_bar
-from fmcli.data.base import LoadOptions
-from fmcli.data.cache import cache_dir, cached_folders, format_bytes, prepare_folder
-from fmcli.data.folder import DEFAULT_IMAGE_SIZE
+from fmcli.data import DEFAULT_IMAGE_SIZE
 
 app = typer.Typer(
     name="data",
@@ -38,6 +36,9 @@ def prepare_command(
 
       FM_CACHE_DIR=/scratch/fm fm data prepare ./faces --image-size 128 --channels 3
     """
+    from fmcli.data.base import LoadOptions
+    from fmcli.data.cache import format_bytes, prepare_folder
+
     with progress_bar() as bar:
         task = bar.add_task("decoding", total=None)
         info = prepare_folder(folder, LoadOptions(image_size=image_size, channels=channels),
@@ -68,6 +69,8 @@ def info_command(
 
       fm data info ~/data/flowers --json
     """
+    from fmcli.data.cache import cache_dir, cached_folders, format_bytes
+
     entries = cached_folders(folder)
     if json_output:
         print_json([entry.to_json() for entry in entries])

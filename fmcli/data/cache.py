@@ -79,7 +79,7 @@ import PIL
 import torch
 
 from fmcli import __version__
-from fmcli.checkpoint import _fsync_dir as fsync_dir
+from fmcli.files import fsync_dir
 from fmcli.data import decode
 from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.data.folder import MAX_LISTED_SKIPS, FolderListing, check_folder, list_folder, none_readable

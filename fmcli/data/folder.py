@@ -37,6 +37,7 @@ from PIL import Image
 from fmcli.data import decode
 from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.data.decode import (  # noqa: F401 - re-exported: this module's names since the first release
+    DEFAULT_IMAGE_SIZE,
     IMAGE_EXTENSIONS,
     image_files,
     is_image_name,
@@ -46,7 +47,6 @@ from fmcli.data.decode import (  # noqa: F401 - re-exported: this module's names
 )
 from fmcli.errors import FMError
 
-DEFAULT_IMAGE_SIZE = 32
 MIN_IMAGE_SIZE = 8
 MAX_LISTED_SKIPS = 5
 
