@@ -132,7 +132,9 @@ def _print_report(report: dict) -> None:
     title = "real train images vs test" if report.get("real") else str(report["checkpoint"])
     table = Table(title=f"fm eval: {title}", title_justify="left")
     for column in ("figure", "value", "samples", "notes"):
-        table.add_column(column, justify="right" if column in ("value", "samples") else "left")
+        # Figures and numbers never wrap (a split "0.9" reads as two numbers); the notes fold.
+        table.add_column(column, justify="right" if column in ("value", "samples") else "left",
+                         no_wrap=column != "notes", overflow="fold" if column == "notes" else None)
     metrics = report["metrics"]
     ref = report["reference"]["num_items"]
     if "fid" in metrics:
@@ -187,7 +189,7 @@ def _print_sweep(report: dict) -> None:
                         f"{report['extractor']['name']} features)", title_justify="left")
     names = [m for m in ("fid", "kid", "precision", "recall") if any(m in run for run in report["runs"])]
     for column in ["solver", "steps / rtol", "NFE", "seconds", *names]:
-        table.add_column(column, justify="left" if column == "solver" else "right")
+        table.add_column(column, justify="left" if column == "solver" else "right", no_wrap=True)
     for run in report["runs"]:
         budget = f"rtol {run['rtol']:g}" if run["adaptive"] else str(run["steps"])
         table.add_row(run["solver"], budget, str(run["nfe"]), f"{run['seconds']:.2f}",

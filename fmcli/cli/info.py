@@ -33,8 +33,8 @@ def info_command(
         print_json(payload)
         return
     table = Table(title=f"fm checkpoint {checkpoint}", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key in ("format_version", "step", "parameters", "tensor_groups", "label_dropout"):
         table.add_row(key, str(payload[key]))
     for key, value in meta.data.items():

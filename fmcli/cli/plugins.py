@@ -1,19 +1,25 @@
-"""``fm plugins``: every plugin, its version, and what it registers."""
+"""``fm plugins``: every registered solver, data set, model and feature extractor, and the plugin behind it."""
 
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from fmcli import registry
 from fmcli.cli._common import cli_errors, console, print_json
-from fmcli.plugins import load_plugins, plugin_versions
+from fmcli.plugins import BUILTIN_PLUGINS, load_plugins, plugin_versions
 
 KINDS = {"solvers": "fm_register_solvers", "datasets": "fm_register_datasets", "models": "fm_register_models",
          "feature_extractors": "fm_register_feature_extractors"}
+SHORT_KIND = {"solvers": "solver", "datasets": "data set", "models": "model", "feature_extractors": "extractor"}
+TABLES = {"solvers": registry.solvers, "datasets": registry.datasets, "models": registry.models,
+          "feature_extractors": registry.feature_extractors}
 
 
 def plugin_table() -> list[dict]:
+    """One entry per plugin: its name, version and what it registers (the --json output)."""
     pm = load_plugins()
     versions = plugin_versions()
     rows = {name: {"name": name, "version": versions.get(name, "?")} | {kind: [] for kind in KINDS}
@@ -24,21 +30,51 @@ def plugin_table() -> list[dict]:
     return list(rows.values())
 
 
+def item_rows() -> list[tuple[str, str, str, str, str]]:
+    """One row per registered item: (kind, name, plugin, version, description)."""
+    versions = plugin_versions()
+    rows = []
+    for kind, hook in KINDS.items():
+        owners = registry.owners(hook)
+        for name, item in TABLES[kind]().items():
+            owner = owners[name]
+            plugin = "fmcli" if owner in BUILTIN_PLUGINS else owner  # fm's own modules, one name for all
+            description = " ".join(str(getattr(item, "description", "") or "").split())
+            rows.append((SHORT_KIND[kind], name, plugin, versions.get(owner, "?"), description))
+    return rows
+
+
+def items_table(rows: list[tuple[str, str, str, str, str]]) -> Table:
+    """Kind, name, plugin and version never wrap (so `fm plugins | grep -w NAME` finds a whole line);
+    the description takes the remaining width and folds."""
+    table = Table(title="fm plugins (--json: a list per plugin)", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for index, column in enumerate(("kind", "name", "plugin", "version")):
+        widest = max([len(column)] + [len(row[index]) for row in rows])
+        table.add_column(column, no_wrap=True, min_width=widest)
+    table.add_column("description", overflow="fold", ratio=1)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))  # "fmcli[inception]" is text, not markup
+    return table
+
+
 @cli_errors
 def plugins_command(json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """List plugins (built-in and installed) with their versions and what they register.
+    """List what is registered: solvers, data sets, models and feature extractors, one per row, with the
+    plugin (built-in or installed) and version that provides it.
 
     Installed plugins come from the `fmcli` entry-point group; FM_LOAD_PLUGINS=a,b loads only
     those distributions (empty: none), FM_DEBUG_PLUGINS=1 traces hook calls.
+
+    Examples:
+
+      fm plugins
+
+      fm plugins | grep -w midpoint
+
+      fm plugins --json
     """
-    rows = plugin_table()
     if json_output:
-        print_json(rows)
+        print_json(plugin_table())
         return
-    table = Table(title="fm plugins")
-    table.add_column("plugin", no_wrap=True)
-    for column in ("version", *KINDS):
-        table.add_column(column.replace("_", " "), overflow="fold")
-    for row in rows:
-        table.add_row(row["name"], row["version"], *(", ".join(row[kind]) for kind in KINDS))
-    console.print(table)
+    console.print(items_table(item_rows()))
