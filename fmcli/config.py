@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from fmcli.budget import parse_duration
 from fmcli.errors import FMError
 
 
@@ -23,6 +24,7 @@ class TrainConfig:
     # length
     steps: int | None = None             # optimizer steps (default: DEFAULT_STEPS)
     epochs: float | None = None          # alternative to --steps
+    max_time: float | None = None        # seconds: alternative to --steps, fixed after timing the first steps
     batch_size: int = 128                # global batch of one optimizer step (split over GPUs and --grad-accum)
     # optimisation
     lr: float = 2e-3
@@ -56,6 +58,7 @@ class TrainConfig:
 
 
 DEFAULT_STEPS = 2000
+LENGTH_KEYS = ("steps", "epochs", "max_time")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 CHOICES = {
     "lr_schedule": ("cosine", "constant"),
@@ -66,7 +69,7 @@ CHOICES = {
 # Keys that define what is trained: never changeable on resume.
 STRUCTURAL = ("data", "image_size", "channels", "conditional", "model")
 # Keys that may change freely on resume (length, cadence, machinery).
-FREE_ON_RESUME = ("steps", "epochs", "out", "log_every", "sample_every", "checkpoint_every", "keep",
+FREE_ON_RESUME = ("steps", "epochs", "max_time", "out", "log_every", "sample_every", "checkpoint_every", "keep",
                   "skip_nonfinite", "device", "compile", "grad_checkpoint", "grad_accum", "data_dir")
 
 
@@ -96,11 +99,13 @@ def resolve(overrides: dict, config_file: Path | None = None, base: dict | None 
     data = explicit.get("data") or file_values.get("data") or (base or {}).get("data") or values["data"]
     layers = [dataset_defaults(data), base or {}, file_values, explicit]
     for layer in layers:
-        # --steps and --epochs are two ways to say one thing: a layer that gives one drops the other.
-        for key, other in (("steps", "epochs"), ("epochs", "steps")):
-            if layer.get(key) is not None and layer.get(other) is None:
-                values[other] = None
+        # --steps, --epochs and --max-time are three ways to say one thing: a layer that gives one drops the others.
+        given = [key for key in LENGTH_KEYS if layer.get(key) is not None]
+        if given:
+            values.update({key: None for key in LENGTH_KEYS if key not in given})
         values.update({key: value for key, value in layer.items() if key in values})
+    if isinstance(values["max_time"], str):  # "10m" in a TOML file
+        values["max_time"] = parse_duration(values["max_time"])
     config = TrainConfig(**values)
     validate(config)
     return config
@@ -131,8 +136,10 @@ def validate(config: TrainConfig) -> None:
         raise FMError(f"--steps must be at least 1 (got {config.steps})")
     if config.epochs is not None and config.epochs <= 0:
         raise FMError(f"--epochs must be positive (got {config.epochs})")
-    if config.steps is not None and config.epochs is not None:
-        raise FMError("give --steps or --epochs, not both")
+    if sum(getattr(config, key) is not None for key in LENGTH_KEYS) > 1:
+        raise FMError("give one of --steps, --epochs and --max-time")
+    if config.max_time is not None and not config.max_time > 0:
+        raise FMError(f"--max-time must be a positive duration (got {config.max_time})")
     if config.lr <= 0:
         raise FMError(f"--lr must be positive (got {config.lr})")
     if not 0 <= config.label_dropout < 1:

@@ -63,3 +63,12 @@ def all_reduce_status(info: DistInfo, status: torch.Tensor) -> tuple[float, floa
         status = torch.cat([sums / info.world_size, signal])
     loss, grad_norm, signum = status.cpu().tolist()
     return loss, grad_norm, int(signum)
+
+
+def all_max(info: DistInfo, value: float, device: torch.device) -> float:
+    """The largest ``value`` over ranks (every rank must call it; NCCL needs ``device`` to be the GPU)."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor[0])

@@ -22,6 +22,7 @@ from torch import nn
 
 from fmcli import distributed
 from fmcli.batches import BatchSampler, step_seed
+from fmcli.budget import EndCosts, StepTimer, format_duration
 from fmcli.checkpoint import CheckpointMeta, read_checkpoint
 from fmcli.config import DEFAULT_STEPS, TrainConfig, check_resume, resolve, to_json
 from fmcli.data.base import ArrayDataset, LoadOptions
@@ -34,6 +35,9 @@ from fmcli.models.presets import default_model_config
 from fmcli.optim import ema_decay_at, lr_at, make_optimizer, update_ema
 from fmcli.runs import checkpoint_name, new_run_dir, publish_checkpoint, resume_target
 from fmcli.train_state import TrainState, check_same_data, checkpoint_meta, data_description, restore_state, save_state
+
+
+UNPLANNED = 10**9  # the placeholder total of a --max-time run until its first steps are timed
 
 
 class TrainingInterrupted(Exception):
@@ -58,6 +62,7 @@ class Callbacks:
     """What the CLI (or a notebook) hears from training; the core never prints."""
 
     def on_start(self, total_steps: int, start_step: int, info: dict) -> None: ...
+    def on_plan(self, total_steps: int) -> None: ...  # --max-time fixed the total after timing the first steps
     def on_step(self, step: int) -> None: ...
     def on_log(self, record: dict) -> None: ...
     def on_message(self, text: str) -> None: ...
@@ -106,8 +111,10 @@ class MetricsWindow:
 
 class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, callbacks: Callbacks, resume_from: Path | None,
-                 dist: distributed.DistInfo, device: torch.device):
+                 dist: distributed.DistInfo, device: torch.device, started: float | None = None):
         self.config, self.run_dir, self.cb, self.dist, self.device = config, run_dir, callbacks, dist, device
+        self.started = time.perf_counter() if started is None else started  # --max-time counts from here
+        self.max_time = config.max_time
         self._check_batch_split()
         self.data = self._load_data()
         self.num_classes = self.data.num_classes if (config.conditional and self.data.labels is not None) else 0
@@ -184,7 +191,10 @@ class Trainer:
         return wrapped
 
     def _plan_steps(self) -> int:
+        """The total number of steps; under --max-time a placeholder until the first steps are timed."""
         config = self.config
+        if config.max_time is not None:
+            return self.state.step + UNPLANNED
         if config.steps is not None:
             total = config.steps
         elif config.epochs is not None:
@@ -206,7 +216,10 @@ class Trainer:
     # -- files
 
     def meta(self) -> CheckpointMeta:
-        return checkpoint_meta(self.state, self.config, self.data_meta, self.total_steps)
+        meta = checkpoint_meta(self.state, self.config, self.data_meta, self.total_steps)
+        if self.max_time is not None:
+            meta.extra["planned_for_max_time"] = self.max_time  # the budget that chose --steps
+        return meta
 
     def save(self) -> Path:
         """Write step-N.safetensors (rank 0), repoint last.safetensors, prune to --keep."""
@@ -305,9 +318,16 @@ class Trainer:
         if self.dist.is_main:
             self.cb.on_start(self.total_steps, state.step, self.describe())
         start_time, window, loss = time.perf_counter(), MetricsWindow(), float("nan")
+        timer = StepTimer(budget=config.max_time, started=self.started, loop_start=start_time, start_step=state.step,
+                          warmup_steps=config.warmup_steps)
         with stop_signals() as self.stop_flag:
             while state.step < self.total_steps:
                 loss, grad_norm, lr = self.train_step()
+                if timer is not None:
+                    seconds = distributed.all_max(self.dist, timer.observe(state.step) or 0.0, self.device)
+                    if seconds > 0:  # every rank decides at the same step, on the slowest rank's time
+                        self._plan(timer, seconds)
+                        timer = None
                 window.add(loss, config.batch_size)
                 if self.dist.is_main:
                     self.cb.on_step(state.step)
@@ -326,6 +346,38 @@ class Trainer:
             self.cb.on_message(f"samples: {grid}")
         return TrainResult(self.run_dir, path, state.step, loss, time.perf_counter() - start_time, state.skipped)
 
+    def _plan(self, timer: StepTimer, seconds_per_step: float) -> None:
+        """Fix the total of a --max-time run, or tell how long the planned steps will take."""
+        config, step = self.config, self.state.step
+        costs = self._end_costs(seconds_per_step)
+        if config.max_time is not None:
+            self.total_steps = max(step, timer.fit(step, seconds_per_step, costs, config.checkpoint_every,
+                                                   config.sample_every))
+            # From here on the run is defined by steps, like any other (resume, schedule, config.json).
+            self.max_time, config.steps, config.max_time = config.max_time, self.total_steps, None
+            if self.dist.is_main:
+                atomic_write_bytes(self.run_dir / "config.json", to_json(config).encode())
+                self.cb.on_plan(self.total_steps)
+            what = f"--max-time {format_duration(self.max_time)}: {self.total_steps:,} steps"
+        else:
+            what = f"{self.total_steps:,} steps"
+        left = (self.total_steps - step) * seconds_per_step + costs.checkpoint + costs.grid
+        if self.dist.is_main:
+            self.cb.on_message(f"{what} at {seconds_per_step:.3g} s/step (timed over the first steps): training "
+                               f"ends in about {format_duration(left)}")
+
+    def _end_costs(self, seconds_per_step: float) -> EndCosts:
+        """A checkpoint write (about 200 MB/s) and a preview grid (forward passes, each ~1/3 of a training pass)."""
+        from fmcli.sampling import PREVIEW, PREVIEW_PER_CLASS
+
+        state_bytes = sum(t.numel() * t.element_size() for t in self.state.model.state_dict().values()) * 4
+        checkpoint = 0.05 + state_bytes / 200e6
+        items_per_step = self.config.batch_size // self.dist.world_size
+        images = PREVIEW_PER_CLASS * self.num_classes if self.num_classes else (1000 if self.data.kind == "points" else 64)
+        passes = PREVIEW.steps * 2  # heun: two evaluations per step
+        grid = images * passes * seconds_per_step / (3 * items_per_step) if self.config.sample_every else 0.0
+        return EndCosts(checkpoint=checkpoint, grid=grid)
+
     def describe(self) -> dict:
         return {"run_dir": str(self.run_dir), "device": str(self.device), "world_size": self.dist.world_size,
                 "data": self.config.data, "size": len(self.data), "classes": self.num_classes,
@@ -333,12 +385,14 @@ class Trainer:
 
 
 def train(overrides: dict, *, config_file: Path | None = None, resume: str | None = None, allow_change: bool = False,
-          callbacks: Callbacks | None = None) -> TrainResult:
+          callbacks: Callbacks | None = None, started: float | None = None) -> TrainResult:
     """Resolve the config (defaults < file < overrides), set up the run folder, train, checkpoint.
 
     Under torchrun every rank runs this; only rank 0 writes files. Input errors are raised
-    before anything is written, and before a new run folder is created.
+    before anything is written, and before a new run folder is created. ``started`` (a
+    ``time.perf_counter()`` value) is when the user's clock started, for --max-time.
     """
+    started = time.perf_counter() if started is None else started  # --max-time counts from here
     callbacks = callbacks or Callbacks()
     resume_from = None
     if resume is not None:
@@ -357,7 +411,7 @@ def train(overrides: dict, *, config_file: Path | None = None, resume: str | Non
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         distributed.barrier(dist)
-        trainer = Trainer(config, run_dir, callbacks, resume_from, dist, device)
+        trainer = Trainer(config, run_dir, callbacks, resume_from, dist, device, started)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(run_dir / "config.json", to_json(config).encode())

@@ -1,9 +1,13 @@
 """The ``fm`` command: one module per command, each a thin wrapper over a plain core function."""
 
+import time
+
 import typer
 
 from fmcli import __version__
 from fmcli.cli import animate, data, eval, info, plugins, sample, train
+
+STARTED: float | None = None  # when main() began: `fm train --max-time` counts torch's import too
 
 app = typer.Typer(
     name="fm",
@@ -35,4 +39,6 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    global STARTED
+    STARTED = time.perf_counter()
     app()

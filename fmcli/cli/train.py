@@ -9,6 +9,7 @@ import typer
 
 from fmcli import registry
 from fmcli.cli._common import cli_errors, dataset_help, err_console, parse_int_list, print_json, progress_bar
+from fmcli.budget import parse_duration
 from fmcli.errors import FMError
 
 DATA_HELP = dataset_help()
@@ -36,6 +37,9 @@ class RichCallbacks:
         self.progress.start()
         self.task = self.progress.add_task("train", total=total_steps, completed=start_step, loss="-", **{"img/s": "-"})
 
+    def on_plan(self, total_steps: int) -> None:
+        self.progress.update(self.task, total=total_steps)
+
     def on_step(self, step: int) -> None:
         self.progress.update(self.task, completed=step)
 
@@ -59,6 +63,7 @@ def train_command(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data>, never overwritten).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default: the data set's own, e.g. 350 for mnist-mini; else 2000).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Train for this many passes over the data instead of --steps.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Train for this long instead of --steps (90s, 10m, 2h, 1h30m): the first steps are timed, then the number of steps that fits is fixed and printed.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch per optimizer step (split across GPUs and --grad-accum). [default: 128; mnist-mini 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW. [default: 2e-3]")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="After linear warm-up: cosine or constant. [default: cosine]")] = None,
@@ -103,6 +108,8 @@ def train_command(
 
       fm train ./images --epochs 50 --image-size 32 --out runs/mine
 
+      fm train ./images --max-time 10m
+
       fm train moons --steps 3000 --out runs/toy
 
       fm train --resume runs/demo --steps 4000
@@ -120,6 +127,7 @@ def train_command(
         model["attention_resolutions"] = [] if attention == "none" else parse_int_list(attention, "--attention")
     overrides = dict(
         data=data, out=str(out) if out else None, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
+        max_time=parse_duration(max_time) if max_time is not None else None,
         lr_schedule=lr_schedule, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         ema_decay=ema_decay, label_dropout=label_dropout, time_sampling=time_sampling, time_mean=time_mean,
         time_std=time_std, coupling=coupling, image_size=image_size, channels=channels,
@@ -132,7 +140,10 @@ def train_command(
 
     callbacks = RichCallbacks(quiet=json_output)
     try:
-        result = train(overrides, config_file=config, resume=resume, allow_change=allow_change, callbacks=callbacks)
+        from fmcli.cli import STARTED
+
+        result = train(overrides, config_file=config, resume=resume, allow_change=allow_change, callbacks=callbacks,
+                       started=STARTED)
     except TrainingInterrupted as stop:
         callbacks.close()
         if is_main_process():

@@ -1,0 +1,90 @@
+"""Training for a wall-clock budget (``--max-time 10m``) by fixing a number of steps.
+
+The learning-rate schedule, checkpoints and exact resume are all defined by steps, so a time
+budget is turned into a step count once, early: the first steps are timed (within the warm-up,
+where the schedule does not depend on the total), the time already spent (loading data,
+building the model) and what the end will cost (the last checkpoint and sample grid, and the
+periodic ones) are subtracted, and the steps that fit in what is left become the run's total.
+Without a budget the same measurement tells the user how long the planned steps will take.
+"""
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from fmcli.errors import FMError
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+CALIBRATION_STEPS = 20  # at most; fewer when the warm-up is shorter or the budget small
+CALIBRATION_SHARE = 0.05  # at most this share of the budget is spent measuring
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``"90s"``, ``"10m"``, ``"2h"``, ``"1h30m"`` or a number of seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?\s*[smh]?\s*)+)", str(text).lower())
+        if not parts:
+            raise FMError(f"--max-time takes a duration such as 90s, 10m, 2h or 1h30m (got {text!r})")
+        seconds = sum(float(number) * _UNITS[unit or "s"]
+                      for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([smh]?)", parts.group(1)))
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise FMError(f"--max-time must be a positive duration (got {text!r})")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s")
+
+
+@dataclass
+class EndCosts:
+    """Seconds the run spends outside optimizer steps, estimated from the step time."""
+
+    checkpoint: float  # one checkpoint write
+    grid: float  # one sample grid (0 when --sample-every is 0)
+
+
+class StepTimer:
+    """Times the first steps of a run, to fix the total steps of a budget or to say how long the plan takes.
+
+    ``observe(step)`` after every step returns None until enough steps were timed, then the seconds
+    per step (the caller stops observing).
+    """
+
+    def __init__(self, *, budget: float | None, started: float, loop_start: float, start_step: int,
+                 warmup_steps: int):
+        self.budget, self.started, self.loop_start, self.start_step = budget, started, loop_start, start_step
+        # Only steps inside the warm-up are timed: there the schedule does not depend on the total yet.
+        self.limit = min(CALIBRATION_STEPS, max(1, warmup_steps - start_step))
+        self.first_done = loop_start
+
+    def observe(self, step: int, now: float | None = None) -> float | None:
+        now = time.perf_counter() if now is None else now
+        done = step - self.start_step
+        if done == 1:
+            self.first_done = now  # the first step pays one-off costs (allocations, caches): not timed
+        long_enough = self.budget is not None and done >= 2 and now - self.first_done > CALIBRATION_SHARE * self.budget
+        if done < self.limit and not long_enough:
+            return None
+        if done == 1:  # a single step to go by: its own time, one-off costs included (errs on the long side)
+            return now - self.loop_start
+        return (now - self.first_done) / (done - 1)
+
+    def fit(self, step: int, seconds_per_step: float, costs: EndCosts, checkpoint_every: int,
+            sample_every: int) -> int:
+        """The total number of steps that ends within the budget."""
+        left = self.budget - (time.perf_counter() - self.started) - costs.checkpoint - costs.grid
+        more = max(0, math.floor(left / seconds_per_step))
+        for _ in range(2):  # periodic checkpoints and grids depend on the total; two rounds settle it
+            total = step + more
+            periodic = (total - 1) // checkpoint_every * costs.checkpoint
+            if sample_every:
+                periodic += (total - 1) // sample_every * costs.grid
+            more = max(0, math.floor((left - periodic) / seconds_per_step))
+        return step + more
