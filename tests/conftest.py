@@ -58,3 +58,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def toy_checkpoint(tmp_path_factory) -> Path:
     """A 2-D MLP on moons, trained for 3 steps."""
     return train_tiny(tmp_path_factory.mktemp("runs") / "toy", data="moons", model={"hidden": 32, "depth": 2})
+
+
+@pytest.fixture
+def recorder():
+    """Register the ``recording-mlp`` / ``recording-unet`` models (tests/recording.py) for one test.
+
+    Yields the ``Recorder`` whose ``calls`` list receives every forward call of those networks.
+    """
+    from fmcli import registry
+    from fmcli.plugins import load_plugins, pm
+    from recording import Recorder, RecordingPlugin
+
+    load_plugins()  # built-ins first, as a user would have them
+    rec = Recorder()
+    plugin = RecordingPlugin(rec)
+    pm.register(plugin, name="recording-models")
+    registry.reset()
+    try:
+        yield rec
+    finally:
+        pm.unregister(plugin)
+        registry.reset()

@@ -20,6 +20,7 @@ from fmcli.animate import (
     motion_field,
     render_animation,
 )
+from conftest import train_tiny
 from fmcli.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
 from fmcli.cli import app as fm_app
 from fmcli.cli.animate import animate_command
@@ -117,6 +118,58 @@ def test_first_frame_is_the_noise_and_last_frame_is_fm_sample(nine_gif, sampled_
     expected = np.asarray(grid_image(to_uint8(noise), nrow=2).convert("RGB"))
     assert np.array_equal(bottom_left(frames[0], (width, height)), expected)
     assert not np.array_equal(frames[0], frames[-1])
+
+
+@pytest.fixture(scope="module")
+def moving_checkpoint(tmp_path_factory):
+    """A tiny U-Net trained 3 steps at a large learning rate: |v| is about 0.7, so x_t moves by tens of gray
+    levels between frames (the tiny_checkpoint's velocity is nearly zero: its frames would all look alike)."""
+    return train_tiny(tmp_path_factory.mktemp("runs") / "moving", lr=0.05, warmup_steps=0)
+
+
+@torch.no_grad()
+def fixed_step_states(checkpoint, x1: torch.Tensor, labels: torch.Tensor, solver: str, steps: int) -> list:
+    """An independent solve of dx/dt = v(x, t, y) from t = 1 to 0 on the uniform grid t_k = 1 - k / steps,
+    written out here (Euler, or Heun's trapezoid predictor-corrector); the states at every grid time."""
+    model = load_checkpoint(checkpoint).model
+
+    def v(x, t):
+        return model(x, torch.full((len(x),), t), labels)
+
+    grid = [1.0 - k / steps for k in range(steps)] + [0.0]
+    states = [x1]
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        x, h = states[-1], t_next - t
+        if solver == "euler":
+            states.append(x + h * v(x, t))
+        else:
+            k1 = v(x, t)
+            k2 = v(x + h * k1, t + h)
+            states.append(x + 0.5 * h * (k1 + k2))
+    return states
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_middle_frames_are_the_states_at_their_times(moving_checkpoint, tmp_path, solver):
+    """5 frames at t = 1, 0.75, 0.5, 0.25, 0 with 4 solver steps: every frame time is a grid time, so each
+    middle frame must show the state of an independent solve stopped at that time (same noise, same grid)."""
+    out = tmp_path / "moving.gif"
+    result = runner.invoke(fm_app, ["animate", str(moving_checkpoint), "--class", "3", "--num", "4", "--nrow", "2",
+                                    "--frames", "5", "--solver", solver, "--steps", "4", "--cfg", "1", "--seed", "7",
+                                    "--scale", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frames, _, _ = gif_frames(out)
+    noise = torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(7))  # generate()'s x1 for --seed 7
+    states = fixed_step_states(moving_checkpoint, noise, torch.full((4,), 3), solver, steps=4)
+    pictures = [np.asarray(grid_image(to_uint8(x), nrow=2).convert("RGB")).astype(int) for x in states]
+    size = pictures[0].shape[1], pictures[0].shape[0]
+    for index in (1, 2, 3):
+        shown = bottom_left(frames[index], size).astype(int)
+        # The same float32 operations: equal up to a rounding tie at .5 of a gray level.
+        assert np.abs(shown - pictures[index]).max() <= 1, index
+        # ... while the neighbouring states differ by tens of levels, so a frame of the wrong time fails.
+        for other in (index - 1, index + 1):
+            assert np.abs(shown - pictures[other]).max() > 20, (index, other)
 
 
 def test_show_x0_is_the_models_guess_and_both_puts_them_side_by_side(nine_gif, sampled_png, tiny_checkpoint, tmp_path):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,14 +148,64 @@ def _installed(distribution: str) -> bool:
     return True
 
 
+def checkout_pythonpath() -> str:
+    """This checkout's fmcli AND this checkout's plugin source, ahead of what is installed.
+
+    The installed distribution supplies the entry point (what is being tested); an editable install made
+    from another checkout would otherwise import that checkout's plugin code, which may need another fmcli.
+    """
+    return os.pathsep.join([str(PLUGIN_DIR.parents[1]), str(PLUGIN_DIR)])
+
+
 @pytest.mark.skipif(not _installed("fm-adams-bashforth"), reason="fm-adams-bashforth is not installed")
 def test_installed_plugin_is_listed_by_fm_plugins():
     # The console script when fmcli is installed, else the same entry point through ``python -m fmcli``.
     fm = shutil.which("fm", path=str(Path(sys.executable).parent))
     command = [fm] if fm else [sys.executable, "-m", "fmcli"]
-    env = dict(os.environ, FM_LOAD_PLUGINS="fm-adams-bashforth", PYTHONPATH=str(PLUGIN_DIR.parents[1]))
+    env = dict(os.environ, FM_LOAD_PLUGINS="fm-adams-bashforth", PYTHONPATH=checkout_pythonpath())
     done = subprocess.run([*command, "plugins", "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
     text = json.dumps(listing)
     assert "adams_bashforth" in text and "ab2" in text and "rings" in text, text
+
+
+# Run in a fresh interpreter with FM_LOAD_PLUGINS unset: both commands go through fmcli's default plugin
+# discovery (every installed distribution of the ``fmcli`` entry-point group), which in-process tests
+# never reach (conftest sets FM_LOAD_PLUGINS=""). One interpreter for both commands halves the start-up.
+DISCOVERY_SCRIPT = """
+import json, sys
+from typer.testing import CliRunner
+from fmcli.cli import app
+runner = CliRunner()
+listing = runner.invoke(app, ["plugins", "--json"])
+sample = runner.invoke(app, ["sample", sys.argv[1], "--solver", "ab2", "--steps", "3", "--num", "2",
+                             "--class", "4", "--out", sys.argv[2], "--json"])
+print(json.dumps({"listing": [listing.exit_code, listing.stdout], "sample": [sample.exit_code, sample.output]}))
+"""
+
+
+@pytest.mark.skipif(not _installed("fm-adams-bashforth"), reason="fm-adams-bashforth is not installed")
+def test_installed_plugin_is_found_without_fm_load_plugins(tiny_checkpoint, tmp_path):
+    """FM_LOAD_PLUGINS unset: `fm plugins` lists the installed plugin and `fm sample --solver ab2` runs with it."""
+    env = {key: value for key, value in os.environ.items() if key != "FM_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = checkout_pythonpath()
+    out = tmp_path / "ab2.npz"
+    done = subprocess.run([sys.executable, "-c", DISCOVERY_SCRIPT, str(tiny_checkpoint), str(out)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    code, listing = results["listing"]
+    assert code == 0, listing
+    rows = {row["name"]: row for row in json.loads(listing)}
+    plugin_rows = [row for row in rows.values() if "ab2" in row["solvers"]]
+    assert len(plugin_rows) == 1, rows
+    assert "rings" in plugin_rows[0]["datasets"]
+    assert plugin_rows[0]["version"] == importlib.metadata.version("fm-adams-bashforth")
+    code, output = results["sample"]
+    assert code == 0, output
+    summary = json.loads(output[output.index("{"):])
+    # ab2 starts with one Heun step (2 evaluations), then one evaluation per step: 3 steps = 4.
+    assert summary["solver"] == "ab2" and summary["nfe"] == 4
+    arrays = np.load(out)
+    assert arrays["images"].shape == (2, 28, 28, 1) and arrays["labels"].tolist() == [4, 4]
