@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import fmcli.train
+import fmcli.batches
 from fmcli.checkpoint import read_checkpoint, split_prefix
 from fmcli.train import train
 
-# The minibatch-OT pairing, looked up where the training loop looks it up. It moves to fmcli.flow in
-# the planned refactor: then change OT_PAIRING_HOME to the module the loop reads ``ot_pairing`` from.
-OT_PAIRING_HOME = fmcli.train
+# The minibatch-OT pairing (defined in fmcli.flow), looked up where the batch sampler looks it up.
+OT_PAIRING_HOME = fmcli.batches
 
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
