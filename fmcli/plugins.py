@@ -24,7 +24,8 @@ BUILTIN_PLUGINS = (
 pm = pluggy.PluginManager("fmcli")
 pm.add_hookspecs(hookspecs)
 _loaded = False
-_versions: dict[str, str] = {}  # plugins loaded through FM_LOAD_PLUGINS -> distribution version
+_versions: dict[str, str] = {}  # plugins loaded by name -> distribution version
+failures: dict[str, str] = {}  # installed plugins that failed to load -> "distribution: the error" (fm plugins shows them)
 
 
 def load_plugins() -> pluggy.PluginManager:
@@ -39,34 +40,40 @@ def load_plugins() -> pluggy.PluginManager:
             pm.register(module, name=module_name)
     wanted = os.environ.get("FM_LOAD_PLUGINS")
     if wanted is None:
-        pm.load_setuptools_entrypoints("fmcli")
+        for dist in importlib.metadata.distributions():
+            _register_entry_points(dist)
     else:
         for dist_name in filter(None, (n.strip() for n in wanted.split(","))):
-            _load_distribution(dist_name)
+            try:
+                dist = importlib.metadata.distribution(dist_name)
+            except importlib.metadata.PackageNotFoundError:
+                from fmcli.errors import FMError
+
+                raise FMError(f"FM_LOAD_PLUGINS names {dist_name!r}, which is not installed") from None
+            _register_entry_points(dist)
     if os.environ.get("FM_DEBUG_PLUGINS"):
         pm.trace.root.setwriter(lambda message: sys.stderr.write(message))
         pm.enable_tracing()
     return pm
 
 
-def _load_distribution(dist_name: str) -> None:
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        from fmcli.errors import FMError
-
-        raise FMError(f"FM_LOAD_PLUGINS names {dist_name!r}, which is not installed") from None
+def _register_entry_points(dist: importlib.metadata.Distribution) -> None:
+    """Register the distribution's ``fmcli`` entry points. A plugin that fails to import is recorded
+    in ``failures`` (and named by ``fm plugins`` and unknown-name errors), not fatal for fm itself."""
     for entry_point in dist.entry_points:
-        if entry_point.group == "fmcli" and pm.get_plugin(entry_point.name) is None:
-            pm.register(entry_point.load(), name=entry_point.name)
-            _versions[entry_point.name] = dist.version
+        if entry_point.group != "fmcli" or pm.get_plugin(entry_point.name) is not None:
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as error:  # noqa: BLE001 - any import error of third-party code
+            failures[entry_point.name] = f"{dist.metadata['Name']}: {type(error).__name__}: {error}"
+            continue
+        pm.register(plugin, name=entry_point.name)
+        _versions[entry_point.name] = dist.version
 
 
 def plugin_versions() -> dict[str, str]:
     """Plugin name -> version of the distribution that provides it (built-ins: fmcli's version)."""
     from fmcli import __version__
 
-    versions = {name: __version__ for name in BUILTIN_PLUGINS}
-    for plugin, dist in pm.list_plugin_distinfo():
-        versions[pm.get_name(plugin)] = dist.version
-    return versions | _versions
+    return {name: __version__ for name in BUILTIN_PLUGINS} | _versions

@@ -52,9 +52,12 @@ def _lookup(hook_name: str, kind: str, name: str) -> Any:
     table = _collect(hook_name)
     if name in table:
         return table[name]
+    from fmcli.plugins import failures
+
     close = difflib.get_close_matches(name, list(table), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise FMError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(table)}")
+    broken = f" (plugins that failed to load: {'; '.join(failures.values())})" if failures else ""
+    raise FMError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(table)}{broken}")
 
 
 def solvers() -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The per-class accuracy and FID code paths must then report what the real data would: accuracy
 near the classifier's own test accuracy (and per class exactly what that classifier says about
 those digits), FID exactly the Fréchet distance of those digits' features (formula written here)
-and no worse than the real-data floor of `fm eval --real` at the same count.
+and near the real-data floor of `fm eval --real` at the same count.
 """
 
 import json
@@ -115,7 +115,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_real_digits_as_samples_score_like_real_data(real_digits_checkpoint, tmp_path, monkeypatch):
     """Samples that are real held-out digits: per-class accuracy = the classifier's verdict on them, overall
-    accuracy near its test accuracy, FID = the Fréchet distance of their features, no worse than --real."""
+    accuracy near its test accuracy, FID = the Fréchet distance of their features, near --real."""
     train_classifier_briefly(monkeypatch)
     cache = tmp_path / "cache"
     report = fm_eval(real_digits_checkpoint, "--solver", "euler", "--steps", "1", "--cache-dir", cache)
@@ -151,6 +151,6 @@ def test_real_digits_as_samples_score_like_real_data(real_digits_checkpoint, tmp
     fid, floor = report["metrics"]["fid"]["value"], real["metrics"]["fid"]["value"]
     assert report["metrics"]["fid"]["num_samples"] == real["metrics"]["fid"]["num_samples"] == NUM
     assert fid == pytest.approx(frechet_distance(features.double().numpy(), reference.double().numpy()), rel=1e-4)
-    # ... and no worse than real data (--real: 200 random train digits). Balanced classes, as sampled here,
-    # usually score better than the random class mix of --real; allow 30% for the spread between draws.
-    assert fid < 1.3 * floor, (fid, floor)
+    # ... and near the real-data floor (--real: 200 other train digits, balanced by class as the samples are;
+    # measured 0.83 vs 0.89): within 30% either way, the spread between two draws of 200.
+    assert 0.7 * floor < fid < 1.3 * floor, (fid, floor)

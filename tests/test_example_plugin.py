@@ -209,3 +209,28 @@ def test_installed_plugin_is_found_without_fm_load_plugins(tiny_checkpoint, tmp_
     assert summary["solver"] == "ab2" and summary["nfe"] == 4
     arrays = np.load(out)
     assert arrays["images"].shape == (2, 28, 28, 1) and arrays["labels"].tolist() == [4, 4]
+
+
+def test_a_plugin_that_fails_to_import_is_named_not_lost(tmp_path, tiny_checkpoint):
+    """An installed plugin whose module raises on import: fm still works, `fm plugins` warns with the error,
+    and asking for what it would have registered says why it is missing."""
+    site = tmp_path / "site"
+    (site / "broken_fm_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "broken_fm_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-fm-plugin\nVersion: 0.1\n")
+    (site / "broken_fm_plugin-0.1.dist-info" / "entry_points.txt").write_text("[fmcli]\nbroken = broken_fm_plugin\n")
+    (site / "broken_fm_plugin.py").write_text("raise ImportError('needs a library that is not installed')\n")
+    env = {key: value for key, value in os.environ.items() if key != "FM_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), checkout_pythonpath()])
+
+    def fm(*args):
+        return subprocess.run([sys.executable, "-m", "fmcli", *args], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+
+    listing = fm("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert "warning: plugin 'broken' failed to load (broken-fm-plugin: ImportError: needs a library" in listing.stderr
+    assert "euler" in listing.stdout
+    missing = fm("sample", str(tiny_checkpoint), "--solver", "brokensolver", "--out", str(tmp_path / "x.png"))
+    assert missing.returncode == 1
+    assert "unknown solver 'brokensolver'" in missing.stderr and "broken-fm-plugin: ImportError" in missing.stderr

@@ -25,7 +25,7 @@ from fmcli.errors import FMError
 from fmcli.solvers.grids import TIME_GRIDS
 
 console = Console()  # results (tables) on stdout
-err_console = Console(stderr=True)  # progress and messages on stderr
+err_console = Console(stderr=True, soft_wrap=True)  # progress and messages on stderr; a message is one line
 
 
 def cli_errors(func: Callable) -> Callable:

@@ -8,8 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmcli import registry
-from fmcli.cli._common import cli_errors, console, print_json
-from fmcli.plugins import BUILTIN_PLUGINS, load_plugins, plugin_versions
+from fmcli.cli._common import cli_errors, console, err_console, print_json
+from fmcli.plugins import BUILTIN_PLUGINS, failures, load_plugins, plugin_versions
 
 KINDS = {"solvers": "fm_register_solvers", "datasets": "fm_register_datasets", "models": "fm_register_models",
          "feature_extractors": "fm_register_feature_extractors"}
@@ -75,6 +75,8 @@ def plugins_command(json_output: Annotated[bool, typer.Option("--json", help="Pr
       fm plugins --json
     """
     if json_output:
-        print_json(plugin_table())
-        return
-    console.print(items_table(item_rows()))
+        print_json(plugin_table() + [{"name": name, "error": error} for name, error in failures.items()])
+    else:
+        console.print(items_table(item_rows()))
+    for name, error in failures.items():
+        err_console.print(f"warning: plugin {name!r} failed to load ({error})", markup=False, highlight=False)

@@ -326,9 +326,22 @@ def _unconditional_histogram(ctx: EvalContext, classifier: FeatureExtractor, nam
 # --- the floor: real data ------------------------------------------------------------------------
 
 
+def real_choice(labels: Tensor | None, count: int, size: int, seed: int) -> Tensor:
+    """``count`` item indices, seeded: equal numbers per class when labelled (as a conditional model's
+    samples are drawn), so the floor and the model are scored on the same class balance."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    if labels is None:
+        return order[:count]
+    shuffled = labels[order]
+    classes = int(labels.max()) + 1
+    wanted = torch.bincount(balanced_classes(count, classes), minlength=classes)
+    chosen = [order[shuffled == c][: int(wanted[c])] for c in range(classes)]
+    return torch.cat(chosen)
+
+
 def evaluate_real(data_name: str, options: EvalOptions, progress: Progress | None = None) -> dict:
-    """Real TRAIN images (``options.num_samples`` of them) scored against the test split: the best
-    figures a model could hope for at this sample count."""
+    """Real TRAIN images (``options.num_samples`` of them, equal numbers per class when labelled) scored
+    against the test split: the best figures a model could hope for at this sample count."""
     device = resolve_device(options.device)
     data = eval_data(data_name, options)
     if "test" not in data.splits:
@@ -339,7 +352,7 @@ def evaluate_real(data_name: str, options: EvalOptions, progress: Progress | Non
     check_sample_count(count, extractor.name, extractor.dim, options.metrics)
     reference = reference_features(extractor, data.load("test"), cache=options.cache_dir or default_cache_dir(),
                                    device=device, progress=progress)
-    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(options.sampling.seed))[:count]
+    chosen = real_choice(train.labels, count, len(train), options.sampling.seed)
     features, logits = extract_features(extractor, train.data[chosen], device=device, progress=progress,
                                         stage="features of train images")
     report = report_skeleton(data, device, extractor, reference, options, real=True,
