@@ -3,6 +3,7 @@
 Classifier-free guidance combines the conditional and the unconditional ("null" class)
 velocities as ``v_uncond + cfg * (v_cond - v_uncond)``: cfg = 1 is plain conditional
 sampling; larger values give more typical, class-faithful samples at the cost of diversity.
+MeanFlow's average velocities u (``--solver meanflow``) are combined the same way.
 
 ``SamplingOptions`` is the one shape of "how to sample" that ``fm sample``, ``fm animate``,
 ``fm eval`` and the training loop's sample grids all pass to ``generate``.
@@ -19,6 +20,9 @@ from torch import Tensor
 
 from fmcli.checkpoint import LoadedModel
 from fmcli.errors import FMError
+from fmcli.models.unet import NO_INTERVAL_INPUT
+from fmcli.registry import get_solver
+from fmcli.solvers.base import needs_interval
 from fmcli.solvers.grids import TIME_GRIDS
 
 DEFAULT_GUIDANCE = 2.0
@@ -38,8 +42,6 @@ class SamplingOptions:
     batch_size: int = 500  # samples per solver call
 
     def __post_init__(self) -> None:
-        from fmcli.registry import get_solver
-
         get_solver(self.solver)  # unknown names: FMError with the closest match
         if self.steps < 1:
             raise FMError(f"--steps must be at least 1 (got {self.steps})")
@@ -96,14 +98,20 @@ def parse_classes(spec: str | None, num: int, class_names: Sequence[str]) -> Ten
 
 
 def guided_velocity(model: torch.nn.Module, cfg: float, null_class: int) -> Callable[..., Tensor]:
-    """The velocity function v(x, t, y=None) the solvers call, with classifier-free guidance."""
+    """The velocity function v(x, t, y=None, r=None) the solvers call, with classifier-free guidance.
 
-    def velocity(x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    r (the MeanFlow solver's interval start) reaches the model as ``r=`` only when given, so models
+    without the interval input keep their plain model(x, t, y) call.
+    """
+
+    def velocity(x: Tensor, t: Tensor, y: Tensor | None = None, r: Tensor | None = None) -> Tensor:
         t_batch = t.to(x.dtype).expand(x.shape[0])
+        r_batch = None if r is None else r.to(x.dtype).expand(x.shape[0])
         if y is None or cfg == 1.0:
-            return model(x, t_batch, y)
+            return model(x, t_batch, y) if r_batch is None else model(x, t_batch, y, r=r_batch)
         null = torch.full_like(y, null_class)
-        both = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([y, null]))
+        inputs = (torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([y, null]))
+        both = model(*inputs) if r_batch is None else model(*inputs, r=torch.cat([r_batch, r_batch]))
         v_cond, v_uncond = both.chunk(2)
         return v_uncond + cfg * (v_cond - v_uncond)
 
@@ -141,13 +149,13 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
     """Sample ``num`` items from t = 1 (noise) to t = 0 (data). Same inputs, same outputs."""
-    from fmcli.registry import get_solver
-
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     cfg = default_cfg(loaded, classes) if options.cfg is None else options.cfg
     check_guidance(loaded, cfg, classes)
     solver = get_solver(options.solver)
+    if needs_interval(solver) and not loaded.meta.model_config.get("interval"):
+        raise FMError(f"--solver {options.solver}: {NO_INTERVAL_INPUT} (use an ODE solver such as heun)")
     device = loaded.device
     velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
     generator = torch.Generator().manual_seed(options.seed)

@@ -1,4 +1,5 @@
-"""Built-in ODE solvers: fixed-step (euler, midpoint, heun, rk4), scipy's rk45, torchdiffeq's adaptive ones.
+"""Built-in solvers: fixed-step ODE (euler, midpoint, heun, rk4), scipy's rk45, torchdiffeq's adaptive ones,
+and MeanFlow's few-step sampler (for models with the interval input).
 
 Registered by name, imported on first use (``fmcli.specs.LazyItem``): listing them costs no torch import.
 """
@@ -17,3 +18,4 @@ def fm_register_solvers(register):
     register(LazyItem("rk45", "fmcli.solvers.scipy_rk45:ScipyRK45Solver"))
     for name in TORCHDIFFEQ:
         register(LazyItem(name, "fmcli.solvers.torchdiffeq_solvers:TORCHDIFFEQ_SOLVERS"))
+    register(LazyItem("meanflow", "fmcli.solvers.meanflow:MeanFlowSolver"))

@@ -18,10 +18,13 @@ down blocks and 3 up blocks).
 
 Conditioning: the time t in [0, 1] (t = 0 is data, t = 1 is noise) is multiplied by 1000 and
 encoded with sinusoids, then an MLP; the class embedding (index ``num_classes`` = null class)
-is added to it. Each residual block applies it as a scale and shift of its normalised
-features, h = GroupNorm(h) * (1 + scale) + shift: a multiplicative gate lets t switch features
-on and off (near t = 1 the input is noise, near t = 0 it is data), which a plain added bias
-cannot; ADM found it clearly better for the same cost.
+is added to it. With ``interval=True`` (MeanFlow, ``fmcli.flow.meanflow_loss``) the model also
+takes the start r <= t of an interval and predicts the average velocity over [r, t]; the interval
+length t - r gets its own sinusoid + MLP, added to the same embedding (see ``TimeClassEmbedding``).
+Each residual block applies the embedding as a scale and shift of its normalised features,
+h = GroupNorm(h) * (1 + scale) + shift: a multiplicative gate lets t switch features on and off
+(near t = 1 the input is noise, near t = 0 it is data), which a plain added bias cannot; ADM
+found it clearly better for the same cost.
 """
 
 import math
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from fmcli.errors import FMError
+from fmcli.models.forward_ad import Conv2d, GroupNorm, in_forward_ad
 
 TIME_SCALE = 1000.0
 
@@ -46,9 +50,11 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
     steps 0..1000; on raw t in [0, 1] the slow half of them would barely change and the
     network could hardly tell t = 0.2 from t = 0.3.
     """
+    # float32 unless t is float64: float64 models exist for exact derivative checks (MeanFlow's JVP).
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (TIME_SCALE * t.float())[:, None] * freqs[None, :]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    args = (TIME_SCALE * t.to(dtype))[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:  # odd width: pad with a zero column
         emb = F.pad(emb, (0, 1))
@@ -56,18 +62,33 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
 
 
 class TimeClassEmbedding(nn.Module):
-    """emb(t, y) = MLP(sinusoid(1000 t)) + E[y]; E has num_classes + 1 rows, the last one the null class."""
+    """emb(t, y) = MLP(sinusoid(1000 t)) + E[y]; E has num_classes + 1 rows, the last one the null class.
 
-    def __init__(self, freq_dim: int, dim: int, num_classes: int) -> None:
+    With ``interval=True``: emb(t, y, d) = MLP(sinusoid(1000 t)) + E[y] + MLP_d(sinusoid(1000 d)), d = t - r the
+    length of the interval [r, t] the average velocity is taken over. MLP_d's last layer starts at zero, so a
+    fresh interval model computes exactly what the same weights compute without the interval input, for any r.
+    Why t - r and not r: every plain flow-matching sample (r = t) then feeds the same d = 0, whatever t, so
+    "d = 0" is one well-trained input meaning "instantaneous velocity" (u(x, t, t) = v(x, t)); MeanFlow's
+    ablation found (t, t - r) the best of the pairs it tried.
+    """
+
+    def __init__(self, freq_dim: int, dim: int, num_classes: int, interval: bool = False) -> None:
         super().__init__()
         self.freq_dim = freq_dim
         self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.class_embedding = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+        # Created only for interval models: the state dict of every other model keeps its keys.
+        self.interval_mlp = (nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), zero_init(nn.Linear(dim, dim)))
+                             if interval else None)
 
-    def forward(self, t: Tensor, y: Tensor | None) -> Tensor:
-        emb = self.time_mlp(sinusoidal_embedding(t, self.freq_dim))
+    def forward(self, t: Tensor, y: Tensor | None, interval: Tensor | None = None) -> Tensor:
+        """t [B], y [B] or None, interval = t - r [B] (interval models only) -> [B, dim]."""
+        weight_dtype = self.time_mlp[0].weight.dtype
+        emb = self.time_mlp(sinusoidal_embedding(t, self.freq_dim).to(weight_dtype))
         if self.class_embedding is not None:
             emb = emb + self.class_embedding(y)
+        if self.interval_mlp is not None:
+            emb = emb + self.interval_mlp(sinusoidal_embedding(interval, self.freq_dim).to(weight_dtype))
         return emb
 
 
@@ -103,6 +124,34 @@ def prepare_time_and_labels(
     return t, y
 
 
+NO_INTERVAL_INPUT = "this model has no interval input; it was not trained for few-step sampling"
+
+
+def prepare_interval(
+    r: Tensor | float | None, t: Tensor, batch_size: int, has_interval: bool, device: torch.device, validate: bool
+) -> Tensor | None:
+    """The interval length t - r per sample [B], for t already broadcast to [B]; None for a model without it.
+
+    r is a number, 0-dim or [B], like t; r = None means r = t (length 0: the instantaneous velocity).
+    Raises FMError for r given to a model without the interval input, a wrong shape, or r > t: the
+    average velocity u(x, r, t) is trained for r <= t only (sampling runs from t = 1 down to r = 0).
+    """
+    if not has_interval:
+        if r is not None:
+            raise FMError(NO_INTERVAL_INPUT)
+        return None
+    if r is None:
+        return torch.zeros_like(t)
+    if not isinstance(r, Tensor):
+        r = torch.tensor(float(r), device=device, dtype=t.dtype)
+    if validate and (r.dim() > 1 or (r.dim() == 1 and r.shape[0] not in (1, batch_size))):
+        raise FMError(f"r must be a scalar or have shape [{batch_size}] (one time per sample), got {list(r.shape)}")
+    r = r.reshape(-1).expand(batch_size)
+    if validate and bool((r > t).any()):  # one host sync; skipped under compile
+        raise FMError("the interval start r must not exceed t (the average velocity over [r, t] is trained for r <= t)")
+    return t - r
+
+
 def is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
@@ -111,12 +160,12 @@ def is_compiling() -> bool:
 # --- building blocks ------------------------------------------------------------------------
 
 
-def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+def group_norm(channels: int, num_groups: int) -> GroupNorm:
     """GroupNorm with the largest group count <= num_groups that divides channels (so 24 or 8 channels work)."""
     groups = max(1, min(num_groups, channels))
     while channels % groups:
         groups -= 1
-    return nn.GroupNorm(groups, channels)
+    return GroupNorm(groups, channels)
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -132,12 +181,12 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int) -> None:
         super().__init__()
         self.norm1 = group_norm(in_ch, num_groups)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
         self.norm2 = group_norm(out_ch, num_groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.conv2 = zero_init(Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -154,8 +203,8 @@ class AttnBlock(nn.Module):
         super().__init__()
         self.num_heads = max(1, channels // head_channels)
         self.norm = group_norm(channels, num_groups)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.qkv = Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
@@ -169,7 +218,7 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         return self.conv(x)
@@ -178,7 +227,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -200,6 +249,9 @@ class UNet(nn.Module):
         num_classes: 0 for unconditional; else labels 0..num_classes-1 plus the null class num_classes.
         dropout: inside residual blocks.
         num_groups: GroupNorm groups (reduced automatically to divide small channel counts).
+        interval: also take the interval start r (``forward(x, t, y, r=r)``) and predict the average velocity
+            over [r, t] (MeanFlow). Kept in ``config`` only when True, so every other config, and the models
+            built from existing checkpoints, stay exactly as they were.
     """
 
     def __init__(
@@ -214,6 +266,7 @@ class UNet(nn.Module):
         num_classes: int = 0,
         dropout: float = 0.0,
         num_groups: int = 32,
+        interval: bool = False,
     ) -> None:
         super().__init__()
         channel_mults = [int(m) for m in channel_mults]
@@ -226,12 +279,15 @@ class UNet(nn.Module):
             "attention_resolutions": attention_resolutions, "num_classes": num_classes,
             "dropout": dropout, "num_groups": num_groups,
         }
+        if interval:
+            self.config["interval"] = True
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
+        self.interval = bool(interval)
         self.grad_checkpointing = False
 
         emb_dim = 4 * base_channels
-        self.embedding = TimeClassEmbedding(base_channels, emb_dim, num_classes)
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.embedding = TimeClassEmbedding(base_channels, emb_dim, num_classes, interval=self.interval)
+        self.conv_in = Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(in_ch: int, out_ch: int) -> ResBlock:
             return ResBlock(in_ch, out_ch, emb_dim, dropout, num_groups)
@@ -271,28 +327,38 @@ class UNet(nn.Module):
         assert not skip_channels, "every skip must be consumed exactly once"
 
         self.out = nn.Sequential(group_norm(ch, num_groups), nn.SiLU(),
-                                 zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+                                 zero_init(Conv2d(ch, in_channels, 3, padding=1)))
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute residual/attention activations in the backward pass (less memory, ~30% more compute)."""
+        """Recompute residual/attention activations in the backward pass (less memory, ~30% more compute).
+
+        Not inside ``torch.func.jvp`` (MeanFlow): there the forward also saves the tangent's tensors, and the
+        recomputation in the backward pass, which runs without the tangent, would not match them.
+        """
         self.grad_checkpointing = bool(enabled)
 
     def _run(self, layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
         for layer in layers:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled() \
-                    and isinstance(layer, (ResBlock, AttnBlock)):
+                    and isinstance(layer, (ResBlock, AttnBlock)) and not in_forward_ad(h):
                 h = checkpoint(layer, h, emb, use_reentrant=False)
             else:
                 h = layer(h, emb)
         return h
 
-    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """x [B, C, H, W], t [B] or 0-dim in [0, 1], y [B] int64 or None (-> null class) -> v [B, C, H, W]."""
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None, r: Tensor | float | None = None) -> Tensor:
+        """x [B, C, H, W], t [B] or 0-dim in [0, 1], y [B] int64 or None (-> null class) -> v [B, C, H, W].
+
+        Interval models (``interval=True``) also take r <= t like t and return the average velocity
+        u(x, r, t) = 1/(t - r) * integral_r^t v(x_s, s) ds along the trajectory through x at t; r = None
+        means r = t, the instantaneous velocity v(x, t) (what the r = t share of MeanFlow training teaches).
+        """
         validate = not is_compiling()
         if validate:
             self._check_input(x)
         t, y = prepare_time_and_labels(t, y, x.shape[0], self.num_classes, x.device, validate)
-        emb = self.embedding(t, y)
+        interval = prepare_interval(r, t, x.shape[0], self.interval, x.device, validate)
+        emb = self.embedding(t, y, interval)
 
         h = self.conv_in(x)
         skips = [h]

@@ -7,6 +7,10 @@ and ``conditioning`` (class labels, guidance scale, ...) is passed through untou
 Solvers integrate from ``t_start`` to ``t_end``; sampling uses 1 -> 0 (noise to data),
 likelihoods use 0 -> 1. They count model evaluations (NFE) and can return the state at
 requested times (``save_at``) from the same solve.
+
+A solver with ``needs_interval = True`` (an optional attribute, default False; read it with
+``needs_interval(solver)``) calls ``velocity(x, t, r=r, **conditioning)`` instead, for the average
+velocity over [r, t] of a MeanFlow model (``fmcli.solvers.meanflow``).
 """
 
 from collections.abc import Callable, Sequence
@@ -69,6 +73,11 @@ def time_tensor(t: float | Tensor, like: Tensor) -> Tensor:
     if isinstance(t, Tensor):
         return t.to(device=like.device, dtype=time_dtype(like)).reshape(())
     return torch.tensor(t, device=like.device, dtype=time_dtype(like))
+
+
+def needs_interval(solver: Any) -> bool:
+    """Whether the solver passes an interval start r to the velocity (MeanFlow models only)."""
+    return bool(getattr(solver, "needs_interval", False))
 
 
 class CountingVelocity:
