@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (each creates .venv first):
 #   make demo   train on the embedded MNIST subset, then sample sixes
-#   make test   run the test suite
+#   make test   lint (ruff check, ruff format --check), then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 # its torchvision would bring another torch build, and fm imports only its torch-only Inception module.
 FIDELITY ?= torch-fidelity>=0.3,<0.5
 
-.PHONY: setup demo test bench-cpu clean
+.PHONY: setup demo lint test bench-cpu clean
 
 $(BIN)/fm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ demo: setup
 	$(BIN)/fm train mnist-mini --out runs/demo
 	$(BIN)/fm sample runs/demo/last.safetensors --class 6 --solver heun --steps 20 --num 64 --out runs/demo/six.png
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

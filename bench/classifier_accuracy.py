@@ -37,9 +37,12 @@ def main() -> None:
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     test_accuracy = accuracy(network, test.data, test.labels)
     # CPU seconds / threads is the wall time on idle cores; wall time grows when other work shares them.
-    print(f"MNIST classifier: test accuracy {test_accuracy:.2%} on {len(test)} images; "
-          f"trained on {len(train)} images, {args.epochs} epochs, {args.threads} threads: "
-          f"{seconds:.0f} s wall, {cpu_seconds:.0f} CPU s (~{cpu_seconds / args.threads:.0f} s on {args.threads} idle cores)")
+    print(
+        f"MNIST classifier: test accuracy {test_accuracy:.2%} on {len(test)} images; "
+        f"trained on {len(train)} images, {args.epochs} epochs, {args.threads} threads: "
+        f"{seconds:.0f} s wall, {cpu_seconds:.0f} CPU s "
+        f"(~{cpu_seconds / args.threads:.0f} s on {args.threads} idle cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -85,17 +85,24 @@ def main(argv=None) -> int:
     rows = []
 
     def record(what: str, seconds: float, images_count: int, **extra) -> None:
-        rows.append({"what": what, "seconds": round(seconds, 4), "images_per_s": round(images_count / seconds, 1),
-                     **extra})
+        rows.append(
+            {"what": what, "seconds": round(seconds, 4), "images_per_s": round(images_count / seconds, 1), **extra}
+        )
         print(f"{what:34s} {seconds:8.3f} s  {images_count / seconds:9.0f} images/s", flush=True)
 
     for how in ("serial", "threads", "processes"):
-        seconds = best(lambda: sum(1 for _ in cache.decode_rows(paths, size, how=how, workers=workers)),
-                       args.repeat)
+
+        def decode_all(how=how):
+            return sum(1 for _ in cache.decode_rows(paths, size, how=how, workers=workers))
+
+        seconds = best(decode_all, args.repeat)
         record(f"decode, {how}" + ("" if how == "serial" else f" x{workers}"), seconds, len(paths), how=how)
 
-    record("load, in memory (cache=False)",
-           best(lambda: load_folder(images, LoadOptions(image_size=size, cache=False)), args.repeat), len(paths))
+    record(
+        "load, in memory (cache=False)",
+        best(lambda: load_folder(images, LoadOptions(image_size=size, cache=False)), args.repeat),
+        len(paths),
+    )
 
     def first_load() -> None:
         shutil.rmtree(cache.cache_dir(), ignore_errors=True)
@@ -104,8 +111,12 @@ def main(argv=None) -> int:
 
     record("load, first (decode into cache)", best(first_load, args.repeat), len(paths))
     data = load_folder(images, LoadOptions(image_size=size))
-    record("load, cached (map)", best(lambda: load_folder(images, LoadOptions(image_size=size)), args.repeat),
-           len(paths), cache_bytes=Path(data.info["cache"]["path"]).stat().st_size)
+    record(
+        "load, cached (map)",
+        best(lambda: load_folder(images, LoadOptions(image_size=size)), args.repeat),
+        len(paths),
+        cache_bytes=Path(data.info["cache"]["path"]).stat().st_size,
+    )
 
     import torch
 
@@ -115,13 +126,27 @@ def main(argv=None) -> int:
     seconds = best(lambda: [data.data[index] for index in indices], args.repeat) / len(indices)
     record(f"random batch of {batch} from the map", seconds, batch)
 
-    header = {"num": args.num, "classes": args.classes, "pixels": args.pixels, "image_size": size,
-              "workers": workers, "cpus": cache.available_cpus(), "repeat": args.repeat, "fmcli": __version__,
-              "python": platform.python_version(), "pillow": PIL.__version__, "machine": platform.machine(),
-              "decoder": decode.DECODER_VERSION}
+    header = {
+        "num": args.num,
+        "classes": args.classes,
+        "pixels": args.pixels,
+        "image_size": size,
+        "workers": workers,
+        "cpus": cache.available_cpus(),
+        "repeat": args.repeat,
+        "fmcli": __version__,
+        "python": platform.python_version(),
+        "pillow": PIL.__version__,
+        "machine": platform.machine(),
+        "decoder": decode.DECODER_VERSION,
+    }
     (out / "folder_scale.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
-    lines = [f"# Image folder at scale: {args.num} JPEGs of {args.pixels} px -> {size} px, {workers} workers", "",
-             "| what | seconds | images/s |", "|---|---:|---:|"]
+    lines = [
+        f"# Image folder at scale: {args.num} JPEGs of {args.pixels} px -> {size} px, {workers} workers",
+        "",
+        "| what | seconds | images/s |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {row['what']} | {row['seconds']:.3f} | {row['images_per_s']:.0f} |" for row in rows]
     (out / "folder_scale.md").write_text("\n".join(lines) + "\n")
     return 0

@@ -27,8 +27,12 @@ import time
 
 import torch
 
-ROWS = {"flow-matching": ("flow-matching", 0.0, False), "meanflow r<t": ("meanflow", 0.0, False),
-        "meanflow 75% r=t": ("meanflow", 0.75, False), "meanflow r<t, builtin jvp": ("meanflow", 0.0, True)}
+ROWS = {
+    "flow-matching": ("flow-matching", 0.0, False),
+    "meanflow r<t": ("meanflow", 0.0, False),
+    "meanflow 75% r=t": ("meanflow", 0.75, False),
+    "meanflow r<t, builtin jvp": ("meanflow", 0.0, True),
+}
 
 
 def make_steps(batch: int) -> dict:
@@ -39,8 +43,10 @@ def make_steps(batch: int) -> dict:
 
     torch.manual_seed(0)
     config = default_model_config("image", (1, 28, 28), 10, "cpu")
-    models = {"flow-matching": build_model(config).train(),
-              "meanflow": build_model(config | {"interval": True}).train()}
+    models = {
+        "flow-matching": build_model(config).train(),
+        "meanflow": build_model(config | {"interval": True}).train(),
+    }
     x0, x1 = torch.rand(batch, 1, 28, 28) * 2 - 1, torch.randn(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
     cheap_jvp = forward_ad.in_forward_ad
@@ -88,8 +94,16 @@ def main() -> None:
         return
     memory = {}
     for row in ROWS:
-        command = [sys.executable, __file__, "--memory-of", row, "--batch", str(args.batch),
-                   "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--memory-of",
+            row,
+            "--batch",
+            str(args.batch),
+            "--threads",
+            str(args.threads),
+        ]
         memory[row] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     steps = make_steps(args.batch)
     cpu = {row: [] for row in ROWS}
@@ -100,12 +114,15 @@ def main() -> None:
             start = time.process_time()
             step()
             cpu[row].append(time.process_time() - start)
-    print(f"batch {args.batch}, {args.threads} thread(s), min CPU time over {args.rounds} rounds; "
-          "ratios to flow-matching")
+    print(
+        f"batch {args.batch}, {args.threads} thread(s), min CPU time over {args.rounds} rounds; ratios to flow-matching"
+    )
     base_time, base_memory = min(cpu["flow-matching"]), memory["flow-matching"]
     for row in ROWS:
-        print(f"{row:25s}  CPU {min(cpu[row]) * 1000:5.0f} ms/step (x{min(cpu[row]) / base_time:.2f})   "
-              f"peak memory rise {memory[row]:5.0f} MiB (x{memory[row] / base_memory:.2f})")
+        print(
+            f"{row:25s}  CPU {min(cpu[row]) * 1000:5.0f} ms/step (x{min(cpu[row]) / base_time:.2f})   "
+            f"peak memory rise {memory[row]:5.0f} MiB (x{memory[row] / base_memory:.2f})"
+        )
 
 
 if __name__ == "__main__":

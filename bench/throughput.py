@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fmcli import __version__  # noqa: E402
-from fmcli.checkpoint import CheckpointMeta, FORMAT_VERSION, LoadedModel  # noqa: E402
+from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, LoadedModel  # noqa: E402
+from fmcli.device import resolve_device  # noqa: E402
 from fmcli.flow import flow_matching_loss  # noqa: E402
 from fmcli.models import build_model  # noqa: E402
 from fmcli.models.presets import count_flops, default_model_config  # noqa: E402
-from fmcli.device import resolve_device  # noqa: E402
 from fmcli.sampling import SamplingOptions, generate  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s). H200/H100 SXM: 989 on paper; measured ~790 on the H200 here.
@@ -75,8 +75,12 @@ def main(argv=None) -> int:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
-    flops = count_flops(model, torch.randn(1, 1, 28, 28, device=device), torch.rand(1, device=device),
-                        torch.zeros(1, dtype=torch.long, device=device))
+    flops = count_flops(
+        model,
+        torch.randn(1, 1, 28, 28, device=device),
+        torch.rand(1, device=device),
+        torch.zeros(1, dtype=torch.long, device=device),
+    )
     forward = torch.compile(model) if compile_model else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda or None)
     b = args.batch_size
@@ -93,37 +97,64 @@ def main(argv=None) -> int:
 
     elapsed, iters = timed(train_step, device, args.seconds)
     train_ips = iters * b / elapsed
-    rows = [{"what": f"training (batch {b}, {precision}{', compiled' if compile_model else ''})",
-             "images_per_s": train_ips, "tflops": train_ips * 3 * flops / 1e12}]
+    rows = [
+        {
+            "what": f"training (batch {b}, {precision}{', compiled' if compile_model else ''})",
+            "images_per_s": train_ips,
+            "tflops": train_ips * 3 * flops / 1e12,
+        }
+    ]
 
-    meta = CheckpointMeta(format_version=FORMAT_VERSION, model_config=config,
-                          data={"shape": [1, 28, 28], "num_classes": 10, "kind": "image"}, step=0)
+    meta = CheckpointMeta(
+        format_version=FORMAT_VERSION,
+        model_config=config,
+        data={"shape": [1, 28, 28], "num_classes": 10, "kind": "image"},
+        step=0,
+    )
     model.eval()
     loaded = LoadedModel(model=forward, meta=meta)
     classes = torch.arange(args.sample_batch) % 10
     for solver, steps in (("euler", 10), ("heun", 5), ("euler", 20), ("heun", 10)):
         options = SamplingOptions(solver=solver, steps=steps, cfg=1.0, batch_size=args.sample_batch)
 
-        def sample():
+        def sample(options=options):
             with autocast:
                 generate(loaded, options, num=args.sample_batch, classes=classes)
+
         elapsed, iters = timed(sample, device, args.seconds, min_iters=2)
         nfe = steps * (1 if solver == "euler" else 2)
         ips = iters * args.sample_batch / elapsed
-        rows.append({"what": f"sampling {solver} {steps} steps (NFE {nfe}, batch {args.sample_batch})",
-                     "images_per_s": ips, "tflops": ips * nfe * flops / 1e12})
+        rows.append(
+            {
+                "what": f"sampling {solver} {steps} steps (NFE {nfe}, batch {args.sample_batch})",
+                "images_per_s": ips,
+                "tflops": ips * nfe * flops / 1e12,
+            }
+        )
     name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or "cpu")
     peak = args.peak_tflops or next((v for k, v in KNOWN_PEAKS.items() if k in name), None)
     for row in rows:
         row["fraction_of_peak"] = row["tflops"] / peak if peak else None
-    header = {"device": name, "torch": torch.__version__, "fm": __version__, "date": time.strftime("%Y-%m-%d"),
-              "model": config, "parameters": params, "forward_flops_per_image": flops, "peak_tflops": peak}
+    header = {
+        "device": name,
+        "torch": torch.__version__,
+        "fm": __version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "model": config,
+        "parameters": params,
+        "forward_flops_per_image": flops,
+        "peak_tflops": peak,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
-    lines = [f"Device: {name}; torch {torch.__version__}; fm {__version__}; {header['date']}; "
-             f"{params / 1e6:.2f} M parameters, {flops / 1e6:.0f} MFLOP per image per forward.", "",
-             "| measurement | images/s | achieved TFLOP/s | fraction of peak |", "|---|---|---|---|"]
+    lines = [
+        f"Device: {name}; torch {torch.__version__}; fm {__version__}; {header['date']}; "
+        f"{params / 1e6:.2f} M parameters, {flops / 1e6:.0f} MFLOP per image per forward.",
+        "",
+        "| measurement | images/s | achieved TFLOP/s | fraction of peak |",
+        "|---|---|---|---|",
+    ]
     for row in rows:
         frac = f"{row['fraction_of_peak']:.1%}" if row["fraction_of_peak"] is not None else "-"
         lines.append(f"| {row['what']} | {row['images_per_s']:.0f} | {row['tflops']:.3f} | {frac} |")

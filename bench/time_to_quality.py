@@ -29,7 +29,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -41,11 +40,11 @@ from fmcli import __version__, registry  # noqa: E402
 from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, save_checkpoint  # noqa: E402
 from fmcli.config import TrainConfig, validate  # noqa: E402
 from fmcli.data.base import to_model_space  # noqa: E402
+from fmcli.device import resolve_device  # noqa: E402
 from fmcli.eval.run import EvalOptions, evaluate_checkpoint  # noqa: E402
 from fmcli.hookspecs import hookimpl  # noqa: E402
 from fmcli.models import ModelSpec  # noqa: E402
 from fmcli.plugins import pm  # noqa: E402
-from fmcli.device import resolve_device  # noqa: E402
 from fmcli.sampling import SamplingOptions  # noqa: E402
 from fmcli.train import Callbacks, Trainer  # noqa: E402  (the bench drives the loop itself, by wall clock)
 
@@ -67,16 +66,30 @@ def synchronize(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- our side
 
+
 def train_ours(args, out: Path) -> list[dict]:
     """One run; a checkpoint each time training wall time passes a budget (checkpointing not timed)."""
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    config = TrainConfig(data=args.data, data_dir=args.data_dir, steps=10**9, batch_size=args.batch_size,
-                         lr=args.lr, lr_schedule="constant", warmup_steps=args.warmup, ema_decay=args.ema_decay,
-                         time_sampling=args.time_sampling, coupling=args.coupling, label_dropout=args.label_dropout,
-                         device=str(device), precision="bf16" if cuda and not args.fp32 else "fp32",
-                         compile=cuda and not args.no_compile, seed=args.seed, out=str(out / "ours"),
-                         model=json.loads(args.model) if args.model else {})
+    config = TrainConfig(
+        data=args.data,
+        data_dir=args.data_dir,
+        steps=10**9,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule="constant",
+        warmup_steps=args.warmup,
+        ema_decay=args.ema_decay,
+        time_sampling=args.time_sampling,
+        coupling=args.coupling,
+        label_dropout=args.label_dropout,
+        device=str(device),
+        precision="bf16" if cuda and not args.fp32 else "fp32",
+        compile=cuda and not args.no_compile,
+        seed=args.seed,
+        out=str(out / "ours"),
+        model=json.loads(args.model) if args.model else {},
+    )
     validate(config)
     from fmcli.distributed import DistInfo
 
@@ -103,8 +116,15 @@ def train_ours(args, out: Path) -> list[dict]:
             budget = budgets.pop(0)
             pause = time.perf_counter()
             path = trainer.save()
-            snapshots.append({"side": "fm", "budget_s": budget, "checkpoint": str(path), "steps": trainer.state.step,
-                              "train_images_per_s": trainer.state.images_seen / elapsed})
+            snapshots.append(
+                {
+                    "side": "fm",
+                    "budget_s": budget,
+                    "checkpoint": str(path),
+                    "steps": trainer.state.step,
+                    "train_images_per_s": trainer.state.images_seen / elapsed,
+                }
+            )
             start += time.perf_counter() - pause  # saving is not training time
     params = sum(p.numel() for p in trainer.state.model.parameters())
     for snap in snapshots:
@@ -114,6 +134,7 @@ def train_ours(args, out: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the reference
 
+
 class TorchCFMVelocity(nn.Module):
     """TorchCFM's UNetModel seen through fm's convention: v_fm(x, t, y) = -v_cfm(1 - t, x, y)."""
 
@@ -121,8 +142,9 @@ class TorchCFMVelocity(nn.Module):
         super().__init__()
         from torchcfm.models.unet import UNetModel
 
-        self.net = UNetModel(dim=(1, 28, 28), num_channels=32, num_res_blocks=1, class_cond=True,
-                             num_classes=num_classes)
+        self.net = UNetModel(
+            dim=(1, 28, 28), num_channels=32, num_res_blocks=1, class_cond=True, num_classes=num_classes
+        )
         self.config = {"name": "torchcfm-unet", "num_classes": num_classes}
 
     def forward(self, x, t, y=None):
@@ -135,8 +157,13 @@ class ReferencePlugin:
 
     @hookimpl
     def fm_register_models(self, register):
-        register(ModelSpec(name="torchcfm-unet", description="TorchCFM's MNIST UNetModel (benchmark only)",
-                           build=lambda num_classes=10, **_: TorchCFMVelocity(num_classes)))
+        register(
+            ModelSpec(
+                name="torchcfm-unet",
+                description="TorchCFM's MNIST UNetModel (benchmark only)",
+                build=lambda num_classes=10, **_: TorchCFMVelocity(num_classes),
+            )
+        )
 
 
 def import_torchcfm(stub_pot: bool) -> bool:
@@ -147,7 +174,9 @@ def import_torchcfm(stub_pot: bool) -> bool:
     try:
         import torchcfm  # noqa: F401
     except ImportError as error:
-        print(f"torchcfm not importable ({error}); running fm's side only. pip install torchcfm==1.0.7", file=sys.stderr)
+        print(
+            f"torchcfm not importable ({error}); running fm's side only. pip install torchcfm==1.0.7", file=sys.stderr
+        )
         return False
     return True
 
@@ -166,7 +195,7 @@ def train_reference(args, out: Path, data, labels) -> list[dict]:
     elapsed, start = 0.0, time.perf_counter()
     while budgets:
         index = torch.randint(0, data.shape[0], (128,), generator=generator, device=device)
-        x1 = to_model_space(data[index])           # TorchCFM: x1 is data, x0 noise
+        x1 = to_model_space(data[index])  # TorchCFM: x1 is data, x0 noise
         y = labels[index]
         x0 = torch.randn(x1.shape, generator=generator, device=device)
         t, xt, ut = matcher.sample_location_and_conditional_flow(x0, x1)
@@ -181,47 +210,84 @@ def train_reference(args, out: Path, data, labels) -> list[dict]:
         if elapsed >= budgets[0]:
             budget = budgets.pop(0)
             path = out / "reference" / f"budget-{budget:g}s.safetensors"
-            meta = CheckpointMeta(format_version=FORMAT_VERSION, model_config=model.config,
-                                  data={"name": args.data, "split": "train", "kind": "image", "shape": [1, 28, 28],
-                                        "num_classes": 10, "class_names": [str(i) for i in range(10)]},
-                                  step=steps, label_dropout=0.0,
-                                  train_config={"data": args.data, "data_dir": args.data_dir})
+            meta = CheckpointMeta(
+                format_version=FORMAT_VERSION,
+                model_config=model.config,
+                data={
+                    "name": args.data,
+                    "split": "train",
+                    "kind": "image",
+                    "shape": [1, 28, 28],
+                    "num_classes": 10,
+                    "class_names": [str(i) for i in range(10)],
+                },
+                step=steps,
+                label_dropout=0.0,
+                train_config={"data": args.data, "data_dir": args.data_dir},
+            )
             tensors = {f"ema.{k}": v for k, v in model.state_dict().items()}  # the recipe has no EMA
             save_checkpoint(path, tensors, meta)
-            snapshots.append({"side": "torchcfm", "budget_s": budget, "checkpoint": str(path), "steps": steps,
-                              "train_images_per_s": steps * 128 / elapsed,
-                              "parameters": sum(p.numel() for p in model.parameters())})
+            snapshots.append(
+                {
+                    "side": "torchcfm",
+                    "budget_s": budget,
+                    "checkpoint": str(path),
+                    "steps": steps,
+                    "train_images_per_s": steps * 128 / elapsed,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                }
+            )
     return snapshots
 
 
 # ----------------------------------------------------------------------------- scoring
 
+
 def score(snapshot: dict, solver: str, steps: int, tol: float, args) -> dict:
-    sampling = SamplingOptions(solver=solver, steps=steps, rtol=tol, atol=tol, cfg=1.0, seed=args.seed,
-                               batch_size=args.sample_batch)
-    options = EvalOptions(num_samples=args.num, sampling=sampling, device=args.device, data=args.data,
-                          data_dir=Path(args.data_dir) if args.data_dir else None, metrics=("fid", "kid"))
+    sampling = SamplingOptions(
+        solver=solver, steps=steps, rtol=tol, atol=tol, cfg=1.0, seed=args.seed, batch_size=args.sample_batch
+    )
+    options = EvalOptions(
+        num_samples=args.num,
+        sampling=sampling,
+        device=args.device,
+        data=args.data,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        metrics=("fid", "kid"),
+    )
     report = evaluate_checkpoint(Path(snapshot["checkpoint"]), options)
     metrics = report["metrics"]
-    return {**{k: v for k, v in snapshot.items() if k != "checkpoint"}, "solver": solver,
-            "steps": None if registry.get_solver(solver).adaptive else steps, "tol": tol if registry.get_solver(solver).adaptive else None,
-            "nfe": report["sampling"]["nfe"], "fid": metrics["fid"]["value"], "kid": metrics["kid"]["value"],
-            "conditional_accuracy": (report.get("conditional") or {}).get("accuracy"),
-            "sample_images_per_s": report["sampling"]["samples_per_second"], "num_samples": args.num}
+    return {
+        **{k: v for k, v in snapshot.items() if k != "checkpoint"},
+        "solver": solver,
+        "steps": None if registry.get_solver(solver).adaptive else steps,
+        "tol": tol if registry.get_solver(solver).adaptive else None,
+        "nfe": report["sampling"]["nfe"],
+        "fid": metrics["fid"]["value"],
+        "kid": metrics["kid"]["value"],
+        "conditional_accuracy": (report.get("conditional") or {}).get("accuracy"),
+        "sample_images_per_s": report["sampling"]["samples_per_second"],
+        "num_samples": args.num,
+    }
 
 
 def markdown(rows: list[dict], header: dict) -> str:
-    lines = [f"Device: {header['device']}; torch {header['torch']}; fm {header['fm']}; {header['date']}; "
-             f"{rows[0]['num_samples'] if rows else 0} samples (equal per class), FID/KID from fm eval's "
-             f"'{header['extractor']}' features.", "",
-             "| side | train budget (s) | steps | train img/s | solver | NFE | FID | KID | cond. acc. | sample img/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Device: {header['device']}; torch {header['torch']}; fm {header['fm']}; {header['date']}; "
+        f"{rows[0]['num_samples'] if rows else 0} samples (equal per class), FID/KID from fm eval's "
+        f"'{header['extractor']}' features.",
+        "",
+        "| side | train budget (s) | steps | train img/s | solver | NFE | FID | KID | cond. acc. | sample img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         solver = r["solver"] + (f" {r['steps']} steps" if r["steps"] else f" tol {r['tol']:g}")
         acc = f"{r['conditional_accuracy']:.3f}" if r["conditional_accuracy"] is not None else "-"
-        lines.append(f"| {r['side']} | {r['budget_s']:g} | {r['steps_trained']} | "
-                     f"{r['train_images_per_s']:.0f} | {solver} | {r['nfe']} | {r['fid']:.2f} | {r['kid']:.4f} | {acc} | "
-                     f"{r['sample_images_per_s']:.0f} |")
+        lines.append(
+            f"| {r['side']} | {r['budget_s']:g} | {r['steps_trained']} | "
+            f"{r['train_images_per_s']:.0f} | {solver} | {r['nfe']} | {r['fid']:.2f} | {r['kid']:.4f} | {acc} | "
+            f"{r['sample_images_per_s']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -275,9 +341,15 @@ def main(argv=None) -> int:
             row["steps_trained"] = snap["steps"]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "fm": __version__, "date": time.strftime("%Y-%m-%d"),
-              "extractor": "classifier", "reference": with_reference, "args": vars(args)}
+    header = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "fm": __version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "extractor": "classifier",
+        "reference": with_reference,
+        "args": vars(args),
+    }
     (out / "time_to_quality.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2, default=str))
     (out / "time_to_quality.md").write_text(markdown(rows, header))
     print(markdown(rows, header))

@@ -59,15 +59,21 @@ def load_gaussian_grid(options: LoadOptions) -> ArrayDataset:
     centres = np.stack([labels % 3 - 1, labels // 3 - 1], axis=1)
     points = centres + rng.normal(0, 0.1, (n, 2))
     return ArrayDataset(
-        name="gaussian-grid", split=options.split, kind="points",
-        data=torch.from_numpy(points).float(), labels=torch.from_numpy(labels).long(),
+        name="gaussian-grid",
+        split=options.split,
+        kind="points",
+        data=torch.from_numpy(points).float(),
+        labels=torch.from_numpy(labels).long(),
         class_names=[str(k) for k in range(9)],
     )
 
 
 GAUSSIAN_GRID = DatasetSpec(
-    name="gaussian-grid", description="nine Gaussians on a 3x3 grid (2-D), labelled by component",
-    kind="points", splits=SPLITS, load=load_gaussian_grid,
+    name="gaussian-grid",
+    description="nine Gaussians on a 3x3 grid (2-D), labelled by component",
+    kind="points",
+    splits=SPLITS,
+    load=load_gaussian_grid,
 )
 
 # --- the hooks fm calls ------------------------------------------------------------------------

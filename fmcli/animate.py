@@ -58,12 +58,12 @@ SHOW_MODES = ("x", "x0", "both")
 FORMATS = {".gif": "gif", ".png": "png"}
 DEFAULT_FRAMES = {"gif": 40, "png": 8}
 FRAMES_RANGE = (2, 1000)
-FPS_RANGE = (1, 50)        # GIF delays are whole centiseconds; browsers slow delays under 20 ms to 100 ms
+FPS_RANGE = (1, 50)  # GIF delays are whole centiseconds; browsers slow delays under 20 ms to 100 ms
 SCALE_RANGE = (1, 16)
 MAX_HOLD_S = 60.0
 MAX_TRAJECTORY_BYTES = 4 * 2**30
 POINTS_SIZE_PER_SCALE = 128  # a 2-D plot is 128 x scale pixels square (512 at the default scale 4)
-QUIVER_GRID = 20             # 20 x 20 arrows
+QUIVER_GRID = 20  # 20 x 20 arrows
 BACKGROUND_POINTS = 2000
 
 ProgressFn = Callable[[str, int, int], None]  # (stage "solve" or "render", done, total)
@@ -73,20 +73,20 @@ ProgressFn = Callable[[str, int, int], None]  # (stage "solve" or "render", done
 class AnimationSettings:
     frames: int = 40
     fps: int = 12
-    hold: float = 1.5          # extra seconds on the final frame
+    hold: float = 1.5  # extra seconds on the final frame
     loop: bool = True
-    scale: int = 4             # nearest-neighbour magnification of images; 2-D plots are 128 x scale px
-    show: str = "x"            # x, x0 or both
-    nrow: int | None = None    # images per grid row (None: near square)
+    scale: int = 4  # nearest-neighbour magnification of images; 2-D plots are 128 x scale px
+    show: str = "x"  # x, x0 or both
+    nrow: int | None = None  # images per grid row (None: near square)
 
 
 @dataclass
 class Animation:
     frames: list[Image.Image]  # "L" (grayscale data) or "RGB" images, all the same size
-    times: list[float]         # t of each frame, 1 -> 0
+    times: list[float]  # t of each frame, 1 -> 0
     grid_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the x_t grid / plot in each frame
-    nfe: int                   # model evaluations of the solve (per sample)
-    extra_nfe: int             # evaluations for x̂0 frames and the quiver plots (one per frame each)
+    nfe: int  # model evaluations of the solve (per sample)
+    extra_nfe: int  # evaluations for x̂0 frames and the quiver plots (one per frame each)
     seconds: float
 
 
@@ -97,8 +97,10 @@ def output_kind(out: Path) -> str:
     """``gif`` or ``png`` from the file name; FMError for anything else or a missing folder."""
     kind = FORMATS.get(Path(out).suffix.lower())
     if kind is None:
-        raise FMError(f"cannot tell the animation format from {out}: end --out in .gif (an animation) "
-                      "or .png (a filmstrip of frames side by side)")
+        raise FMError(
+            f"cannot tell the animation format from {out}: end --out in .gif (an animation) "
+            "or .png (a filmstrip of frames side by side)"
+        )
     if not Path(out).parent.exists():
         raise FMError(f"output folder {Path(out).parent} does not exist; create it first")
     if Path(out).is_dir():
@@ -109,11 +111,15 @@ def output_kind(out: Path) -> str:
 def check_settings(settings: AnimationSettings) -> None:
     """One clear FMError for each out-of-range option."""
     if not FRAMES_RANGE[0] <= settings.frames <= FRAMES_RANGE[1]:
-        raise FMError(f"--frames must be in {FRAMES_RANGE[0]}..{FRAMES_RANGE[1]} (got {settings.frames}): "
-                      "an animation needs at least the noise and the final sample")
+        raise FMError(
+            f"--frames must be in {FRAMES_RANGE[0]}..{FRAMES_RANGE[1]} (got {settings.frames}): "
+            "an animation needs at least the noise and the final sample"
+        )
     if not FPS_RANGE[0] <= settings.fps <= FPS_RANGE[1]:
-        raise FMError(f"--fps must be in {FPS_RANGE[0]}..{FPS_RANGE[1]} (got {settings.fps}); GIF frame delays "
-                      "are centiseconds and browsers play delays under 20 ms slowly")
+        raise FMError(
+            f"--fps must be in {FPS_RANGE[0]}..{FPS_RANGE[1]} (got {settings.fps}); GIF frame delays "
+            "are centiseconds and browsers play delays under 20 ms slowly"
+        )
     if not SCALE_RANGE[0] <= settings.scale <= SCALE_RANGE[1]:
         raise FMError(f"--scale must be an integer in {SCALE_RANGE[0]}..{SCALE_RANGE[1]} (got {settings.scale})")
     if not 0 <= settings.hold <= MAX_HOLD_S:
@@ -171,8 +177,14 @@ def load_background(meta_data: dict, train_config: dict, seed: int) -> np.ndarra
 # --- rendering ------------------------------------------------------------------------------
 
 
-def predicted_x0(velocity: Callable[..., Tensor], states: Tensor, t: float, labels: Tensor | None,
-                 device: torch.device, batch_size: int) -> Tensor:
+def predicted_x0(
+    velocity: Callable[..., Tensor],
+    states: Tensor,
+    t: float,
+    labels: Tensor | None,
+    device: torch.device,
+    batch_size: int,
+) -> Tensor:
     """x̂0 = x_t - t v(x_t, t) for CPU states [N, ...], evaluated in batches on ``device``; CPU float result."""
     guesses = []
     for first in range(0, len(states), batch_size):
@@ -198,30 +210,44 @@ def render_animation(
     shape = loaded.meta.shape
     needed = trajectory_bytes(settings.frames, num, shape)
     if needed > MAX_TRAJECTORY_BYTES:
-        raise FMError(f"{settings.frames} frames of {num} samples of shape {list(shape)} would keep "
-                      f"{needed / 2**30:.1f} GiB of trajectory in memory (limit {MAX_TRAJECTORY_BYTES / 2**30:.0f} GiB); "
-                      "use fewer --frames or --num")
+        raise FMError(
+            f"{settings.frames} frames of {num} samples of shape {list(shape)} would keep "
+            f"{needed / 2**30:.1f} GiB of trajectory in memory (limit {MAX_TRAJECTORY_BYTES / 2**30:.0f} GiB); "
+            "use fewer --frames or --num"
+        )
     start = time.perf_counter()
-    result = generate(loaded, sampling, num=num, classes=classes, save_at=frame_times(settings.frames),
-                      progress=(lambda done, total: progress("solve", done, total)) if progress else None)
+    result = generate(
+        loaded,
+        sampling,
+        num=num,
+        classes=classes,
+        save_at=frame_times(settings.frames),
+        progress=(lambda done, total: progress("solve", done, total)) if progress else None,
+    )
     times = [float(t) for t in result.times]
     trajectory = result.trajectory  # [T, N, ...] float32 on the CPU
     result.trajectory = None
     velocity = guided_velocity(loaded.model, result.cfg, null_class=loaded.meta.num_classes)
-    x0 = functools.partial(predicted_x0, velocity, labels=classes, device=loaded.device,
-                           batch_size=sampling.batch_size)
+    x0 = functools.partial(predicted_x0, velocity, labels=classes, device=loaded.device, batch_size=sampling.batch_size)
     if loaded.meta.data["kind"] == "points":
-        frames, box, extra = _points_frames(loaded, trajectory, times, classes, velocity, x0, settings,
-                                            sampling.seed, progress)
+        frames, box, extra = _points_frames(
+            loaded, trajectory, times, classes, velocity, x0, settings, sampling.seed, progress
+        )
     else:
         frames, box, extra = _image_frames(trajectory, times, x0, settings, progress)
     del trajectory
-    return Animation(frames=frames, times=times, grid_box=box, nfe=result.nfe, extra_nfe=extra,
-                     seconds=time.perf_counter() - start)
+    return Animation(
+        frames=frames, times=times, grid_box=box, nfe=result.nfe, extra_nfe=extra, seconds=time.perf_counter() - start
+    )
 
 
-def _image_frames(trajectory: Tensor, times: list[float], x0: Callable[..., Tensor], settings: AnimationSettings,
-                  progress: ProgressFn | None) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
+def _image_frames(
+    trajectory: Tensor,
+    times: list[float],
+    x0: Callable[..., Tensor],
+    settings: AnimationSettings,
+    progress: ProgressFn | None,
+) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
     frames, box = [], (0, 0, 0, 0)
     gap = 4 * settings.scale
     for index, t in enumerate(times):
@@ -244,8 +270,9 @@ def _image_frames(trajectory: Tensor, times: list[float], x0: Callable[..., Tens
     return frames, box, 0 if settings.show == "x" else len(times)
 
 
-def motion_field(velocity: Callable[..., Tensor], points: Tensor, times: Sequence[float], labels: Tensor | None,
-                 device: torch.device) -> Tensor:
+def motion_field(
+    velocity: Callable[..., Tensor], points: Tensor, times: Sequence[float], labels: Tensor | None, device: torch.device
+) -> Tensor:
     """-v(points, t) for each t: [T, G, 2] on the CPU, the direction particles move while sampling (t decreasing).
 
     One model evaluation (of the G grid points) per time.
@@ -254,9 +281,17 @@ def motion_field(velocity: Callable[..., Tensor], points: Tensor, times: Sequenc
     return torch.stack([-velocity(points.to(device), torch.tensor(t, device=device), y).float().cpu() for t in times])
 
 
-def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], classes: Tensor | None,
-                   velocity: Callable[..., Tensor], x0: Callable[..., Tensor], settings: AnimationSettings,
-                   seed: int, progress: ProgressFn | None) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
+def _points_frames(
+    loaded: LoadedModel,
+    trajectory: Tensor,
+    times: list[float],
+    classes: Tensor | None,
+    velocity: Callable[..., Tensor],
+    x0: Callable[..., Tensor],
+    settings: AnimationSettings,
+    seed: int,
+    progress: ProgressFn | None,
+) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
     """Particles over the quiver plot of -v at each frame's t (the direction they move while sampling)."""
     device = loaded.device
     coordinates = trajectory.abs().numpy().ravel()
@@ -286,7 +321,7 @@ def _points_frames(loaded: LoadedModel, trajectory: Tensor, times: list[float], 
         arrows = torch.where(too_long, arrows / arrows.norm(dim=-1, keepdim=True) * spacing, arrows)
         arrows = torch.nan_to_num(arrows).numpy()
 
-        def panel(points: Tensor) -> Image.Image:
+        def panel(points: Tensor, arrows: np.ndarray = arrows) -> Image.Image:
             return plot.draw(points.numpy(), labels, background, grid.numpy(), arrows)
 
         states = trajectory[index]

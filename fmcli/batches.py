@@ -53,8 +53,17 @@ class Batch:
 class BatchSampler:
     """Draws this rank's slice of the global batch of any step, from (seed, step) alone."""
 
-    def __init__(self, inputs: Tensor, labels: Tensor | None, num_classes: int, kind: str, config: TrainConfig,
-                 rank: int, world_size: int, device: torch.device):
+    def __init__(
+        self,
+        inputs: Tensor,
+        labels: Tensor | None,
+        num_classes: int,
+        kind: str,
+        config: TrainConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+    ):
         self.inputs, self.labels, self.num_classes, self.kind = inputs, labels, num_classes, kind
         self.config, self.rank, self.world_size, self.device = config, rank, world_size, device
         self.order = BatchOrder(len(inputs), config.batch_size, config.seed)
@@ -66,8 +75,14 @@ class BatchSampler:
         x0 = self.inputs[index].to(device)
         x0 = to_model_space(x0) if self.kind == "image" else x0.float()
         batch = x0.shape[0]
-        t = sample_time(batch, method=config.time_sampling, mean=config.time_mean, std=config.time_std,
-                        generator=generator, device=device)
+        t = sample_time(
+            batch,
+            method=config.time_sampling,
+            mean=config.time_mean,
+            std=config.time_std,
+            generator=generator,
+            device=device,
+        )
         x1 = torch.randn(x0.shape, generator=generator, device=device)
         labels = None
         if self.labels is not None:

@@ -28,8 +28,10 @@ def parse_duration(text: str | float | int) -> float:
         parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?\s*[smh]?\s*)+)", str(text).lower())
         if not parts:
             raise FMError(f"--max-time takes a duration such as 90s, 10m, 2h or 1h30m (got {text!r})")
-        seconds = sum(float(number) * _UNITS[unit or "s"]
-                      for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([smh]?)", parts.group(1)))
+        seconds = sum(
+            float(number) * _UNITS[unit or "s"]
+            for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([smh]?)", parts.group(1))
+        )
     if not (math.isfinite(seconds) and seconds > 0):
         raise FMError(f"--max-time must be a positive duration (got {text!r})")
     return seconds
@@ -39,7 +41,7 @@ def format_duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    return (f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s")
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 @dataclass
@@ -57,8 +59,7 @@ class StepTimer:
     per step (the caller stops observing).
     """
 
-    def __init__(self, *, budget: float | None, started: float, loop_start: float, start_step: int,
-                 warmup_steps: int):
+    def __init__(self, *, budget: float | None, started: float, loop_start: float, start_step: int, warmup_steps: int):
         self.budget, self.started, self.loop_start, self.start_step = budget, started, loop_start, start_step
         # Only steps inside the warm-up are timed: there the schedule does not depend on the total yet.
         self.limit = min(CALIBRATION_STEPS, max(1, warmup_steps - start_step))
@@ -76,8 +77,7 @@ class StepTimer:
             return now - self.loop_start
         return (now - self.first_done) / (done - 1)
 
-    def fit(self, step: int, seconds_per_step: float, costs: EndCosts, checkpoint_every: int,
-            sample_every: int) -> int:
+    def fit(self, step: int, seconds_per_step: float, costs: EndCosts, checkpoint_every: int, sample_every: int) -> int:
         """The total number of steps that ends within the budget."""
         left = self.budget - (time.perf_counter() - self.started) - costs.checkpoint - costs.grid
         more = max(0, math.floor(left / seconds_per_step))

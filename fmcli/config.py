@@ -5,9 +5,10 @@ resolved config is written to the run folder (``config.json``) and into every ch
 """
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+import tomllib
 
 from fmcli.budget import parse_duration
 from fmcli.errors import FMError
@@ -16,42 +17,42 @@ from fmcli.errors import FMError
 @dataclass
 class TrainConfig:
     # data
-    data: str = "mnist-mini"             # registered data set name, or a folder of images
-    data_dir: str | None = None          # where data files live (else $FM_DATA_DIR)
-    image_size: int | None = None        # resize + centre-crop (folders default to 32)
-    channels: int | None = None          # force 1 or 3 channels
-    conditional: bool = True             # use class labels when the data has them
+    data: str = "mnist-mini"  # registered data set name, or a folder of images
+    data_dir: str | None = None  # where data files live (else $FM_DATA_DIR)
+    image_size: int | None = None  # resize + centre-crop (folders default to 32)
+    channels: int | None = None  # force 1 or 3 channels
+    conditional: bool = True  # use class labels when the data has them
     # length
-    steps: int | None = None             # optimizer steps (default: DEFAULT_STEPS)
-    epochs: float | None = None          # alternative to --steps
-    max_time: float | None = None        # seconds: alternative to --steps, fixed after timing the first steps
-    batch_size: int = 128                # global batch of one optimizer step (split over GPUs and --grad-accum)
+    steps: int | None = None  # optimizer steps (default: DEFAULT_STEPS)
+    epochs: float | None = None  # alternative to --steps
+    max_time: float | None = None  # seconds: alternative to --steps, fixed after timing the first steps
+    batch_size: int = 128  # global batch of one optimizer step (split over GPUs and --grad-accum)
     # optimisation
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 200
-    lr_schedule: str = "cosine"          # cosine | constant (after linear warm-up)
+    lr_schedule: str = "cosine"  # cosine | constant (after linear warm-up)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     # flow matching
-    label_dropout: float = 0.1           # probability of training on the null class (enables --cfg)
-    time_sampling: str = "uniform"       # uniform | logit-normal
+    label_dropout: float = 0.1  # probability of training on the null class (enables --cfg)
+    time_sampling: str = "uniform"  # uniform | logit-normal
     time_mean: float = 0.0
     time_std: float = 1.0
-    coupling: str = "independent"        # independent | ot (minibatch optimal transport)
+    coupling: str = "independent"  # independent | ot (minibatch optimal transport)
     # model overrides (None: the preset for the data)
     model: dict = field(default_factory=dict)
     # machinery
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"              # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16
     compile: bool = False
     grad_checkpoint: bool = False
     grad_accum: int = 1
     # output
     out: str | None = None
     log_every: int = 100
-    sample_every: int = 1000             # 0: no sample grids at all
+    sample_every: int = 1000  # 0: no sample grids at all
     checkpoint_every: int = 1000
     keep: int = 3
     skip_nonfinite: bool = False
@@ -69,8 +70,22 @@ CHOICES = {
 # Keys that define what is trained: never changeable on resume.
 STRUCTURAL = ("data", "image_size", "channels", "conditional", "model")
 # Keys that may change freely on resume (length, cadence, machinery).
-FREE_ON_RESUME = ("steps", "epochs", "max_time", "out", "log_every", "sample_every", "checkpoint_every", "keep",
-                  "skip_nonfinite", "device", "compile", "grad_checkpoint", "grad_accum", "data_dir")
+FREE_ON_RESUME = (
+    "steps",
+    "epochs",
+    "max_time",
+    "out",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+    "keep",
+    "skip_nonfinite",
+    "device",
+    "compile",
+    "grad_checkpoint",
+    "grad_accum",
+    "data_dir",
+)
 
 
 def field_names() -> list[str]:
@@ -122,9 +137,16 @@ def dataset_defaults(data: str) -> dict:
 def validate(config: TrainConfig) -> None:
     for key, allowed in CHOICES.items():
         if getattr(config, key) not in allowed:
-            raise FMError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(config, key)!r}")
-    positive = {"batch_size": config.batch_size, "grad_accum": config.grad_accum, "log_every": config.log_every,
-                "checkpoint_every": config.checkpoint_every, "keep": config.keep}
+            raise FMError(
+                f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(config, key)!r}"
+            )
+    positive = {
+        "batch_size": config.batch_size,
+        "grad_accum": config.grad_accum,
+        "log_every": config.log_every,
+        "checkpoint_every": config.checkpoint_every,
+        "keep": config.keep,
+    }
     for key, value in positive.items():
         if value < 1:
             raise FMError(f"--{key.replace('_', '-')} must be at least 1 (got {value})")
@@ -151,8 +173,9 @@ def validate(config: TrainConfig) -> None:
     if config.time_std <= 0:
         raise FMError("--time-std must be positive")
     if config.image_size is not None and not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
-        raise FMError(f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels "
-                      f"(got {config.image_size})")
+        raise FMError(
+            f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels (got {config.image_size})"
+        )
     if config.channels not in (None, 1, 3):
         raise FMError(f"--channels must be 1 (grayscale) or 3 (RGB), not {config.channels}")
 

@@ -161,8 +161,10 @@ def meanflow_loss(
 
 def _take(conditioning: dict, index: Tensor, batch_size: int) -> dict:
     """The conditioning of the samples ``index``: per-sample tensors (first dimension = batch) are indexed."""
-    return {key: value[index] if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch_size
-            else value for key, value in conditioning.items()}
+    return {
+        key: value[index] if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch_size else value
+        for key, value in conditioning.items()
+    }
 
 
 def predicted_data(xt: Tensor, t: Tensor, v: Tensor) -> Tensor:

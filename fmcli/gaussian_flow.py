@@ -68,7 +68,7 @@ class GaussianFlow:
         """
         t, s = _column(t, x), _column(s, x)
         q = self.eigenvectors
-        y = (x.double() - (1 - t) * self.mean) @ q                 # eigen-coordinates of x - m_t
+        y = (x.double() - (1 - t) * self.mean) @ q  # eigen-coordinates of x - m_t
         return ((y * self._std(s) / self._std(t)) @ q.T + (1 - s) * self.mean).to(x.dtype)
 
     def _gamma(self, r: Tensor, t: Tensor) -> Tensor:

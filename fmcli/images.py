@@ -19,8 +19,18 @@ from fmcli.errors import FMError
 from fmcli.files import atomic_write_bytes
 
 OUTPUT_FORMATS = ("png", "folder", "npz")
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 BACKGROUND_GREY = (215, 215, 215)
 ARROW_COLOUR = (150, 160, 190)
 FILMSTRIP_COLUMNS = 8
@@ -65,9 +75,15 @@ class PlotFrame:
     def to_pixel(self, xy: np.ndarray) -> np.ndarray:
         return (xy / self.extent * 0.5 + 0.5) * self.size * np.array([1, -1]) + np.array([0, self.size])
 
-    def draw(self, points: np.ndarray, labels: list[int] | None, background: np.ndarray | None = None,
-             arrows_from: np.ndarray | None = None, arrows: np.ndarray | None = None,
-             radius: float | None = None) -> Image.Image:
+    def draw(
+        self,
+        points: np.ndarray,
+        labels: list[int] | None,
+        background: np.ndarray | None = None,
+        arrows_from: np.ndarray | None = None,
+        arrows: np.ndarray | None = None,
+        radius: float | None = None,
+    ) -> Image.Image:
         """Background data (light grey), arrows ``arrows_from -> arrows_from + arrows`` (data units), then points
         coloured by label."""
         picture = Image.new("RGB", (self.size, self.size), "white")
@@ -79,14 +95,14 @@ class PlotFrame:
             self._draw_arrows(draw, arrows_from, arrows)
         radius = radius or max(1.5, self.size / 256)
         label_list = labels if labels is not None else [None] * len(points)
-        for (x, y), label in zip(self.to_pixel(points), label_list):
+        for (x, y), label in zip(self.to_pixel(points), label_list, strict=True):
             colour = PALETTE[label % len(PALETTE)] if label is not None else PALETTE[0]
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
         return picture
 
     def _draw_arrows(self, draw: ImageDraw.ImageDraw, starts: np.ndarray, arrows: np.ndarray) -> None:
         head = max(2.0, self.size / 170)
-        for (x0, y0), (x1, y1) in zip(self.to_pixel(starts), self.to_pixel(starts + arrows)):
+        for (x0, y0), (x1, y1) in zip(self.to_pixel(starts), self.to_pixel(starts + arrows), strict=True):
             draw.line((x0, y0, x1, y1), fill=ARROW_COLOUR, width=1)
             length = math.hypot(x1 - x0, y1 - y0)
             if length > 1.5 * head:  # an arrow head on arrows long enough to show one
@@ -97,8 +113,13 @@ class PlotFrame:
                     draw.line((x1, y1, bx, by), fill=ARROW_COLOUR, width=1)
 
 
-def scatter_image(points: Tensor, labels: Tensor | None = None, size: int = 512, extent: float | None = None,
-                  background: Tensor | None = None) -> Image.Image:
+def scatter_image(
+    points: Tensor,
+    labels: Tensor | None = None,
+    size: int = 512,
+    extent: float | None = None,
+    background: Tensor | None = None,
+) -> Image.Image:
     """A plain scatter plot of 2-D points (coloured by label), drawn with Pillow."""
     pts = points.detach().float().cpu().numpy()
     extent = extent or float(max(np.abs(pts).max() * 1.1, 1e-3))
@@ -188,8 +209,14 @@ def output_format(path: Path, fmt: str | None) -> str:
     raise FMError(f"cannot tell the output format from {path}: end it in .png or .npz, give a folder, or use --format")
 
 
-def write_samples(path: Path, images_uint8: Tensor | None, labels: Tensor | None, fmt: str,
-                  points: Tensor | None = None, nrow: int | None = None) -> list[Path]:
+def write_samples(
+    path: Path,
+    images_uint8: Tensor | None,
+    labels: Tensor | None,
+    fmt: str,
+    points: Tensor | None = None,
+    nrow: int | None = None,
+) -> list[Path]:
     """Write samples in ``fmt``; returns the files written. Images are uint8 [N, C, H, W]."""
     path = Path(path)
     parent = path if fmt == "folder" else path.parent

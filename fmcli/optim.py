@@ -36,5 +36,5 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * weights; buffers are copied."""
     ema_params = list(ema.parameters())
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)

@@ -25,7 +25,9 @@ pm = pluggy.PluginManager("fmcli")
 pm.add_hookspecs(hookspecs)
 _loaded = False
 _versions: dict[str, str] = {}  # plugins loaded by name -> distribution version
-failures: dict[str, str] = {}  # installed plugins that failed to load -> "distribution: the error" (fm plugins shows them)
+failures: dict[
+    str, str
+] = {}  # installed plugins that failed to load -> "distribution: the error" (fm plugins shows them)
 
 
 def load_plugins() -> pluggy.PluginManager:

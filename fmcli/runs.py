@@ -22,7 +22,9 @@ def new_run_dir(out: str | None, data: str, root: Path = Path("runs")) -> Path:
     if out:
         run_dir = Path(out)
         if run_dir.exists() and any(run_dir.glob("*.safetensors")):
-            raise FMError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out")
+            raise FMError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --out"
+            )
         return run_dir
     is_path = "/" in data or data.startswith((".", "~"))
     name = Path(data.rstrip("/\\")).expanduser().resolve().name if is_path else data

@@ -165,8 +165,18 @@ def generate(
         count = min(options.batch_size, num - first)
         x1 = torch.randn((count, *loaded.meta.shape), generator=generator).to(device)
         conditioning = {} if classes is None else {"y": classes[first : first + count].to(device)}
-        result = solver.solve(velocity, x1, t_start=1.0, t_end=0.0, steps=options.steps, time_grid=options.time_grid,
-                              rtol=options.rtol, atol=options.atol, save_at=save_at, conditioning=conditioning)
+        result = solver.solve(
+            velocity,
+            x1,
+            t_start=1.0,
+            t_end=0.0,
+            steps=options.steps,
+            time_grid=options.time_grid,
+            rtol=options.rtol,
+            atol=options.atol,
+            save_at=save_at,
+            conditioning=conditioning,
+        )
         outputs.append(result.x.float().cpu())
         nfe = max(nfe, result.nfe)
         if result.trajectory is not None:

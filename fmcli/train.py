@@ -36,7 +36,6 @@ from fmcli.optim import ema_decay_at, lr_at, make_optimizer, update_ema
 from fmcli.runs import checkpoint_name, new_run_dir, publish_checkpoint, resume_target
 from fmcli.train_state import TrainState, check_same_data, checkpoint_meta, data_description, restore_state, save_state
 
-
 UNPLANNED = 10**9  # the placeholder total of a --max-time run until its first steps are timed
 
 
@@ -103,15 +102,27 @@ class MetricsWindow:
 
     def record(self, **fields) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        record = {"step": fields.pop("step"), "loss": sum(self.losses) / len(self.losses), **fields,
-                  "images_per_s": self.images / elapsed}
+        record = {
+            "step": fields.pop("step"),
+            "loss": sum(self.losses) / len(self.losses),
+            **fields,
+            "images_per_s": self.images / elapsed,
+        }
         self.__init__()
         return record
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, run_dir: Path, callbacks: Callbacks, resume_from: Path | None,
-                 dist: distributed.DistInfo, device: torch.device, started: float | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        callbacks: Callbacks,
+        resume_from: Path | None,
+        dist: distributed.DistInfo,
+        device: torch.device,
+        started: float | None = None,
+    ):
         self.config, self.run_dir, self.cb, self.dist, self.device = config, run_dir, callbacks, dist, device
         self.started = time.perf_counter() if started is None else started  # --max-time counts from here
         self.max_time = config.max_time
@@ -136,22 +147,30 @@ class Trainer:
     def _check_batch_split(self) -> None:
         config, world = self.config, self.dist.world_size
         if config.batch_size % (world * config.grad_accum):
-            raise FMError(f"--batch-size {config.batch_size} must be divisible by the number of processes "
-                          f"({world}) times --grad-accum ({config.grad_accum})")
+            raise FMError(
+                f"--batch-size {config.batch_size} must be divisible by the number of processes "
+                f"({world}) times --grad-accum ({config.grad_accum})"
+            )
 
     def _load_data(self) -> ArrayDataset:
         from fmcli.data.resolve import load_data
 
         config = self.config
-        options = LoadOptions(split="train", data_dir=Path(config.data_dir) if config.data_dir else None,
-                              image_size=config.image_size, channels=config.channels, seed=config.seed)
+        options = LoadOptions(
+            split="train",
+            data_dir=Path(config.data_dir) if config.data_dir else None,
+            image_size=config.image_size,
+            channels=config.channels,
+            seed=config.seed,
+        )
         data = load_data(config.data, options)
         if len(data) == 0:
             raise FMError(f"data set {config.data} is empty")
         skipped = data.info.get("skipped")
         if skipped and self.dist.is_main:
-            self.cb.on_message(f"warning: skipped {skipped['count']} unreadable file(s), e.g. "
-                               f"{', '.join(skipped['examples'])}")
+            self.cb.on_message(
+                f"warning: skipped {skipped['count']} unreadable file(s), e.g. {', '.join(skipped['examples'])}"
+            )
         if data.info.get("cache_warning") and self.dist.is_main:
             self.cb.on_message(f"warning: {data.info['cache_warning']}")
         return data
@@ -202,16 +221,25 @@ class Trainer:
         else:
             total = DEFAULT_STEPS
         if self.state.step >= total:
-            raise FMError(f"the run is already at step {self.state.step} of {total}; "
-                          f"pass a larger --steps to continue it")
+            raise FMError(
+                f"the run is already at step {self.state.step} of {total}; pass a larger --steps to continue it"
+            )
         return total
 
     def _batch_sampler(self) -> BatchSampler:
         # uint8 images live on the device (MNIST is 47 MB) and are normalised batch by batch.
         inputs = self.data.data.to(self.device)
         labels = self.data.labels.to(self.device) if self.num_classes else None
-        return BatchSampler(inputs, labels, self.num_classes, self.data.kind, self.config,
-                            self.dist.rank, self.dist.world_size, self.device)
+        return BatchSampler(
+            inputs,
+            labels,
+            self.num_classes,
+            self.data.kind,
+            self.config,
+            self.dist.rank,
+            self.dist.world_size,
+            self.device,
+        )
 
     # -- files
 
@@ -258,8 +286,13 @@ class Trainer:
         state.scaler.unscale_(state.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
         # One host sync per step: agree across ranks on the loss, the gradient norm and a stop request.
-        status = torch.stack([loss.float(), grad_norm.float().nan_to_num(float("inf")),
-                              torch.tensor(float(self.stop_flag["signum"]), device=self.device)])
+        status = torch.stack(
+            [
+                loss.float(),
+                grad_norm.float().nan_to_num(float("inf")),
+                torch.tensor(float(self.stop_flag["signum"]), device=self.device),
+            ]
+        )
         loss_value, grad_value, signum = distributed.all_reduce_status(self.dist, status)
         # With fp16 an infinite gradient is the grad scaler's business (it skips and lowers the scale).
         if math.isfinite(loss_value) and (state.scaler.is_enabled() or math.isfinite(grad_value)):
@@ -280,15 +313,18 @@ class Trainer:
         x0, x1 = batch.x0, batch.x1
         if self.channels_last:
             x0, x1 = (x.contiguous(memory_format=torch.channels_last) for x in (x0, x1))
-        autocast = nullcontext() if config.precision == "fp32" else torch.autocast(
-            self.device.type, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float16)
+        autocast = (
+            nullcontext()
+            if config.precision == "fp32"
+            else torch.autocast(self.device.type, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float16)
+        )
         micro = x0.shape[0] // config.grad_accum
         total = torch.zeros((), device=self.device)
         for k in range(config.grad_accum):
             part = slice(k * micro, (k + 1) * micro)
             conditioning = {} if batch.labels is None else {"y": batch.labels[part]}
             sync = k == config.grad_accum - 1 or not self.dist.enabled  # DDP all-reduces on the last one only
-            with (nullcontext() if sync else self.forward_model.no_sync()), autocast:
+            with nullcontext() if sync else self.forward_model.no_sync(), autocast:
                 loss = flow_matching_loss(self.forward_model, x0[part], x1[part], batch.t[part], **conditioning)
                 self.state.scaler.scale(loss / config.grad_accum).backward()
             total += loss.detach() / config.grad_accum
@@ -296,16 +332,26 @@ class Trainer:
 
     def _non_finite(self, loss_value: float) -> None:
         if not self.config.skip_nonfinite:
-            where = (f"; the last good checkpoint is {self.last_good}" if self.last_good
-                     else "; no checkpoint was written yet")
+            where = (
+                f"; the last good checkpoint is {self.last_good}"
+                if self.last_good
+                else "; no checkpoint was written yet"
+            )
             what = "loss" if not math.isfinite(loss_value) else "gradient"
-            raise FMError(f"non-finite {what} at step {self.state.step}{where}. Lower --lr, use --precision fp32, "
-                          f"or pass --skip-nonfinite")
+            raise FMError(
+                f"non-finite {what} at step {self.state.step}{where}. Lower --lr, use --precision fp32, "
+                f"or pass --skip-nonfinite"
+            )
         self.state.skipped += 1
 
     def log(self, window: MetricsWindow, grad_norm: float, lr: float, start_time: float) -> None:
-        record = window.record(step=self.state.step, lr=lr, grad_norm=grad_norm, skipped_steps=self.state.skipped,
-                               time=time.perf_counter() - start_time)
+        record = window.record(
+            step=self.state.step,
+            lr=lr,
+            grad_norm=grad_norm,
+            skipped_steps=self.state.skipped,
+            time=time.perf_counter() - start_time,
+        )
         if self.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.dist.is_main:
@@ -318,8 +364,13 @@ class Trainer:
         if self.dist.is_main:
             self.cb.on_start(self.total_steps, state.step, self.describe())
         start_time, window, loss = time.perf_counter(), MetricsWindow(), float("nan")
-        timer = StepTimer(budget=config.max_time, started=self.started, loop_start=start_time, start_step=state.step,
-                          warmup_steps=config.warmup_steps)
+        timer = StepTimer(
+            budget=config.max_time,
+            started=self.started,
+            loop_start=start_time,
+            start_step=state.step,
+            warmup_steps=config.warmup_steps,
+        )
         with stop_signals() as self.stop_flag:
             while state.step < self.total_steps:
                 loss, grad_norm, lr = self.train_step()
@@ -351,8 +402,9 @@ class Trainer:
         config, step = self.config, self.state.step
         costs = self._end_costs(seconds_per_step)
         if config.max_time is not None:
-            self.total_steps = max(step, timer.fit(step, seconds_per_step, costs, config.checkpoint_every,
-                                                   config.sample_every))
+            self.total_steps = max(
+                step, timer.fit(step, seconds_per_step, costs, config.checkpoint_every, config.sample_every)
+            )
             # From here on the run is defined by steps, like any other (resume, schedule, config.json).
             self.max_time, config.steps, config.max_time = config.max_time, self.total_steps, None
             if self.dist.is_main:
@@ -363,8 +415,10 @@ class Trainer:
             what = f"{self.total_steps:,} steps"
         left = (self.total_steps - step) * seconds_per_step + costs.checkpoint + costs.grid
         if self.dist.is_main:
-            self.cb.on_message(f"{what} at {seconds_per_step:.3g} s/step (timed over the first steps): training "
-                               f"ends in about {format_duration(left)}")
+            self.cb.on_message(
+                f"{what} at {seconds_per_step:.3g} s/step (timed over the first steps): training "
+                f"ends in about {format_duration(left)}"
+            )
 
     def _end_costs(self, seconds_per_step: float) -> EndCosts:
         """A checkpoint write (about 200 MB/s) and a preview grid (forward passes, each ~1/3 of a training pass)."""
@@ -373,19 +427,34 @@ class Trainer:
         state_bytes = sum(t.numel() * t.element_size() for t in self.state.model.state_dict().values()) * 4
         checkpoint = 0.05 + state_bytes / 200e6
         items_per_step = self.config.batch_size // self.dist.world_size
-        images = PREVIEW_PER_CLASS * self.num_classes if self.num_classes else (1000 if self.data.kind == "points" else 64)
+        images = (
+            PREVIEW_PER_CLASS * self.num_classes if self.num_classes else (1000 if self.data.kind == "points" else 64)
+        )
         passes = PREVIEW.steps * 2  # heun: two evaluations per step
         grid = images * passes * seconds_per_step / (3 * items_per_step) if self.config.sample_every else 0.0
         return EndCosts(checkpoint=checkpoint, grid=grid)
 
     def describe(self) -> dict:
-        return {"run_dir": str(self.run_dir), "device": str(self.device), "world_size": self.dist.world_size,
-                "data": self.config.data, "size": len(self.data), "classes": self.num_classes,
-                "parameters": sum(p.numel() for p in self.state.model.parameters())}
+        return {
+            "run_dir": str(self.run_dir),
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "data": self.config.data,
+            "size": len(self.data),
+            "classes": self.num_classes,
+            "parameters": sum(p.numel() for p in self.state.model.parameters()),
+        }
 
 
-def train(overrides: dict, *, config_file: Path | None = None, resume: str | None = None, allow_change: bool = False,
-          callbacks: Callbacks | None = None, started: float | None = None) -> TrainResult:
+def train(
+    overrides: dict,
+    *,
+    config_file: Path | None = None,
+    resume: str | None = None,
+    allow_change: bool = False,
+    callbacks: Callbacks | None = None,
+    started: float | None = None,
+) -> TrainResult:
     """Resolve the config (defaults < file < overrides), set up the run folder, train, checkpoint.
 
     Under torchrun every rank runs this; only rank 0 writes files. Input errors are raised

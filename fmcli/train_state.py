@@ -51,8 +51,15 @@ def checkpoint_meta(state: TrainState, config: TrainConfig, data: dict, total_st
         "total_steps": total_steps,
     }
     label_dropout = config.label_dropout if data["num_classes"] else 0.0
-    return CheckpointMeta(format_version=FORMAT_VERSION, model_config=state.model.config, data=data,
-                          step=state.step, label_dropout=label_dropout, train_config=asdict(config), extra=extra)
+    return CheckpointMeta(
+        format_version=FORMAT_VERSION,
+        model_config=state.model.config,
+        data=data,
+        step=state.step,
+        label_dropout=label_dropout,
+        train_config=asdict(config),
+        extra=extra,
+    )
 
 
 def save_state(path: Path, state: TrainState, meta: CheckpointMeta) -> None:
@@ -65,8 +72,9 @@ def save_state(path: Path, state: TrainState, meta: CheckpointMeta) -> None:
     save_checkpoint(path, tensors, meta)
 
 
-def restore_state(state: TrainState, tensors: dict[str, torch.Tensor], meta: CheckpointMeta, path: Path,
-                  weight_decay: float) -> None:
+def restore_state(
+    state: TrainState, tensors: dict[str, torch.Tensor], meta: CheckpointMeta, path: Path, weight_decay: float
+) -> None:
     """Load a checkpoint into ``state`` in place (weights, EMA, optimizer, scaler, counters)."""
     try:
         state.model.load_state_dict(split_prefix(tensors, "model"))

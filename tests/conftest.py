@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ["FM_LOAD_PLUGINS"] = ""          # before fmcli.plugins loads: built-ins only
+os.environ["FM_LOAD_PLUGINS"] = ""  # before fmcli.plugins loads: built-ins only
 os.environ.setdefault("FM_CACHE_DIR", str(Path(__file__).parent / ".cache"))
 torch.set_num_threads(1)  # tiny test models: a second OpenMP thread only adds overhead
 
@@ -42,8 +42,17 @@ def train_tiny(out: Path, **overrides) -> Path:
     """A few steps of a tiny model: enough for shapes, files and round trips, not for quality."""
     from fmcli.train import train
 
-    options = {"data": "mnist-mini", "steps": 3, "out": str(out), "model": TINY_UNET, "batch_size": 16,
-               "warmup_steps": 1, "sample_every": 0, "checkpoint_every": 1000, "log_every": 1000}
+    options = {
+        "data": "mnist-mini",
+        "steps": 3,
+        "out": str(out),
+        "model": TINY_UNET,
+        "batch_size": 16,
+        "warmup_steps": 1,
+        "sample_every": 0,
+        "checkpoint_every": 1000,
+        "log_every": 1000,
+    }
     options.update(overrides)
     return train(options).checkpoint
 
@@ -66,9 +75,10 @@ def recorder():
 
     Yields the ``Recorder`` whose ``calls`` list receives every forward call of those networks.
     """
+    from recording import Recorder, RecordingPlugin
+
     from fmcli import registry
     from fmcli.plugins import load_plugins, pm
-    from recording import Recorder, RecordingPlugin
 
     load_plugins()  # built-ins first, as a user would have them
     rec = Recorder()

@@ -26,16 +26,16 @@ class Call:
     x: Tensor
     t: Tensor
     y: Tensor | None
-    grad: bool                  # torch.is_grad_enabled(): True for training forwards, False when sampling
-    autocast: bool              # torch.is_autocast_enabled("cpu")
+    grad: bool  # torch.is_grad_enabled(): True for training forwards, False when sampling
+    autocast: bool  # torch.is_autocast_enabled("cpu")
     autocast_dtype: torch.dtype
-    out_dtype: torch.dtype      # dtype of the network's output (bfloat16 when its layers ran under bf16 autocast)
+    out_dtype: torch.dtype  # dtype of the network's output (bfloat16 when its layers ran under bf16 autocast)
 
 
 @dataclass
 class Recorder:
     calls: list[Call] = field(default_factory=list)
-    conv_calls: int = 0         # nn.Conv2d forwards, recomputations in the backward pass included
+    conv_calls: int = 0  # nn.Conv2d forwards, recomputations in the backward pass included
     convs_per_forward: int = 0  # nn.Conv2d modules in one network (each runs once per plain forward)
 
     def training_calls(self) -> list[Call]:
@@ -44,11 +44,17 @@ class Recorder:
 
 def _record(recorder: Recorder, x: Tensor, t, y: Tensor | None, out: Tensor) -> None:
     t = torch.as_tensor(t)
-    recorder.calls.append(Call(
-        x=x.detach().float().clone(), t=t.detach().float().clone().reshape(-1),
-        y=None if y is None else y.detach().clone(), grad=torch.is_grad_enabled(),
-        autocast=torch.is_autocast_enabled("cpu"), autocast_dtype=torch.get_autocast_dtype("cpu"),
-        out_dtype=out.dtype))
+    recorder.calls.append(
+        Call(
+            x=x.detach().float().clone(),
+            t=t.detach().float().clone().reshape(-1),
+            y=None if y is None else y.detach().clone(),
+            grad=torch.is_grad_enabled(),
+            autocast=torch.is_autocast_enabled("cpu"),
+            autocast_dtype=torch.get_autocast_dtype("cpu"),
+            out_dtype=out.dtype,
+        )
+    )
 
 
 class RecordingMLP(MLPVelocity):
@@ -90,7 +96,17 @@ class RecordingPlugin:
 
     @hookimpl
     def fm_register_models(self, register):
-        register(ModelSpec(name="recording-mlp", description="MLP that records its inputs (tests)",
-                           build=lambda **kwargs: RecordingMLP(self.recorder, **kwargs)))
-        register(ModelSpec(name="recording-unet", description="U-Net that records its inputs (tests)",
-                           build=lambda **kwargs: RecordingUNet(self.recorder, **kwargs)))
+        register(
+            ModelSpec(
+                name="recording-mlp",
+                description="MLP that records its inputs (tests)",
+                build=lambda **kwargs: RecordingMLP(self.recorder, **kwargs),
+            )
+        )
+        register(
+            ModelSpec(
+                name="recording-unet",
+                description="U-Net that records its inputs (tests)",
+                build=lambda **kwargs: RecordingUNet(self.recorder, **kwargs),
+            )
+        )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from conftest import train_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,7 +21,6 @@ from fmcli.animate import (
     motion_field,
     render_animation,
 )
-from conftest import train_tiny
 from fmcli.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
 from fmcli.cli import app as fm_app
 from fmcli.cli.animate import animate_command
@@ -71,8 +71,22 @@ def global_palette(gif: bytes) -> np.ndarray:
 @pytest.fixture(scope="module")
 def nine_gif(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("anim") / "nine.gif"
-    animate(tiny_checkpoint, "--class", "all", "--num", "2", "--frames", "5", "--fps", "10", "--hold", "1.5",
-            *FAST, "--out", out)
+    animate(
+        tiny_checkpoint,
+        "--class",
+        "all",
+        "--num",
+        "2",
+        "--frames",
+        "5",
+        "--fps",
+        "10",
+        "--hold",
+        "1.5",
+        *FAST,
+        "--out",
+        out,
+    )
     return out
 
 
@@ -80,8 +94,25 @@ def nine_gif(tiny_checkpoint, tmp_path_factory):
 def sampled_png(tiny_checkpoint, tmp_path_factory):
     """What `fm sample` writes for the same seed and options (20 digits, one row of 2 per class)."""
     out = tmp_path_factory.mktemp("sample") / "grid.png"
-    result = runner.invoke(fm_app, ["sample", str(tiny_checkpoint), "--class", "all", "--num", "20", "--nrow", "2",
-                                    "--steps", "4", "--seed", "7", "--out", str(out)])
+    result = runner.invoke(
+        fm_app,
+        [
+            "sample",
+            str(tiny_checkpoint),
+            "--class",
+            "all",
+            "--num",
+            "20",
+            "--nrow",
+            "2",
+            "--steps",
+            "4",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return np.asarray(Image.open(out).convert("RGB"))
 
@@ -138,7 +169,7 @@ def fixed_step_states(checkpoint, x1: torch.Tensor, labels: torch.Tensor, solver
 
     grid = [1.0 - k / steps for k in range(steps)] + [0.0]
     states = [x1]
-    for t, t_next in zip(grid[:-1], grid[1:]):
+    for t, t_next in zip(grid[:-1], grid[1:], strict=True):
         x, h = states[-1], t_next - t
         if solver == "euler":
             states.append(x + h * v(x, t))
@@ -154,9 +185,33 @@ def test_middle_frames_are_the_states_at_their_times(moving_checkpoint, tmp_path
     """5 frames at t = 1, 0.75, 0.5, 0.25, 0 with 4 solver steps: every frame time is a grid time, so each
     middle frame must show the state of an independent solve stopped at that time (same noise, same grid)."""
     out = tmp_path / "moving.gif"
-    result = runner.invoke(fm_app, ["animate", str(moving_checkpoint), "--class", "3", "--num", "4", "--nrow", "2",
-                                    "--frames", "5", "--solver", solver, "--steps", "4", "--cfg", "1", "--seed", "7",
-                                    "--scale", "1", "--out", str(out)])
+    result = runner.invoke(
+        fm_app,
+        [
+            "animate",
+            str(moving_checkpoint),
+            "--class",
+            "3",
+            "--num",
+            "4",
+            "--nrow",
+            "2",
+            "--frames",
+            "5",
+            "--solver",
+            solver,
+            "--steps",
+            "4",
+            "--cfg",
+            "1",
+            "--seed",
+            "7",
+            "--scale",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     frames, _, _ = gif_frames(out)
     noise = torch.randn((4, 1, 28, 28), generator=torch.Generator().manual_seed(7))  # generate()'s x1 for --seed 7
@@ -174,8 +229,20 @@ def test_middle_frames_are_the_states_at_their_times(moving_checkpoint, tmp_path
 
 def test_show_x0_is_the_models_guess_and_both_puts_them_side_by_side(nine_gif, sampled_png, tiny_checkpoint, tmp_path):
     size = sampled_png.shape[1], sampled_png.shape[0]
-    animate(tiny_checkpoint, "--class", "all", "--num", "2", "--frames", "5", "--show", "x0", *FAST,
-            "--out", tmp_path / "x0.gif")
+    animate(
+        tiny_checkpoint,
+        "--class",
+        "all",
+        "--num",
+        "2",
+        "--frames",
+        "5",
+        "--show",
+        "x0",
+        *FAST,
+        "--out",
+        tmp_path / "x0.gif",
+    )
     guesses, _, _ = gif_frames(tmp_path / "x0.gif")
     # at t = 0 the guess x_t - 0 * v is the sample itself
     assert np.array_equal(bottom_left(guesses[-1], size), sampled_png)
@@ -189,8 +256,20 @@ def test_show_x0_is_the_models_guess_and_both_puts_them_side_by_side(nine_gif, s
     expected = np.asarray(grid_image(to_uint8(guess), nrow=2).convert("RGB"))
     assert np.abs(bottom_left(guesses[0], size).astype(int) - expected).max() <= 1  # float rounding at .5
 
-    animate(tiny_checkpoint, "--class", "all", "--num", "2", "--frames", "5", "--show", "both", *FAST,
-            "--out", tmp_path / "both.gif")
+    animate(
+        tiny_checkpoint,
+        "--class",
+        "all",
+        "--num",
+        "2",
+        "--frames",
+        "5",
+        "--show",
+        "both",
+        *FAST,
+        "--out",
+        tmp_path / "both.gif",
+    )
     both, _, _ = gif_frames(tmp_path / "both.gif")
     states, _, _ = gif_frames(nine_gif)
     width, height = size
@@ -219,8 +298,8 @@ def test_toy_animation_draws_particles_arrows_and_the_data(toy_checkpoint, tmp_p
     assert len(frames) == 3 and durations[-1] > durations[0]
     plot = frames[-1][-128:, :128]  # 128 x scale pixels, bottom left
     colours = {tuple(int(v) for v in c) for c in plot.reshape(-1, 3)}
-    assert (31, 119, 180) in colours    # particles (unlabelled sampling: the first palette colour)
-    assert (215, 215, 215) in colours   # the moons training data behind them
+    assert (31, 119, 180) in colours  # particles (unlabelled sampling: the first palette colour)
+    assert (215, 215, 215) in colours  # the moons training data behind them
     assert any(abs(r - 150) + abs(g - 160) + abs(b - 190) < 12 for r, g, b in colours)  # arrows
 
 
@@ -236,21 +315,24 @@ class ConstantVelocity(torch.nn.Module):
 
 
 def test_particles_and_arrows_move_along_minus_v():
-    meta = CheckpointMeta(format_version=1, model_config={}, data={"name": "no-such-data", "kind": "points", "shape": [2]},
-                          step=0)
+    meta = CheckpointMeta(
+        format_version=1, model_config={}, data={"name": "no-such-data", "kind": "points", "shape": [2]}, step=0
+    )
     loaded = LoadedModel(model=ConstantVelocity(), meta=meta)
-    animation = render_animation(loaded, SamplingOptions(), num=200, classes=None, settings=AnimationSettings(frames=2, scale=2))
+    animation = render_animation(
+        loaded, SamplingOptions(), num=200, classes=None, settings=AnimationSettings(frames=2, scale=2)
+    )
     left, top, right, bottom = animation.grid_box
     first, last = (np.asarray(frame)[top:bottom, left:right].astype(int) for frame in animation.frames)
 
     def centroid(picture, colour):
-        ys, xs = np.nonzero((np.abs(picture - colour).sum(-1) == 0))
+        ys, xs = np.nonzero(np.abs(picture - colour).sum(-1) == 0)
         return xs.mean(), ys.mean(), len(xs)
 
     x0, y0, n0 = centroid(first, (31, 119, 180))
     x1, y1, n1 = centroid(last, (31, 119, 180))
     assert n0 > 100 and n1 > 100
-    assert x1 < x0 - 10 and abs(y1 - y0) < 3   # the cloud moved left (along -v), not up or down
+    assert x1 < x0 - 10 and abs(y1 - y0) < 3  # the cloud moved left (along -v), not up or down
     # no background: the data set can't be loaded, so no light-grey points
     assert not (np.abs(first - (215, 215, 215)).sum(-1) == 0).any()
     # the arrows show -v = (-1, 0) everywhere: where the particles go
@@ -263,8 +345,8 @@ def test_plot_arrow_heads_are_at_the_tip():
     plot = PlotFrame(size=200, extent=1.0)
     picture = plot.draw(np.zeros((0, 2)), None, None, np.array([[0.0, 0.0]]), np.array([[0.5, 0.0]]))
     ys, xs = np.nonzero((np.asarray(picture).astype(int) - (150, 160, 190) == 0).all(-1))
-    assert xs.min() == 100 and xs.max() == 150          # from the centre to 0.5 (a quarter of 200 px) right
-    assert set(ys[xs > 145]) > {100}                     # the barbs spread up and down near the tip
+    assert xs.min() == 100 and xs.max() == 150  # from the centre to 0.5 (a quarter of 200 px) right
+    assert set(ys[xs > 145]) > {100}  # the barbs spread up and down near the tip
 
 
 def test_rgb_frames_keep_their_colours_without_dithering():
@@ -284,17 +366,20 @@ def test_memory_bound_refuses_huge_trajectories(tiny_checkpoint):
         render_animation(loaded, SamplingOptions(), num=100_000, classes=None, settings=AnimationSettings(frames=1000))
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--frames", "1"], "--frames"),
-    (["--scale", "0"], "--scale"),
-    (["--scale", "17"], "--scale"),
-    (["--fps", "0"], "--fps"),
-    (["--fps", "51"], "--fps"),
-    (["--hold", "-1"], "--hold"),
-    (["--show", "v"], "--show"),
-    (["--class", "10"], "out of range"),
-    (["--solver", "huen"], "unknown solver"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--frames", "1"], "--frames"),
+        (["--scale", "0"], "--scale"),
+        (["--scale", "17"], "--scale"),
+        (["--fps", "0"], "--fps"),
+        (["--fps", "51"], "--fps"),
+        (["--hold", "-1"], "--hold"),
+        (["--show", "v"], "--show"),
+        (["--class", "10"], "out of range"),
+        (["--solver", "huen"], "unknown solver"),
+    ],
+)
 def test_bad_options_fail_in_one_line_without_output(tiny_checkpoint, tmp_path, args, fragment):
     out = tmp_path / "x.gif"
     result = runner.invoke(animate_app, [str(tiny_checkpoint), *args, "--steps", "1", "--out", str(out)])

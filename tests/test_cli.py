@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import train_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import train_tiny
 from fmcli.cli import app
 
 runner = CliRunner()
@@ -37,33 +37,70 @@ def no_dropout_checkpoint(tmp_path_factory):
 
 
 def test_sample_png_grid_npz_and_folder(tiny_checkpoint, tmp_path):
-    result = fm("sample", tiny_checkpoint, "--class", "6", "--num", "6", "--steps", "2", "--out", tmp_path / "six.png", "--json")
+    result = fm(
+        "sample", tiny_checkpoint, "--class", "6", "--num", "6", "--steps", "2", "--out", tmp_path / "six.png", "--json"
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["nfe"] == 4 and summary["num"] == 6
     assert Image.open(tmp_path / "six.png").mode == "L"
 
-    assert fm("sample", tiny_checkpoint, "--class", "all", "--num", "20", "--steps", "2",
-              "--out", tmp_path / "all.npz").exit_code == 0
+    assert (
+        fm(
+            "sample", tiny_checkpoint, "--class", "all", "--num", "20", "--steps", "2", "--out", tmp_path / "all.npz"
+        ).exit_code
+        == 0
+    )
     arrays = np.load(tmp_path / "all.npz")
     assert arrays["images"].shape == (20, 28, 28, 1) and arrays["images"].dtype == np.uint8
     assert list(np.bincount(arrays["labels"])) == [2] * 10
 
-    assert fm("sample", tiny_checkpoint, "--num", "3", "--steps", "1", "--solver", "euler",
-              "--out", tmp_path / "pngs").exit_code == 0
+    assert (
+        fm(
+            "sample", tiny_checkpoint, "--num", "3", "--steps", "1", "--solver", "euler", "--out", tmp_path / "pngs"
+        ).exit_code
+        == 0
+    )
     assert len(list((tmp_path / "pngs").glob("*.png"))) == 3
 
 
 def test_sample_is_reproducible_through_the_cli(tiny_checkpoint, tmp_path):
     for name in ("a", "b"):
-        assert fm("sample", tiny_checkpoint, "--class", "3", "--num", "4", "--steps", "3", "--seed", "5",
-                  "--out", tmp_path / f"{name}.npz").exit_code == 0
+        assert (
+            fm(
+                "sample",
+                tiny_checkpoint,
+                "--class",
+                "3",
+                "--num",
+                "4",
+                "--steps",
+                "3",
+                "--seed",
+                "5",
+                "--out",
+                tmp_path / f"{name}.npz",
+            ).exit_code
+            == 0
+        )
     assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
 
 
 def test_sample_a_class_by_name_with_guidance(tiny_checkpoint, tmp_path):
-    result = fm("sample", tiny_checkpoint, "--class", "7", "--cfg", "2", "--num", "2",
-                "--steps", "1", "--out", tmp_path / "g.png")
+    result = fm(
+        "sample",
+        tiny_checkpoint,
+        "--class",
+        "7",
+        "--cfg",
+        "2",
+        "--num",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        tmp_path / "g.png",
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -73,12 +110,15 @@ def test_sample_toy_scatter(toy_checkpoint, tmp_path):
     assert Image.open(tmp_path / "toy.png").size == (512, 512)
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--class", "10"], ["out of range", "0..9"]),
-    (["--class", "seven"], ["unknown class", "'seven'"]),
-    (["--solver", "huen"], ["unknown solver", "Did you mean 'heun'", "euler"]),
-    (["--num", "0"], ["--num"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--class", "10"], ["out of range", "0..9"]),
+        (["--class", "seven"], ["unknown class", "'seven'"]),
+        (["--solver", "huen"], ["unknown solver", "Did you mean 'heun'", "euler"]),
+        (["--num", "0"], ["--num"]),
+    ],
+)
 def test_sample_bad_options(tiny_checkpoint, tmp_path, args, fragments):
     result = fm("sample", tiny_checkpoint, *args, "--out", tmp_path / "x.png")
     assert_one_line_error(result, *fragments)
@@ -86,13 +126,15 @@ def test_sample_bad_options(tiny_checkpoint, tmp_path, args, fragments):
 
 
 def test_sample_class_on_unconditional_model(unconditional_checkpoint, tmp_path):
-    assert_one_line_error(fm("sample", unconditional_checkpoint, "--class", "3", "--out", tmp_path / "x.png"),
-                          "unconditional")
+    assert_one_line_error(
+        fm("sample", unconditional_checkpoint, "--class", "3", "--out", tmp_path / "x.png"), "unconditional"
+    )
 
 
 def test_cfg_needs_label_dropout(no_dropout_checkpoint, tmp_path):
-    assert_one_line_error(fm("sample", no_dropout_checkpoint, "--class", "3", "--cfg", "3", "--out", tmp_path / "x.png"),
-                          "label dropout")
+    assert_one_line_error(
+        fm("sample", no_dropout_checkpoint, "--class", "3", "--cfg", "3", "--out", tmp_path / "x.png"), "label dropout"
+    )
 
 
 def test_sample_bad_checkpoints(tmp_path, tiny_checkpoint):
@@ -137,8 +179,25 @@ def test_every_registered_solver_samples_through_the_cli(tiny_checkpoint, tmp_pa
             result = fm("sample", tiny_checkpoint, "--num", "2", "--solver", name, "--out", tmp_path / "x.npz")
             assert result.exit_code != 0 and "no interval input" in result.output, (name, result.output)
             continue
-        result = fm("sample", tiny_checkpoint, "--class", "2", "--num", "2", "--solver", name, "--steps", "2",
-                    "--rtol", "1e-3", "--atol", "1e-3", "--out", tmp_path / f"{name}.npz", "--json")
+        result = fm(
+            "sample",
+            tiny_checkpoint,
+            "--class",
+            "2",
+            "--num",
+            "2",
+            "--solver",
+            name,
+            "--steps",
+            "2",
+            "--rtol",
+            "1e-3",
+            "--atol",
+            "1e-3",
+            "--out",
+            tmp_path / f"{name}.npz",
+            "--json",
+        )
         assert result.exit_code == 0, (name, result.output)
         summary = json.loads(result.output)
         if not solver.adaptive:
@@ -153,6 +212,6 @@ def test_guidance_defaults_to_2_only_where_the_model_supports_it(tiny_checkpoint
         return json.loads(result.output)["cfg"]
 
     assert used_cfg(tiny_checkpoint, "--class", "4") == 2.0
-    assert used_cfg(tiny_checkpoint) == 1.0                       # unconditional sampling: nothing to guide
+    assert used_cfg(tiny_checkpoint) == 1.0  # unconditional sampling: nothing to guide
     assert used_cfg(tiny_checkpoint, "--class", "4", "--cfg", "1") == 1.0
     assert used_cfg(no_dropout_checkpoint, "--class", "4") == 1.0  # no null class was trained

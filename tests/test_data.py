@@ -102,7 +102,7 @@ def write_fake_mnist(folder: Path, monkeypatch, count: int = 3) -> dict[str, byt
     """Tiny IDX files under the official names (images gzipped, labels raw) + a matching checksum table."""
     rng = np.random.default_rng(1)
     arrays = {}
-    for split, (image_name, label_name) in mnist.SPLIT_FILES.items():
+    for image_name, label_name in mnist.SPLIT_FILES.values():
         arrays[image_name] = idx_bytes(rng.integers(0, 256, (count, 28, 28)).astype(np.uint8))
         arrays[label_name] = idx_bytes(rng.integers(0, 10, count).astype(np.uint8))
     folder.mkdir(parents=True, exist_ok=True)

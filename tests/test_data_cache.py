@@ -151,8 +151,10 @@ def test_gray_rows_widened_when_colour_appears_in_chunks_and_in_worker_processes
     assert_same(load_folder(gray_first, LoadOptions(image_size=12)), memory)
     monkeypatch.setattr(cache, "PROCESS_MIN_FILES", 1)  # the pool that decodes large folders
     monkeypatch.setattr(cache, "BATCH", 1)
-    assert_same(load_folder(gray_first, LoadOptions(image_size=12, channels=3)),
-                load_folder(gray_first, LoadOptions(image_size=12, channels=3, cache=False)))
+    assert_same(
+        load_folder(gray_first, LoadOptions(image_size=12, channels=3)),
+        load_folder(gray_first, LoadOptions(image_size=12, channels=3, cache=False)),
+    )
     gray = load_folder(gray_first, LoadOptions(image_size=12, channels=1))
     assert_same(gray, load_folder(gray_first, LoadOptions(image_size=12, channels=1, cache=False)))
     assert cache.verify_cache(gray.info["cache"]["path"]) is None
@@ -184,9 +186,20 @@ def test_indexing_reads_only_the_rows_asked_for(tmp_path):
     writer = cache.CacheWriter(final, 64, 3)
     for row in rows:
         writer.add(row)
-    writer.finish({"key": "k", "source": "/synthetic", "labelled": False, "class_names": None, "class_counts": [400],
-                   "skipped": {"count": 0, "examples": []}, "ignored_top_level": 0, "empty_classes": [],
-                   "channels_option": 3, "created": ""})
+    writer.finish(
+        {
+            "key": "k",
+            "source": "/synthetic",
+            "labelled": False,
+            "class_names": None,
+            "class_counts": [400],
+            "skipped": {"count": 0, "examples": []},
+            "ignored_top_level": 0,
+            "empty_classes": [],
+            "channels_option": 3,
+            "created": "",
+        }
+    )
     writer.commit()
     opened = cache.map_cache(final, "k")
 
@@ -245,19 +258,24 @@ def flip(offset: int):
         contents = bytearray(path.read_bytes())
         contents[offset] ^= 0x5A
         path.write_bytes(bytes(contents))
+
     return damage
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (damage_truncate_end, "truncated"),
-    (damage_truncate_pixels, "truncated"),
-    (flip(0), "magic"),
-    (flip(24), "header checksum"),                   # the image count
-    (flip(cache.HEADER.size + 3), "header checksum"),  # the checksum itself
-    (flip(1000), "padding"),
-    (flip(-3), "metadata checksum"),
-    (flip(cache.DATA_OFFSET + 5), "pixel sample"),     # row 0 is always sampled
-], ids=["truncated-end", "truncated-pixels", "magic", "count", "checksum", "padding", "metadata", "pixels"])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (damage_truncate_end, "truncated"),
+        (damage_truncate_pixels, "truncated"),
+        (flip(0), "magic"),
+        (flip(24), "header checksum"),  # the image count
+        (flip(cache.HEADER.size + 3), "header checksum"),  # the checksum itself
+        (flip(1000), "padding"),
+        (flip(-3), "metadata checksum"),
+        (flip(cache.DATA_OFFSET + 5), "pixel sample"),  # row 0 is always sampled
+    ],
+    ids=["truncated-end", "truncated-pixels", "magic", "count", "checksum", "padding", "metadata", "pixels"],
+)
 def test_damaged_cache_file_is_detected_and_rebuilt(mixed, decodes, damage, reason):
     first = load_folder(mixed, LoadOptions(image_size=8))
     path = Path(first.info["cache"]["path"])
@@ -268,8 +286,10 @@ def test_damaged_cache_file_is_detected_and_rebuilt(mixed, decodes, damage, reas
     assert rebuilt.info["cache"]["status"] == "built" and reason in rebuilt.info["cache"]["replaced"]
     assert len(decodes) == 8
     assert_same(rebuilt, load_folder(mixed, LoadOptions(image_size=8, cache=False)))
-    assert cache.verify_cache(path) is None and load_folder(mixed, LoadOptions(image_size=8)).info["cache"]["status"] \
-        == "mapped"
+    assert (
+        cache.verify_cache(path) is None
+        and load_folder(mixed, LoadOptions(image_size=8)).info["cache"]["status"] == "mapped"
+    )
 
 
 def test_a_flipped_pixel_outside_the_sample_is_found_by_the_full_check(tmp_path):
@@ -293,6 +313,7 @@ def build_in_child(root, cache_dir, barrier, queue, lock):
 
         def slow(path, size):  # long enough for the two builds to overlap
             import time
+
             time.sleep(0.02)
             return real(path, size)
 
@@ -309,8 +330,9 @@ def build_in_child(root, cache_dir, barrier, queue, lock):
 def test_two_processes_building_at_once_leave_one_valid_file(mixed, cache_home, lock):
     context = multiprocessing.get_context("fork")
     barrier, queue = context.Barrier(2), context.Queue()
-    children = [context.Process(target=build_in_child, args=(mixed, cache_home.parent, barrier, queue, lock))
-                for _ in range(2)]
+    children = [
+        context.Process(target=build_in_child, args=(mixed, cache_home.parent, barrier, queue, lock)) for _ in range(2)
+    ]
     for child in children:
         child.start()
     results = [queue.get(timeout=60) for _ in children]
@@ -443,8 +465,12 @@ def test_cli_prepare_and_info(fm, mixed, tmp_path):
     result = runner.invoke(fm, ["data", "info", str(mixed), "--json"])
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)
-    assert (entry["count"], entry["shape"], entry["current"], entry["source"]) == (6, [3, 16, 16], True,
-                                                                                    str(mixed.resolve()))
+    assert (entry["count"], entry["shape"], entry["current"], entry["source"]) == (
+        6,
+        [3, 16, 16],
+        True,
+        str(mixed.resolve()),
+    )
     result = runner.invoke(fm, ["data", "info"])
     assert result.exit_code == 0 and "fm data cache" in result.output and "3x16x16" in result.output
     assert "nothing cached" in runner.invoke(fm, ["data", "info", str(tmp_path)]).output

@@ -21,8 +21,17 @@ TOLERANCE = 1e-5  # max |weight difference|, 2 ranks vs 1 process, after 5 AdamW
 
 
 def torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "fmcli", "train", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "fmcli",
+        "train",
+        *args,
+    ]
     # --standalone finds a free port itself. One thread per rank: two gloo ranks on two cores
     # must not fight over OpenMP threads.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "FM_LOAD_PLUGINS": ""}
@@ -35,8 +44,20 @@ def metric_steps(run: Path) -> list[int]:
 
 def test_two_ranks_match_one_process_and_resume(tmp_path):
     (tmp_path / "train.toml").write_text("model = { hidden = 32, depth = 2 }\n")
-    common = ["--batch-size", "32", "--warmup-steps", "2", "--lr-schedule", "constant", "--log-every", "1",
-              "--sample-every", "0", "--checkpoint-every", "3"]
+    common = [
+        "--batch-size",
+        "32",
+        "--warmup-steps",
+        "2",
+        "--lr-schedule",
+        "constant",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "3",
+    ]
     first = torchrun(tmp_path, "moons", "--config", "train.toml", "--out", "runs/ddp", "--steps", "3", *common)
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
@@ -48,14 +69,29 @@ def test_two_ranks_match_one_process_and_resume(tmp_path):
     for result in (first, second):  # rank 0 speaks for everyone
         assert result.stderr.count("done: step") == 1, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "train.toml"]
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "last.safetensors", "metrics.jsonl",
-                                                     "step-0000003.safetensors", "step-0000005.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "last.safetensors",
+        "metrics.jsonl",
+        "step-0000003.safetensors",
+        "step-0000005.safetensors",
+    ]
     assert "world_size" not in json.loads((run / "config.json").read_text())
 
     torch.set_num_threads(1)
-    single = train({"data": "moons", "model": {"hidden": 32, "depth": 2}, "batch_size": 32, "warmup_steps": 2,
-                    "lr_schedule": "constant", "steps": 5, "checkpoint_every": 3, "sample_every": 0,
-                    "out": str(tmp_path / "single")})
+    single = train(
+        {
+            "data": "moons",
+            "model": {"hidden": 32, "depth": 2},
+            "batch_size": 32,
+            "warmup_steps": 2,
+            "lr_schedule": "constant",
+            "steps": 5,
+            "checkpoint_every": 3,
+            "sample_every": 0,
+            "out": str(tmp_path / "single"),
+        }
+    )
     for step in (3, 5):
         ddp, _ = read_checkpoint(run / f"step-{step:07d}.safetensors")
         one, _ = read_checkpoint(single.run_dir / f"step-{step:07d}.safetensors")

@@ -31,8 +31,14 @@ def write_checkpoint(path, model_config: dict, data: dict, train_config: dict, l
     model = build_model(model_config)
     state = model.state_dict()
     tensors = {f"ema.{k}": v.clone() for k, v in state.items()} | {f"model.{k}": v.clone() for k, v in state.items()}
-    meta = CheckpointMeta(format_version=FORMAT_VERSION, model_config=model_config, data=data, step=0,
-                          label_dropout=label_dropout, train_config=train_config)
+    meta = CheckpointMeta(
+        format_version=FORMAT_VERSION,
+        model_config=model_config,
+        data=data,
+        step=0,
+        label_dropout=label_dropout,
+        train_config=train_config,
+    )
     save_checkpoint(path, tensors, meta)
     return path
 
@@ -41,20 +47,47 @@ def write_checkpoint(path, model_config: dict, data: dict, train_config: dict, l
 def points_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "points.safetensors"
     return write_checkpoint(
-        path, {"name": "mlp", "dim": 2, "hidden": 32, "depth": 2, "num_classes": 0},
-        {"name": "checkerboard", "split": "train", "kind": "points", "shape": [2], "num_classes": 0, "class_names": None},
-        {"data": "checkerboard"})
+        path,
+        {"name": "mlp", "dim": 2, "hidden": 32, "depth": 2, "num_classes": 0},
+        {
+            "name": "checkerboard",
+            "split": "train",
+            "kind": "points",
+            "shape": [2],
+            "num_classes": 0,
+            "class_names": None,
+        },
+        {"data": "checkerboard"},
+    )
 
 
 @pytest.fixture(scope="module")
 def image_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "digits.safetensors"
     return write_checkpoint(
-        path, {"name": "unet", "in_channels": 1, "image_size": 28, "base_channels": 8, "channel_mults": [1, 2],
-               "num_res_blocks": 1, "attention_resolutions": [], "num_classes": 10, "num_groups": 4},
-        {"name": "mnist-mini", "split": "train", "kind": "image", "shape": [1, 28, 28], "num_classes": 10,
-         "class_names": [str(i) for i in range(10)]},
-        {"data": "mnist-mini"}, label_dropout=0.1)
+        path,
+        {
+            "name": "unet",
+            "in_channels": 1,
+            "image_size": 28,
+            "base_channels": 8,
+            "channel_mults": [1, 2],
+            "num_res_blocks": 1,
+            "attention_resolutions": [],
+            "num_classes": 10,
+            "num_groups": 4,
+        },
+        {
+            "name": "mnist-mini",
+            "split": "train",
+            "kind": "image",
+            "shape": [1, 28, 28],
+            "num_classes": 10,
+            "class_names": [str(i) for i in range(10)],
+        },
+        {"data": "mnist-mini"},
+        label_dropout=0.1,
+    )
 
 
 @pytest.fixture
@@ -74,8 +107,23 @@ def invoke(*args: str):
 
 
 def test_points_report_has_every_figure_with_its_sample_count_and_the_nll(points_checkpoint):
-    result = invoke(str(points_checkpoint), "--num", "300", "--steps", "4", "--nll", "--nll-samples", "20",
-                    "--nll-solver", "rk4", "--nll-steps", "8", "--device", "cpu", "--json")
+    result = invoke(
+        str(points_checkpoint),
+        "--num",
+        "300",
+        "--steps",
+        "4",
+        "--nll",
+        "--nll-samples",
+        "20",
+        "--nll-solver",
+        "rk4",
+        "--nll-steps",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["extractor"]["name"] == "points"
@@ -99,8 +147,25 @@ def test_points_table_names_figures_and_counts(points_checkpoint):
 
 def test_sweep_runs_the_grid_with_the_same_seed_and_writes_json_and_plot(points_checkpoint, tmp_path):
     out = tmp_path / "sweep"
-    result = invoke(str(points_checkpoint), "--sweep", "euler,heun,dopri5", "--steps", "2,4", "--num", "120",
-                    "--rtol", "1e-3", "--atol", "1e-3", "--metrics", "fid,kid", "--out", str(out), "--device", "cpu")
+    result = invoke(
+        str(points_checkpoint),
+        "--sweep",
+        "euler,heun,dopri5",
+        "--steps",
+        "2,4",
+        "--num",
+        "120",
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-3",
+        "--metrics",
+        "fid,kid",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "sweep.json").read_text())
     grid = [(run["solver"], run["steps"]) for run in report["runs"]]
@@ -165,9 +230,26 @@ def test_unknown_data_set_and_missing_test_split_are_errors(tmp_path):
         Image.fromarray(np.full((28, 28), i * 60, dtype=np.uint8)).save(folder / f"{i}.png")
     checkpoint = write_checkpoint(
         tmp_path / "folder.safetensors",
-        {"name": "unet", "in_channels": 1, "image_size": 28, "base_channels": 8, "channel_mults": [1, 2],
-         "num_res_blocks": 1, "attention_resolutions": [], "num_classes": 0, "num_groups": 4},
-        {"name": "images", "split": "train", "kind": "image", "shape": [1, 28, 28], "num_classes": 0, "class_names": None},
-        {"data": str(folder), "image_size": 28, "channels": 1})
+        {
+            "name": "unet",
+            "in_channels": 1,
+            "image_size": 28,
+            "base_channels": 8,
+            "channel_mults": [1, 2],
+            "num_res_blocks": 1,
+            "attention_resolutions": [],
+            "num_classes": 0,
+            "num_groups": 4,
+        },
+        {
+            "name": "images",
+            "split": "train",
+            "kind": "image",
+            "shape": [1, 28, 28],
+            "num_classes": 0,
+            "class_names": None,
+        },
+        {"data": str(folder), "image_size": 28, "channels": 1},
+    )
     result = invoke(str(checkpoint), "--nll", "--metrics", "kid", "--num", "4", "--device", "cpu")
     assert result.exit_code != 0 and "test split" in result.output

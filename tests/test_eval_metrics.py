@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fmcli.data.base import ArrayDataset, LoadOptions, to_model_space
+from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.errors import FMError
 from fmcli.eval import inception, metrics
 from fmcli.eval.classifier import accuracy, train_classifier
@@ -207,16 +207,17 @@ def test_inception_features_match_those_of_the_hand_written_network(tmp_path, in
     with safe_open(str(INCEPTION_REFERENCE), "pt") as reference:
         expected = {name: reference.get_tensor(name) for name in reference.keys()}
         metadata = reference.metadata()
-    assert metadata["weights_seed"] == "0"   # the seed inception_state uses
+    assert metadata["weights_seed"] == "0"  # the seed inception_state uses
     # The generators still give the weights and images the reference was made from.
     assert weights_fingerprint(inception_state) == pytest.approx(float(metadata["weights_abs_sum"]), rel=1e-12)
     weights = tmp_path / "seeded.safetensors"
     save_file(inception_state, str(weights))
-    context = ExtractorContext(dataset_name="x", shape=(3, 64, 64), splits=("train",), load_split=None,
-                               weights=weights, download=False)
+    context = ExtractorContext(
+        dataset_name="x", shape=(3, 64, 64), splits=("train",), load_split=None, weights=weights, download=False
+    )
     extractor = inception.load_inception(context)
     assert (extractor.name, extractor.dim, extractor.num_classes) == ("inception", 2048, 0)
-    for size in (64, 299):   # resized to 299 / already 299
+    for size in (64, 299):  # resized to 299 / already 299
         images = seeded_images(size, seed=int(metadata["images_seed"]))
         assert int(images.long().sum()) == int(metadata[f"images_{size}_sum"])
         features, logits = extract_features(extractor, images)
@@ -228,7 +229,8 @@ def test_inception_features_match_those_of_the_hand_written_network(tmp_path, in
 
 
 def test_inception_weights_load_from_safetensors_and_pth_and_checksum_mismatch_fails(
-        tmp_path, inception_state, seeded_inception):
+    tmp_path, inception_state, seeded_inception
+):
     from safetensors.torch import save_file
 
     # safetensors without BatchNorm step counters (like the TensorFlow port), .pth with them.
@@ -247,8 +249,9 @@ def test_inception_weights_load_from_safetensors_and_pth_and_checksum_mismatch_f
 
 
 def test_inception_without_weights_offline_is_a_clear_error(tmp_path):
-    context = ExtractorContext(dataset_name="x", shape=(3, 32, 32), splits=("train",), load_split=None,
-                               cache_dir=tmp_path, download=False)
+    context = ExtractorContext(
+        dataset_name="x", shape=(3, 32, 32), splits=("train",), load_split=None, cache_dir=tmp_path, download=False
+    )
     with pytest.raises(FMError, match="--inception-weights"):
         inception.load_inception(context)
 
@@ -257,8 +260,14 @@ def test_inception_without_torch_fidelity_names_the_extra(tmp_path, monkeypatch)
     from safetensors.torch import save_file
 
     save_file({"fc.bias": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
-    context = ExtractorContext(dataset_name="x", shape=(3, 32, 32), splits=("train",), load_split=None,
-                               weights=tmp_path / "w.safetensors", download=False)
+    context = ExtractorContext(
+        dataset_name="x",
+        shape=(3, 32, 32),
+        splits=("train",),
+        load_split=None,
+        weights=tmp_path / "w.safetensors",
+        download=False,
+    )
     monkeypatch.setattr(inception, "PACKAGE", "torch_fidelity_not_installed")
     inception.package_modules.cache_clear()
     try:
@@ -311,7 +320,7 @@ def test_reference_features_are_cached_and_keyed_by_content(tmp_path):
 
 def test_extract_features_quantises_generated_images_like_real_ones():
     real = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    model_space = real.float() / 127.5 - 1 + 0.001   # off the 8-bit grid by less than half a level
+    model_space = real.float() / 127.5 - 1 + 0.001  # off the 8-bit grid by less than half a level
     a, _ = extract_features(CountingExtractor(), real)
     b, _ = extract_features(CountingExtractor(), model_space)
     assert torch.equal(a, b)

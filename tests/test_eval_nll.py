@@ -32,8 +32,9 @@ def test_exact_divergence_matches_the_gaussian_log_density(solver, steps):
 def test_hutchinson_estimate_agrees_within_its_reported_spread():
     flow, x0 = gaussian_case(dim=6, seed=2, n=48)
     probes = 8
-    result = log_likelihood(flow.velocity, x0, solver="dopri5", rtol=1e-6, atol=1e-6, divergence="hutchinson",
-                            probes=probes, seed=3)
+    result = log_likelihood(
+        flow.velocity, x0, solver="dopri5", rtol=1e-6, atol=1e-6, divergence="hutchinson", probes=probes, seed=3
+    )
     exact = flow.log_prob(x0)
     assert result.divergence == "hutchinson" and result.probe_std is not None
     # Standard error of the mean over samples of the probe-averaged estimate.

@@ -25,7 +25,7 @@ from fmcli.train import train
 
 runner = CliRunner()
 CLASSIFIER_IMAGES = 1000  # the classifier trains on mnist-mini train[:1000]; samples come from train[1000:]
-NUM = 200                 # FID needs more samples than its 128 feature dimensions
+NUM = 200  # FID needs more samples than its 128 feature dimensions
 
 
 def train_classifier_briefly(monkeypatch) -> None:
@@ -35,8 +35,12 @@ def train_classifier_briefly(monkeypatch) -> None:
     original = classifier_module.train_classifier
 
     def brief(images, labels, num_classes, **kwargs):
-        return original(images[:CLASSIFIER_IMAGES], labels[:CLASSIFIER_IMAGES], num_classes,
-                        **{**kwargs, "epochs": 1, "batch_size": 16})
+        return original(
+            images[:CLASSIFIER_IMAGES],
+            labels[:CLASSIFIER_IMAGES],
+            num_classes,
+            **{**kwargs, "epochs": 1, "batch_size": 16},
+        )
 
     monkeypatch.setattr(classifier_module, "train_classifier", brief)
 
@@ -68,8 +72,9 @@ class RealDigits(nn.Module):
         y = torch.zeros(len(x), dtype=torch.long) if y is None else y
         # A pseudo-random digit per sample, from its noise: different noise, (almost always) a different digit.
         choice = (x.flatten(1)[:, 0].abs() * 1e4).long()
-        digits = torch.stack([self.pools[c][i % len(self.pools[c])] for c, i in zip(y.tolist(), choice.tolist())])
-        DRAWN.extend(zip(y.tolist(), digits))
+        pairs = zip(y.tolist(), choice.tolist(), strict=True)
+        digits = torch.stack([self.pools[c][i % len(self.pools[c])] for c, i in pairs])
+        DRAWN.extend(zip(y.tolist(), digits, strict=True))
         return x - to_model_space(digits).to(x.device) + 0 * self.anchor
 
 
@@ -86,9 +91,19 @@ def real_digits_checkpoint(tmp_path):
     pm.register(plugin, name="real-digits-plugin")
     registry.reset()
     try:
-        result = train({"data": "mnist-mini", "model": {"name": "real-digits"}, "steps": 1, "batch_size": 16,
-                        "label_dropout": 0.0, "out": str(tmp_path / "run"), "sample_every": 0, "log_every": 1000,
-                        "checkpoint_every": 1000})
+        result = train(
+            {
+                "data": "mnist-mini",
+                "model": {"name": "real-digits"},
+                "steps": 1,
+                "batch_size": 16,
+                "label_dropout": 0.0,
+                "out": str(tmp_path / "run"),
+                "sample_every": 0,
+                "log_every": 1000,
+                "checkpoint_every": 1000,
+            }
+        )
         DRAWN.clear()
         yield result.checkpoint
     finally:
@@ -98,8 +113,9 @@ def real_digits_checkpoint(tmp_path):
 
 
 def fm_eval(*args) -> dict:
-    result = runner.invoke(app, ["eval", "--num", str(NUM), "--metrics", "fid", "--device", "cpu", "--json",
-                                 *map(str, args)])
+    result = runner.invoke(
+        app, ["eval", "--num", str(NUM), "--metrics", "fid", "--device", "cpu", "--json", *map(str, args)]
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 

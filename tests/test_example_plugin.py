@@ -7,6 +7,7 @@ distribution is not installed (``pip install --no-deps --no-build-isolation -e p
 
 import importlib
 import importlib.metadata
+import itertools
 import json
 import os
 import shutil
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_solvers as checks
 import torch
 
-import test_solvers as checks
 from fmcli import registry
 from fmcli.data.base import LoadOptions
 from fmcli.errors import FMError
@@ -80,7 +81,7 @@ def test_ab2_gaussian_check(plugin):
     x1, x0 = checks.check_gaussian_samples(solver)
     assert (x0 - checks.gaussian_exact_transport(x1)).abs().max().item() < checks.fixed_step_tolerance(solver, 100)
     errors = [checks.gaussian_transport_error(solver, steps) for steps in (4, 8, 16, 32)]
-    assert all(finer < coarser for coarser, finer in zip(errors, errors[1:])), errors
+    assert all(finer < coarser for coarser, finer in itertools.pairwise(errors)), errors
 
 
 @pytest.mark.parametrize(
@@ -191,8 +192,14 @@ def test_installed_plugin_is_found_without_fm_load_plugins(tiny_checkpoint, tmp_
     env = {key: value for key, value in os.environ.items() if key != "FM_LOAD_PLUGINS"}
     env["PYTHONPATH"] = checkout_pythonpath()
     out = tmp_path / "ab2.npz"
-    done = subprocess.run([sys.executable, "-c", DISCOVERY_SCRIPT, str(tiny_checkpoint), str(out)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", DISCOVERY_SCRIPT, str(tiny_checkpoint), str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout.splitlines()[-1])
     code, listing = results["listing"]
@@ -204,7 +211,7 @@ def test_installed_plugin_is_found_without_fm_load_plugins(tiny_checkpoint, tmp_
     assert plugin_rows[0]["version"] == importlib.metadata.version("fm-adams-bashforth")
     code, output = results["sample"]
     assert code == 0, output
-    summary = json.loads(output[output.index("{"):])
+    summary = json.loads(output[output.index("{") :])
     # ab2 starts with one Heun step (2 evaluations), then one evaluation per step: 3 steps = 4.
     assert summary["solver"] == "ab2" and summary["nfe"] == 4
     arrays = np.load(out)
@@ -217,15 +224,17 @@ def test_a_plugin_that_fails_to_import_is_named_not_lost(tmp_path, tiny_checkpoi
     site = tmp_path / "site"
     (site / "broken_fm_plugin-0.1.dist-info").mkdir(parents=True)
     (site / "broken_fm_plugin-0.1.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: broken-fm-plugin\nVersion: 0.1\n")
+        "Metadata-Version: 2.1\nName: broken-fm-plugin\nVersion: 0.1\n"
+    )
     (site / "broken_fm_plugin-0.1.dist-info" / "entry_points.txt").write_text("[fmcli]\nbroken = broken_fm_plugin\n")
     (site / "broken_fm_plugin.py").write_text("raise ImportError('needs a library that is not installed')\n")
     env = {key: value for key, value in os.environ.items() if key != "FM_LOAD_PLUGINS"}
     env["PYTHONPATH"] = os.pathsep.join([str(site), checkout_pythonpath()])
 
     def fm(*args):
-        return subprocess.run([sys.executable, "-m", "fmcli", *args], env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "fmcli", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
 
     listing = fm("plugins")
     assert listing.returncode == 0, listing.stderr

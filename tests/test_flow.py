@@ -9,8 +9,8 @@ from fmcli.flow import flow_matching_loss, interpolate, predicted_data, sample_t
 
 def test_endpoints_follow_the_convention():
     x0, x1 = torch.randn(4, 1, 5, 5), torch.randn(4, 1, 5, 5)
-    assert torch.equal(interpolate(x0, x1, torch.zeros(4)), x0)   # t = 0 is data
-    assert torch.equal(interpolate(x0, x1, torch.ones(4)), x1)    # t = 1 is noise
+    assert torch.equal(interpolate(x0, x1, torch.zeros(4)), x0)  # t = 0 is data
+    assert torch.equal(interpolate(x0, x1, torch.ones(4)), x1)  # t = 1 is noise
     assert torch.equal(target_velocity(x0, x1), x1 - x0)
 
 
@@ -33,7 +33,7 @@ def test_exact_velocity_of_a_point_mass_has_zero_loss_and_the_reverse_convention
     def exact(x, t):
         return (x - a) / t.reshape(-1, 1, 1, 1)
 
-    def reversed_convention(x, t):   # what a model trained with t = 0 as noise would predict
+    def reversed_convention(x, t):  # what a model trained with t = 0 as noise would predict
         return -exact(x, t)
 
     assert flow_matching_loss(exact, x0, x1, t).item() < 1e-10

@@ -92,11 +92,27 @@ def animals_checkpoint(tmp_path, recorder):
         (folder / name).mkdir(parents=True)
         for k in range(3):
             Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / name / f"{k}.png")
-    unet = {"name": "recording-unet", "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-            "attention_resolutions": []}
-    result = train({"data": str(folder), "image_size": 8, "model": unet, "batch_size": 4, "steps": 2,
-                    "warmup_steps": 1, "out": str(tmp_path / "run"), "sample_every": 0, "log_every": 1000,
-                    "checkpoint_every": 1000})
+    unet = {
+        "name": "recording-unet",
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [],
+    }
+    result = train(
+        {
+            "data": str(folder),
+            "image_size": 8,
+            "model": unet,
+            "batch_size": 4,
+            "steps": 2,
+            "warmup_steps": 1,
+            "out": str(tmp_path / "run"),
+            "sample_every": 0,
+            "log_every": 1000,
+            "checkpoint_every": 1000,
+        }
+    )
     recorder.calls.clear()
     return result.checkpoint
 
@@ -107,8 +123,23 @@ def test_sample_class_by_folder_name(animals_checkpoint, recorder, tmp_path):
     images = {}
     for name in NAMES:
         out = tmp_path / f"{name}.npz"
-        result = runner.invoke(app, ["sample", str(animals_checkpoint), "--class", name, "--num", "3",
-                                     "--solver", "euler", "--steps", "2", "--out", str(out)])
+        result = runner.invoke(
+            app,
+            [
+                "sample",
+                str(animals_checkpoint),
+                "--class",
+                name,
+                "--num",
+                "3",
+                "--solver",
+                "euler",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ],
+        )
         assert result.exit_code == 0, result.output
         index = sorted(NAMES).index(name)
         assert np.load(out)["labels"].tolist() == [index] * 3
@@ -117,16 +148,35 @@ def test_sample_class_by_folder_name(animals_checkpoint, recorder, tmp_path):
         recorder.calls.clear()
         images[name] = np.load(out)["images"]
     by_index = tmp_path / "by-index.npz"
-    assert runner.invoke(app, ["sample", str(animals_checkpoint), "--class", "1", "--num", "3", "--solver", "euler",
-                               "--steps", "2", "--out", str(by_index)]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "sample",
+                str(animals_checkpoint),
+                "--class",
+                "1",
+                "--num",
+                "3",
+                "--solver",
+                "euler",
+                "--steps",
+                "2",
+                "--out",
+                str(by_index),
+            ],
+        ).exit_code
+        == 0
+    )
     assert np.array_equal(np.load(by_index)["images"], images["dogs"])  # dogs is class 1 of cats, dogs, owls
 
 
 def test_unknown_class_name_fails_in_one_line(animals_checkpoint, tmp_path):
     """An unknown --class name: one error line naming the known classes, and no output file."""
     out = tmp_path / "x.npz"
-    result = runner.invoke(app, ["sample", str(animals_checkpoint), "--class", "ferrets", "--num", "2",
-                                 "--steps", "1", "--out", str(out)])
+    result = runner.invoke(
+        app, ["sample", str(animals_checkpoint), "--class", "ferrets", "--num", "2", "--steps", "1", "--out", str(out)]
+    )
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output

@@ -7,13 +7,13 @@ against central differences (float64), and the interval input against the model 
 """
 
 import hashlib
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from fmcli import registry
+from fmcli.checkpoint import CheckpointMeta, LoadedModel
 from fmcli.errors import FMError
 from fmcli.flow import broadcast_time, interpolate, meanflow_loss, meanflow_target, sample_interval
 from fmcli.gaussian_flow import GaussianFlow
@@ -21,7 +21,6 @@ from fmcli.models import build_model, forward_ad
 from fmcli.models.mlp import MLPVelocity
 from fmcli.models.presets import default_model_config
 from fmcli.models.unet import UNet
-from fmcli.checkpoint import CheckpointMeta, LoadedModel
 from fmcli.sampling import SamplingOptions, generate, guided_velocity
 from fmcli.solvers.grids import TIME_GRIDS, make_time_grid
 
@@ -33,8 +32,15 @@ FLOW = GaussianFlow(MEAN, COV)
 # (r, t) pairs: one-step (0, 1), r = t (plain flow matching; also at both ends), short and long intervals.
 PAIRS = [(0.0, 1.0), (0.3, 0.3), (1.0, 1.0), (0.0, 0.0), (0.2, 0.7), (0.0, 0.5), (0.6, 0.95), (0.49, 0.5)]
 
-TINY_UNET = dict(in_channels=1, image_size=16, base_channels=8, channel_mults=[1, 2], num_res_blocks=1,
-                 attention_resolutions=[8], num_groups=4)  # attention at 8x8 and in the middle
+TINY_UNET = dict(
+    in_channels=1,
+    image_size=16,
+    base_channels=8,
+    channel_mults=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[8],
+    num_groups=4,
+)  # attention at 8x8 and in the middle
 TINY_MLP = dict(dim=3, hidden=32, depth=2)
 
 
@@ -167,10 +173,11 @@ def test_meanflow_solver_calls_velocity_with_r_and_conditioning():
         return exact_average_velocity_fn(x, t, r=r)
 
     x1 = torch.randn(4, 3, dtype=F64)
-    result = registry.get_solver("meanflow").solve(velocity, x1, steps=4, time_grid="cosine",
-                                                   conditioning={"label": token})
+    result = registry.get_solver("meanflow").solve(
+        velocity, x1, steps=4, time_grid="cosine", conditioning={"label": token}
+    )
     grid = make_time_grid("cosine", 4, 1.0, 0.0).tolist()
-    assert calls == list(zip(grid[:-1], grid[1:])) and result.nfe == 4
+    assert calls == list(zip(grid[:-1], grid[1:], strict=True)) and result.nfe == 4
 
 
 def test_meanflow_solver_save_at_registry_and_direction():
@@ -219,8 +226,9 @@ def test_guided_velocity_passes_r_through_and_guides_average_velocities():
 
 def test_generate_samples_in_one_step_and_refuses_a_model_without_the_interval_input():
     def loaded(model):
-        meta = CheckpointMeta(format_version=1, model_config=model.config, step=0,
-                              data={"shape": [2], "kind": "points", "num_classes": 0})
+        meta = CheckpointMeta(
+            format_version=1, model_config=model.config, step=0, data={"shape": [2], "kind": "points", "num_classes": 0}
+        )
         return LoadedModel(model=model, meta=meta)
 
     one_step = SamplingOptions(solver="meanflow", steps=1)
@@ -316,9 +324,11 @@ def test_cheap_forward_mode_layers_equal_pytorchs(layer, parameter_tangents, mon
     """fmcli.models.forward_ad's Conv2d / GroupNorm: the same tangent and gradients as PyTorch's formulas,
     with and without tangents on the parameters (then the full product rule applies)."""
     torch.manual_seed(0)
-    module = {"conv": lambda: forward_ad.Conv2d(4, 6, 3, padding=1),
-              "conv-strided": lambda: forward_ad.Conv2d(4, 4, 3, stride=2, padding=1),
-              "group_norm": lambda: forward_ad.GroupNorm(2, 4)}[layer]().double()
+    module = {
+        "conv": lambda: forward_ad.Conv2d(4, 6, 3, padding=1),
+        "conv-strided": lambda: forward_ad.Conv2d(4, 4, 3, stride=2, padding=1),
+        "group_norm": lambda: forward_ad.GroupNorm(2, 4),
+    }[layer]().double()
     randomise(module)
     with torch.no_grad():
         for p in module.parameters():
@@ -484,8 +494,11 @@ def test_split_batch_equals_one_jvp_over_the_whole_batch():
 @pytest.mark.parametrize("kind", ["mlp", "unet"])
 def test_backward_through_meanflow_loss_gives_finite_gradients_for_every_parameter(kind):
     torch.manual_seed(0)
-    model = (UNet(**TINY_UNET, num_classes=3, interval=True) if kind == "unet"
-             else MLPVelocity(**TINY_MLP, num_classes=3, interval=True)).train()  # fresh, as in training
+    model = (
+        UNet(**TINY_UNET, num_classes=3, interval=True)
+        if kind == "unet"
+        else MLPVelocity(**TINY_MLP, num_classes=3, interval=True)
+    ).train()  # fresh, as in training
     x0, x1 = inputs(kind, 4)
     r, t = torch.tensor([0.1, 0.4, 0.0, 0.5]), torch.tensor([0.6, 0.4, 1.0, 0.8])
     loss, mse = meanflow_loss(model, x0, x1, r, t, y=torch.tensor([0, 1, 2, 3]))

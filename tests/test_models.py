@@ -30,8 +30,13 @@ def unet(**overrides) -> UNet:
 
 @pytest.mark.parametrize("channels, size, num_classes", [(1, 28, 0), (1, 28, 10), (3, 32, 0), (3, 32, 5)])
 def test_unet_output_shape_matches_input(channels, size, num_classes):
-    model = unet(in_channels=channels, image_size=size, num_classes=num_classes,
-                 channel_mults=[1, 2, 2], attention_resolutions=[size // 4])
+    model = unet(
+        in_channels=channels,
+        image_size=size,
+        num_classes=num_classes,
+        channel_mults=[1, 2, 2],
+        attention_resolutions=[size // 4],
+    )
     x = torch.randn(3, channels, size, size)
     y = torch.tensor([0, 1, num_classes - 1]) if num_classes else None
     v = model(x, torch.rand(3), y)
@@ -44,7 +49,10 @@ def test_fresh_unet_predicts_zero_velocity():
     assert torch.count_nonzero(model(torch.randn(2, 1, 16, 16), torch.rand(2))) == 0
 
 
-@pytest.mark.parametrize("make", [lambda: unet(num_classes=3), lambda: randomise_zero_init(MLPVelocity(dim=2, hidden=32, depth=2, num_classes=3))])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: unet(num_classes=3), lambda: randomise_zero_init(MLPVelocity(dim=2, hidden=32, depth=2, num_classes=3))],
+)
 def test_changing_one_samples_time_changes_only_that_sample(make):
     model = make()
     shape = (4, 1, 16, 16) if isinstance(model, UNet) else (4, 2)
@@ -85,12 +93,15 @@ def test_class_label_changes_output_and_none_is_the_null_class():
     assert (v_none - v0).abs().amax() > 1e-4
 
 
-@pytest.mark.parametrize("y, match", [
-    (torch.tensor([0, 5]), r"\[0, 4\]"),
-    (torch.tensor([-1, 0]), r"\[0, 4\]"),
-    (torch.tensor([0.0, 1.0]), "integers"),
-    (torch.tensor([0, 1, 2]), "shape"),
-])
+@pytest.mark.parametrize(
+    "y, match",
+    [
+        (torch.tensor([0, 5]), r"\[0, 4\]"),
+        (torch.tensor([-1, 0]), r"\[0, 4\]"),
+        (torch.tensor([0.0, 1.0]), "integers"),
+        (torch.tensor([0, 1, 2]), "shape"),
+    ],
+)
 def test_bad_labels_raise(y, match):
     with pytest.raises(FMError, match=match):
         unet(num_classes=4)(torch.randn(2, 1, 16, 16), torch.rand(2), y)
@@ -169,8 +180,10 @@ def test_mlp_shapes_and_conditioning():
     x = torch.randn(5, 3)
     v = model(x, torch.rand(5))
     assert v.shape == (5, 3)
-    assert (model(x, torch.tensor(0.5), torch.zeros(5, dtype=torch.long))
-            - model(x, torch.tensor(0.5), torch.ones(5, dtype=torch.long))).abs().max() > 1e-5
+    assert (
+        model(x, torch.tensor(0.5), torch.zeros(5, dtype=torch.long))
+        - model(x, torch.tensor(0.5), torch.ones(5, dtype=torch.long))
+    ).abs().max() > 1e-5
     with pytest.raises(FMError, match=r"\[batch, 3\]"):
         model(torch.randn(5, 2), torch.rand(5))
 
@@ -190,7 +203,9 @@ def test_registry_round_trip_config_to_identical_model():
     assert isinstance(mlp, MLPVelocity) and mlp.config["name"] == "mlp"
 
 
-@pytest.mark.parametrize("kind, shape", [("image", (1, 28, 28)), ("image", (3, 32, 32)), ("image", (3, 64, 64)), ("points", (2,))])
+@pytest.mark.parametrize(
+    "kind, shape", [("image", (1, 28, 28)), ("image", (3, 32, 32)), ("image", (3, 64, 64)), ("points", (2,))]
+)
 def test_default_configs_build_and_run(kind, shape):
     from fmcli.models import build_model
 

@@ -27,8 +27,17 @@ MLP = {"hidden": 32, "depth": 2}
 
 
 def moons(out: Path, **overrides) -> dict:
-    options = dict(data="moons", model=MLP, batch_size=16, steps=6, warmup_steps=2, out=str(out),
-                   log_every=1000, sample_every=0, checkpoint_every=1000)
+    options = dict(
+        data="moons",
+        model=MLP,
+        batch_size=16,
+        steps=6,
+        warmup_steps=2,
+        out=str(out),
+        log_every=1000,
+        sample_every=0,
+        checkpoint_every=1000,
+    )
     return options | overrides
 
 
@@ -110,6 +119,7 @@ def test_epochs_run_resumes_with_steps(tmp_path):
 
 # ----------------------------------------------------------------------------- refusing to resume as something else
 
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("resume") / "run"
@@ -117,10 +127,13 @@ def finished_run(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"model": {"hidden": 64, "depth": 2}}, "model: {'hidden': 32, 'depth': 2} -> {'hidden': 64, 'depth': 2}"),
-    ({"data": "8gaussians"}, "data: 'moons' -> '8gaussians'"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"model": {"hidden": 64, "depth": 2}}, "model: {'hidden': 32, 'depth': 2} -> {'hidden': 64, 'depth': 2}"),
+        ({"data": "8gaussians"}, "data: 'moons' -> '8gaussians'"),
+    ],
+)
 def test_resuming_with_another_model_or_data_is_refused(finished_run, change, fragment):
     before = (finished_run / "last.safetensors").read_bytes()
     with pytest.raises(FMError, match="cannot resume: the run was trained with a different model or data") as caught:
@@ -158,17 +171,40 @@ def test_a_changed_image_folder_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- a real SIGTERM
 
+
 def test_sigterm_to_a_real_training_process_checkpoints_and_resumes_exactly(tmp_path):
     """The strongest test: kill -TERM a running `python -m fmcli train`, resume, compare with one run."""
     total = 120
     toml = tmp_path / "train.toml"
     toml.write_text("model = { hidden = 32, depth = 2 }\n")
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "fmcli", "train", "moons", "--config", str(toml), "--out", str(run),
-               "--steps", str(total), "--batch-size", "16", "--warmup-steps", "2", "--log-every", "1",
-               "--sample-every", "0", "--checkpoint-every", "100000"]
+    command = [
+        sys.executable,
+        "-m",
+        "fmcli",
+        "train",
+        "moons",
+        "--config",
+        str(toml),
+        "--out",
+        str(run),
+        "--steps",
+        str(total),
+        "--batch-size",
+        "16",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "100000",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "FM_LOAD_PLUGINS": ""}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.stat().st_size) and process.poll() is None and time.monotonic() < deadline:
@@ -181,12 +217,25 @@ def test_sigterm_to_a_real_training_process_checkpoints_and_resumes_exactly(tmp_
     step = read_checkpoint(last)[1].step
     assert 0 < step < total, "the signal came too late to test anything"
     message = stderr.strip().splitlines()[-1]
-    assert message == (f"SIGTERM: stopped at step {step}; checkpoint {run / f'step-{step:07d}.safetensors'}. "
-                       f"Resume with: fm train --resume {run}")
+    assert message == (
+        f"SIGTERM: stopped at step {step}; checkpoint {run / f'step-{step:07d}.safetensors'}. "
+        f"Resume with: fm train --resume {run}"
+    )
     assert load_checkpoint(last).meta.step == step  # loads as a model too
 
     resumed = train({}, resume=str(run))
-    whole = train({"data": "moons", "model": MLP, "steps": total, "batch_size": 16, "warmup_steps": 2,
-                   "out": str(tmp_path / "whole"), "log_every": 1000, "sample_every": 0, "checkpoint_every": 100000})
+    whole = train(
+        {
+            "data": "moons",
+            "model": MLP,
+            "steps": total,
+            "batch_size": 16,
+            "warmup_steps": 2,
+            "out": str(tmp_path / "whole"),
+            "log_every": 1000,
+            "sample_every": 0,
+            "checkpoint_every": 100000,
+        }
+    )
     assert resumed.step == total
     assert_identical(whole.checkpoint, resumed.checkpoint)

@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from test_resume import assert_identical
+
 from fmcli.checkpoint import load_checkpoint, read_checkpoint
 from fmcli.train import train
-from test_resume import assert_identical
 
 REPO = Path(__file__).resolve().parents[1]
 MLP = {"hidden": 32, "depth": 2}
@@ -48,12 +49,37 @@ runpy.run_module("fmcli", run_name="__main__", alter_sys=True)
 def start_training(tmp_path: Path, run: Path, *prefix: str) -> subprocess.Popen:
     toml = tmp_path / "train.toml"
     toml.write_text("model = { hidden = 32, depth = 2 }\n")
-    options = ["train", "moons", "--config", str(toml), "--out", str(run), "--steps", str(TOTAL), "--batch-size", "16",
-               "--warmup-steps", "2", "--lr-schedule", "constant", "--log-every", "1", "--sample-every", "0",
-               "--checkpoint-every", "1000000"]
+    options = [
+        "train",
+        "moons",
+        "--config",
+        str(toml),
+        "--out",
+        str(run),
+        "--steps",
+        str(TOTAL),
+        "--batch-size",
+        "16",
+        "--warmup-steps",
+        "2",
+        "--lr-schedule",
+        "constant",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "1000000",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "FM_LOAD_PLUGINS": ""}
-    return subprocess.Popen([sys.executable, *prefix, *options], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, *prefix, *options],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, what: str) -> None:
@@ -78,14 +104,26 @@ def test_sigint_checkpoints_stops_with_130_and_resumes_exactly(tmp_path):
     step = read_checkpoint(run / "last.safetensors")[1].step
     assert 0 < step < TOTAL
     checkpoint = run / f"step-{step:07d}.safetensors"
-    assert stderr.strip().splitlines()[-1] == (f"SIGINT: stopped at step {step}; checkpoint {checkpoint}. "
-                                               f"Resume with: fm train --resume {run}")
+    assert stderr.strip().splitlines()[-1] == (
+        f"SIGINT: stopped at step {step}; checkpoint {checkpoint}. Resume with: fm train --resume {run}"
+    )
     assert load_checkpoint(run / "last.safetensors").meta.step == step
     # Constant learning rate: resuming to step + 3 must equal 3 more steps in one go (the planned total may change).
     resumed = train({"steps": step + 3}, resume=str(run))
-    whole = train({"data": "moons", "model": MLP, "steps": step + 3, "batch_size": 16, "warmup_steps": 2,
-                   "lr_schedule": "constant", "out": str(tmp_path / "whole"), "log_every": 1000, "sample_every": 0,
-                   "checkpoint_every": 1000000})
+    whole = train(
+        {
+            "data": "moons",
+            "model": MLP,
+            "steps": step + 3,
+            "batch_size": 16,
+            "warmup_steps": 2,
+            "lr_schedule": "constant",
+            "out": str(tmp_path / "whole"),
+            "log_every": 1000,
+            "sample_every": 0,
+            "checkpoint_every": 1000000,
+        }
+    )
     assert resumed.step == step + 3
     assert_identical(whole.checkpoint, resumed.checkpoint)
 
@@ -95,17 +133,17 @@ def test_second_sigint_while_checkpointing_aborts_without_a_partial_file(tmp_pat
     run, marker = tmp_path / "run", tmp_path / "writing"
     process = start_training(tmp_path, run, "-c", WRITE_HOOK, str(marker))
     wait_for(run / "metrics.jsonl", process, "the first logged step")
-    process.send_signal(signal.SIGINT)      # finish the step, then checkpoint and stop ...
+    process.send_signal(signal.SIGINT)  # finish the step, then checkpoint and stop ...
     wait_for(marker, process, "the checkpoint write")
-    process.send_signal(signal.SIGINT)      # ... but a second Ctrl-C aborts, even mid-write
+    process.send_signal(signal.SIGINT)  # ... but a second Ctrl-C aborts, even mid-write
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGINT, stderr
     # Aborted, not the orderly stop: it must not claim a checkpoint (the hook would have let the write
     # finish after 30 s had the second signal been ignored).
     assert stderr.strip().splitlines()[-1] == "interrupted", stderr
     assert "stopped at step" not in stderr
-    assert not Path(marker.read_text()).exists()                       # the interrupted write left nothing ...
-    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]    # ... not even its temp file
-    for checkpoint in run.glob("step-*.safetensors"):                  # and whatever is there is whole
+    assert not Path(marker.read_text()).exists()  # the interrupted write left nothing ...
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]  # ... not even its temp file
+    for checkpoint in run.glob("step-*.safetensors"):  # and whatever is there is whole
         read_checkpoint(checkpoint)
     assert not (run / "last.safetensors").exists()

@@ -5,6 +5,7 @@ plugin is loaded (tests/test_example_plugin.py re-uses the checks for the exampl
 All computations are float64 so that discretisation error, not rounding, is measured.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -19,12 +20,26 @@ from fmcli.solvers.base import needs_interval
 from fmcli.solvers.grids import TIME_GRIDS, make_time_grid
 
 BUILTIN_SOLVERS = (
-    "euler", "midpoint", "heun", "rk4", "rk45", "dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2"
+    "euler",
+    "midpoint",
+    "heun",
+    "rk4",
+    "rk45",
+    "dopri5",
+    "dopri8",
+    "bosh3",
+    "adaptive_heun",
+    "fehlberg2",
 )
 EXPECTED_ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "ab2": 2}
 # NFE for N steps; a plugged-in fixed-step solver not listed here must report steps * evals_per_step.
-EXPECTED_NFE = {"euler": lambda n: n, "midpoint": lambda n: 2 * n, "heun": lambda n: 2 * n,
-                "rk4": lambda n: 4 * n, "ab2": lambda n: n + 1}
+EXPECTED_NFE = {
+    "euler": lambda n: n,
+    "midpoint": lambda n: 2 * n,
+    "heun": lambda n: 2 * n,
+    "rk4": lambda n: 4 * n,
+    "ab2": lambda n: n + 1,
+}
 # Adaptive solvers' global error, in units of rtol = atol. Measured on the nonlinear ODE below:
 # rk45 2-3, dopri5 2-5, dopri8 < 2, bosh3 7-8, adaptive_heun 4; fehlberg2 ~400 (its embedded
 # error estimate is that of a 1st-order method weighted by 1/512, so it under-reports the error).
@@ -87,7 +102,9 @@ def observed_order(solver, steps=(10, 20, 40, 80), t_start=1.0, t_end=0.0, time_
     exact = linear_exact(x, t_start, t_end)
     errors = [
         (solver.solve(linear_velocity, x, t_start=t_start, t_end=t_end, steps=n, time_grid=time_grid).x - exact)
-        .abs().max().item()
+        .abs()
+        .max()
+        .item()
         for n in steps
     ]
     slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
@@ -210,7 +227,7 @@ def test_gaussian_flow_carries_noise_to_the_data_distribution(name):
 def test_gaussian_transport_error_shrinks_with_more_steps(name):
     solver = registry.get_solver(name)
     errors = [gaussian_transport_error(solver, steps) for steps in (4, 8, 16, 32)]
-    assert all(finer < coarser for coarser, finer in zip(errors, errors[1:])), errors
+    assert all(finer < coarser for coarser, finer in itertools.pairwise(errors)), errors
 
 
 @pytest.mark.parametrize("name", ALL)

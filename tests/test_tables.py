@@ -31,8 +31,12 @@ def test_fm_plugins_has_one_unbroken_row_per_registered_item(width):
     output = fm("plugins")
     lines = output.splitlines()
     assert max(len(line.rstrip()) for line in lines) <= width
-    tables = {"solver": registry.solvers(), "data set": registry.datasets(), "model": registry.models(),
-              "extractor": registry.feature_extractors()}
+    tables = {
+        "solver": registry.solvers(),
+        "data set": registry.datasets(),
+        "model": registry.models(),
+        "extractor": registry.feature_extractors(),
+    }
     for kind, table in tables.items():
         for name in table:
             # As `grep -w name`: a whole-word match on one line, the row that starts with its kind.
@@ -52,7 +56,23 @@ def test_descriptions_are_text_not_markup(width):
 
 
 def test_eval_sweep_table_keeps_solver_names_whole(toy_checkpoint, tmp_path, width):
-    output = fm("eval", toy_checkpoint, "--sweep", "euler,midpoint,adaptive_heun", "--steps", "1", "--rtols", "0.5",
-                "--num", "16", "--metrics", "kid", "--kid-subsets", "2", "--out", tmp_path)
+    output = fm(
+        "eval",
+        toy_checkpoint,
+        "--sweep",
+        "euler,midpoint,adaptive_heun",
+        "--steps",
+        "1",
+        "--rtols",
+        "0.5",
+        "--num",
+        "16",
+        "--metrics",
+        "kid",
+        "--kid-subsets",
+        "2",
+        "--out",
+        tmp_path,
+    )
     for name in ("euler", "midpoint", "adaptive_heun"):
         assert re.search(rf"^\W*{name}\s", output, re.M), output

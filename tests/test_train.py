@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import fmcli.train as train_module
+from fmcli.batches import BatchOrder
 from fmcli.checkpoint import read_checkpoint, split_prefix
 from fmcli.config import TrainConfig, read_toml, resolve
 from fmcli.errors import FMError
-from fmcli.batches import BatchOrder
 from fmcli.optim import lr_at
 from fmcli.train import train
 
@@ -28,8 +28,17 @@ TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "
 
 
 def moons(out: Path, **overrides) -> dict:
-    options = dict(data="moons", model=MLP, batch_size=16, steps=4, warmup_steps=2, out=str(out),
-                   log_every=1000, sample_every=0, checkpoint_every=1000)
+    options = dict(
+        data="moons",
+        model=MLP,
+        batch_size=16,
+        steps=4,
+        warmup_steps=2,
+        out=str(out),
+        log_every=1000,
+        sample_every=0,
+        checkpoint_every=1000,
+    )
     return options | overrides
 
 
@@ -48,12 +57,15 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 def test_keeps_the_newest_checkpoints_and_last_points_to_the_newest(tmp_path):
     result = train(moons(tmp_path / "run", steps=5, checkpoint_every=1, keep=2, sample_every=3))
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000003.png", "step-0000005.png"]
-    assert sorted(p.name for p in run.glob("step-*.safetensors")) == ["step-0000004.safetensors",
-                                                                        "step-0000005.safetensors"]
+    assert sorted(p.name for p in run.glob("step-*.safetensors")) == [
+        "step-0000004.safetensors",
+        "step-0000005.safetensors",
+    ]
     last = run / "last.safetensors"
     assert last.is_symlink() and os.readlink(last) == "step-0000005.safetensors"
     assert result.checkpoint == run / "step-0000005.safetensors"
@@ -92,6 +104,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
 
 
 # ----------------------------------------------------------------------------- non-finite losses
+
 
 class NaNGradient(torch.autograd.Function):
     """Identity forward, NaN backward: a finite loss whose gradient would poison the weights."""
@@ -157,6 +170,7 @@ def test_the_first_step_non_finite_says_no_checkpoint_yet(tmp_path, monkeypatch)
 
 # ----------------------------------------------------------------------------- precision and memory savers
 
+
 @pytest.mark.parametrize("precision, make", [("bf16", mnist), ("fp16", moons)])  # CPU fp16 convolutions are slow
 def test_reduced_precision_trains_with_a_finite_loss(tmp_path, precision, make):
     """Autocast on the CPU too; fp16 adds a grad scaler (torch.amp.GradScaler("cpu") exists)."""
@@ -185,6 +199,7 @@ def test_grad_checkpointing_gives_the_same_weights(tmp_path):
 
 
 # ----------------------------------------------------------------------------- metrics, schedule, order
+
 
 def test_metrics_log_records_loss_lr_and_throughput(tmp_path):
     run = tmp_path / "run"
@@ -221,15 +236,16 @@ def test_batch_order_covers_each_epoch_once_and_depends_only_on_seed_and_step():
 
 # ----------------------------------------------------------------------------- config layers
 
+
 def test_config_precedence_defaults_then_file_then_command_line(tmp_path):
     toml = tmp_path / "train.toml"
-    toml.write_text('lr = 0.01\nbatch-size = 64\nepochs = 3\nmodel = { hidden = 16 }\n')
+    toml.write_text("lr = 0.01\nbatch-size = 64\nepochs = 3\nmodel = { hidden = 16 }\n")
     config = resolve({"batch_size": 32, "steps": 100, "lr": None}, toml)
-    assert config.lr == 0.01                                   # from the file
-    assert config.batch_size == 32                             # the command line wins
-    assert config.steps == 100 and config.epochs is None       # --steps replaces the file's epochs
+    assert config.lr == 0.01  # from the file
+    assert config.batch_size == 32  # the command line wins
+    assert config.steps == 100 and config.epochs is None  # --steps replaces the file's epochs
     assert config.model == {"hidden": 16}
-    assert config.weight_decay == TrainConfig().weight_decay   # default
+    assert config.weight_decay == TrainConfig().weight_decay  # default
     with pytest.raises(FMError, match="unknown option"):
         toml.write_text("learning_rate = 0.1\n")
         resolve({}, toml)

@@ -52,8 +52,11 @@ BAD_INPUT = [
     (["mnist-tiny"], None, "unknown data set 'mnist-tiny'. Did you mean 'mnist-mini'? Known: "),
     (["./empty"], make_empty, "no image files under ./empty"),
     (["./junk"], make_non_images, "none of the 2 image files under ./junk could be read"),
-    (["./pictures", "--image-size", "30", "--channel-mults", "1,2,2"], make_images,
-     "image size 30 is not divisible by 4, the model's total downsampling; use 28 or 32"),
+    (
+        ["./pictures", "--image-size", "30", "--channel-mults", "1,2,2"],
+        make_images,
+        "image size 30 is not divisible by 4, the model's total downsampling; use 28 or 32",
+    ),
     (["moons", "--precision", "fp8"], None, "--precision must be one of fp32, bf16, fp16, not 'fp8'"),
     (["moons", "--steps", "0"], None, "--steps must be at least 1 (got 0)"),
     (["moons", "--batch-size", "10", "--grad-accum", "4"], None, "--batch-size 10 is not divisible by --grad-accum 4"),
@@ -82,22 +85,46 @@ def test_unknown_data_set_lists_the_known_ones(tmp_path, monkeypatch):
 
 def test_an_existing_run_is_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train({"data": "moons", "model": {"hidden": 16, "depth": 1}, "steps": 1, "batch_size": 8, "out": "runs/mine",
-           "sample_every": 0})
+    train(
+        {
+            "data": "moons",
+            "model": {"hidden": 16, "depth": 1},
+            "steps": 1,
+            "batch_size": 8,
+            "out": "runs/mine",
+            "sample_every": 0,
+        }
+    )
     files = {p.name: p.read_bytes() for p in Path("runs/mine").iterdir()}
-    assert_one_line_error(fm("train", "moons", "--out", "runs/mine", "--steps", "1"),
-                          "runs/mine already holds a run; continue it with --resume runs/mine, or choose another --out")
+    assert_one_line_error(
+        fm("train", "moons", "--out", "runs/mine", "--steps", "1"),
+        "runs/mine already holds a run; continue it with --resume runs/mine, or choose another --out",
+    )
     assert {p.name: p.read_bytes() for p in Path("runs/mine").iterdir()} == files
 
 
 def test_config_file_then_command_line_and_fm_info_shows_the_result(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Path("train.toml").write_text('data = "8gaussians"\nlr = 0.004\nbatch-size = 64\nsteps = 50\n'
-                                  "model = { hidden = 16, depth = 1 }\n")
-    result = fm("train", "moons", "--config", "train.toml", "--batch-size", "16", "--steps", "2",
-                "--sample-every", "0", "--out", "runs/x", "--json")
+    Path("train.toml").write_text(
+        'data = "8gaussians"\nlr = 0.004\nbatch-size = 64\nsteps = 50\nmodel = { hidden = 16, depth = 1 }\n'
+    )
+    result = fm(
+        "train",
+        "moons",
+        "--config",
+        "train.toml",
+        "--batch-size",
+        "16",
+        "--steps",
+        "2",
+        "--sample-every",
+        "0",
+        "--out",
+        "runs/x",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.output[result.output.index("{") :])
     assert summary["step"] == 2 and summary["checkpoint"] == "runs/x/step-0000002.safetensors"
     saved = json.loads(Path("runs/x/config.json").read_text())
     assert (saved["data"], saved["lr"], saved["batch_size"], saved["steps"]) == ("moons", 0.004, 16, 2)
@@ -111,11 +138,21 @@ def test_config_file_then_command_line_and_fm_info_shows_the_result(tmp_path, mo
 
 def test_resume_needs_allow_change_for_new_hyper_parameters(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train({"data": "moons", "model": {"hidden": 16, "depth": 1}, "steps": 1, "batch_size": 8, "out": "runs/r",
-           "sample_every": 0})
+    train(
+        {
+            "data": "moons",
+            "model": {"hidden": 16, "depth": 1},
+            "steps": 1,
+            "batch_size": 8,
+            "out": "runs/r",
+            "sample_every": 0,
+        }
+    )
     assert_one_line_error(fm("train", "--resume", "runs/r", "--steps", "2", "--lr", "0.01"), "pass --allow-change")
-    assert_one_line_error(fm("train", "--resume", "runs/r", "--steps", "2", "--base-channels", "8"),
-                          "cannot resume: the run was trained with a different model or data")
+    assert_one_line_error(
+        fm("train", "--resume", "runs/r", "--steps", "2", "--base-channels", "8"),
+        "cannot resume: the run was trained with a different model or data",
+    )
     result = fm("train", "--resume", "runs/r", "--steps", "2", "--lr", "0.01", "--allow-change")
     assert result.exit_code == 0, result.output
     assert "done: step 2" in result.output

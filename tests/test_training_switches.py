@@ -40,13 +40,27 @@ def spy_on_ot_pairing(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, tor
 
 
 MLP = {"name": "recording-mlp", "hidden": 32, "depth": 2}
-TINY_UNET = {"name": "recording-unet", "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-             "attention_resolutions": []}
+TINY_UNET = {
+    "name": "recording-unet",
+    "base_channels": 8,
+    "channel_mults": [1, 2],
+    "num_res_blocks": 1,
+    "attention_resolutions": [],
+}
 
 
 def moons(out: Path, **overrides) -> dict:
-    options = dict(data="moons", model=MLP, batch_size=32, steps=2, warmup_steps=2, out=str(out), log_every=1,
-                   sample_every=0, checkpoint_every=1000)
+    options = dict(
+        data="moons",
+        model=MLP,
+        batch_size=32,
+        steps=2,
+        warmup_steps=2,
+        out=str(out),
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=1000,
+    )
     return options | overrides
 
 
@@ -77,6 +91,7 @@ def take_calls(recorder) -> list:
 
 # ----------------------------------------------------------------------------- gradient accumulation
 
+
 def test_grad_accum_feeds_micro_batches_and_gives_the_gradient_of_the_whole_batch(tmp_path, recorder):
     """grad_accum=2 runs two half batches per step whose summed gradient is that of the full batch."""
     one = train(moons(tmp_path / "one"))
@@ -104,6 +119,7 @@ def test_grad_accum_feeds_micro_batches_and_gives_the_gradient_of_the_whole_batc
 
 # ----------------------------------------------------------------------------- gradient checkpointing
 
+
 def test_grad_checkpoint_recomputes_activations_and_keeps_the_gradients(tmp_path, recorder):
     """With --grad-checkpoint the U-Net's convolutions run again in the backward pass; gradients are unchanged."""
     plain = train(mnist(tmp_path / "plain"))
@@ -129,6 +145,7 @@ def test_without_grad_checkpoint_every_convolution_runs_once(tmp_path, recorder)
 
 # ----------------------------------------------------------------------------- precision
 
+
 @pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_precision_runs_the_forward_under_autocast_of_that_dtype(tmp_path, recorder, precision, dtype):
     """bf16/fp16: every training forward runs under CPU autocast of that dtype (the network's output has it);
@@ -145,6 +162,7 @@ def test_precision_runs_the_forward_under_autocast_of_that_dtype(tmp_path, recor
 
 # ----------------------------------------------------------------------------- EMA
 
+
 def test_ema_follows_the_warmed_up_decay_step_by_step(tmp_path):
     """Recompute the EMA from the raw weights saved after every step.
 
@@ -155,8 +173,7 @@ def test_ema_follows_the_warmed_up_decay_step_by_step(tmp_path):
     """
     decay = 0.3
     run = tmp_path / "run"
-    train(moons(run, model={"hidden": 32, "depth": 2}, steps=5, checkpoint_every=1, keep=10, lr=1e-2,
-                ema_decay=decay))
+    train(moons(run, model={"hidden": 32, "depth": 2}, steps=5, checkpoint_every=1, keep=10, lr=1e-2, ema_decay=decay))
     raw = {n: weights(run / f"step-{n:07d}.safetensors", "model") for n in range(1, 6)}
     ema = {n: weights(run / f"step-{n:07d}.safetensors", "ema") for n in range(1, 6)}
     for n in range(2, 6):
@@ -171,6 +188,7 @@ def test_ema_follows_the_warmed_up_decay_step_by_step(tmp_path):
 
 
 # ----------------------------------------------------------------------------- OT coupling
+
 
 def squared_cost(x0: torch.Tensor, x1: torch.Tensor, permutation) -> float:
     return float(((x0.flatten(1) - x1.flatten(1)[list(permutation)]) ** 2).sum())
@@ -196,7 +214,7 @@ def test_training_with_ot_coupling_pairs_noise_by_the_optimal_permutation(tmp_pa
     train(moons(tmp_path / "ot", coupling="ot"))
     calls = recorder.training_calls()
     assert len(pairings) == len(calls) == 2
-    for (x0, x1, permutation), call in zip(pairings, calls):
+    for (x0, x1, permutation), call in zip(pairings, calls, strict=True):
         assert not torch.equal(permutation, torch.arange(32))  # 32 random pairs are never already optimal
         t = call.t[:, None]
         assert torch.allclose(call.x, (1 - t) * x0 + t * x1[permutation], atol=1e-6)
@@ -204,6 +222,7 @@ def test_training_with_ot_coupling_pairs_noise_by_the_optimal_permutation(tmp_pa
 
 
 # ----------------------------------------------------------------------------- label dropout
+
 
 def test_label_dropout_feeds_the_null_class_at_its_rate(tmp_path, recorder):
     """With label_dropout p a label becomes the null class (index num_classes = 2 for moons) with probability p,
@@ -224,6 +243,7 @@ def test_label_dropout_feeds_the_null_class_at_its_rate(tmp_path, recorder):
 
 # ----------------------------------------------------------------------------- time sampling
 
+
 def normal_cdf(z: float) -> float:
     return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
@@ -242,8 +262,7 @@ KS_LIMIT = 1.95 / math.sqrt(1024)
 def test_logit_normal_times_reach_the_network(tmp_path, recorder):
     """time_sampling=logit-normal: logit(t) of the t the network sees is N(time_mean, time_std^2)."""
     mean, std = 0.5, 0.5
-    train(moons(tmp_path / "run", time_sampling="logit-normal", time_mean=mean, time_std=std, batch_size=64,
-                steps=16))
+    train(moons(tmp_path / "run", time_sampling="logit-normal", time_mean=mean, time_std=std, batch_size=64, steps=16))
     t = torch.cat([call.t for call in recorder.training_calls()]).double()
     assert len(t) == 1024 and ((t > 0) & (t < 1)).all()
     logit = torch.log(t / (1 - t))

@@ -47,17 +47,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@pytest.mark.parametrize("edit, fragments", [
-    ({"model": {"base_channels": 200_000}}, ["has shape", "needs", "metadata was edited"]),
-    ({"model": {"channel_mults": [1, 2, 2]}}, ["do not match the model config"]),
-    ({"data": {"shape": [1, 100_000, 100_000]}}, ["more than fm accepts"]),
-    ({"data": {"shape": [1, 32, 32]}}, ["does not fit together", "[batch, 1, 28, 28]"]),
-    ({"data": {"shape": "huge"}}, ["invalid data shape"]),
-    ({"model": {"name": "no-such-model"}}, ["unknown model"]),
-    ({"model": {"base_chanels": 8}}, ["unexpected keyword", "base_chanels"]),
-])
-def test_a_checkpoint_that_lies_about_its_model_is_refused_before_allocating(tiny_checkpoint, tmp_path, edit,
-                                                                              fragments):
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        ({"model": {"base_channels": 200_000}}, ["has shape", "needs", "metadata was edited"]),
+        ({"model": {"channel_mults": [1, 2, 2]}}, ["do not match the model config"]),
+        ({"data": {"shape": [1, 100_000, 100_000]}}, ["more than fm accepts"]),
+        ({"data": {"shape": [1, 32, 32]}}, ["does not fit together", "[batch, 1, 28, 28]"]),
+        ({"data": {"shape": "huge"}}, ["invalid data shape"]),
+        ({"model": {"name": "no-such-model"}}, ["unknown model"]),
+        ({"model": {"base_chanels": 8}}, ["unexpected keyword", "base_chanels"]),
+    ],
+)
+def test_a_checkpoint_that_lies_about_its_model_is_refused_before_allocating(
+    tiny_checkpoint, tmp_path, edit, fragments
+):
     path = forged(tiny_checkpoint, tmp_path, **edit)
     before = peak_rss_mb()
     one_line_error(fm("sample", path, "--num", "4", "--steps", "1", "--out", tmp_path / "x.png"), *fragments)
@@ -71,14 +75,17 @@ def test_sample_and_info_still_read_an_honest_checkpoint(tiny_checkpoint, tmp_pa
     assert fm("info", tiny_checkpoint).exit_code == 0
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--rtol", "0", "--atol", "0"], ["--rtol", "between 0 and 1"]),
-    (["--solver", "dopri5", "--atol", "-1"], ["--atol"]),
-    (["--steps", "0"], ["--steps must be at least 1"]),
-    (["--time-grid", "log"], ["--time-grid", "uniform, quadratic, cosine"]),
-    (["--batch-size", "0"], ["--batch-size"]),
-    (["--cfg", "nan"], ["--cfg"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--rtol", "0", "--atol", "0"], ["--rtol", "between 0 and 1"]),
+        (["--solver", "dopri5", "--atol", "-1"], ["--atol"]),
+        (["--steps", "0"], ["--steps must be at least 1"]),
+        (["--time-grid", "log"], ["--time-grid", "uniform, quadratic, cosine"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--cfg", "nan"], ["--cfg"]),
+    ],
+)
 def test_sampling_options_are_refused_where_declared_by_every_command(tiny_checkpoint, tmp_path, args, fragments):
     for command, out in (("sample", "x.png"), ("animate", "x.gif")):
         one_line_error(fm(command, tiny_checkpoint, *args, "--out", tmp_path / out), *fragments)
@@ -98,8 +105,9 @@ def test_image_size_out_of_range_is_one_line_and_writes_nothing(tmp_path, monkey
 def test_eval_refuses_too_few_samples_before_any_work(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("FM_CACHE_DIR", str(tmp_path / "cache"))
     one_line_error(fm("eval", tiny_checkpoint, "--num", "1"), "--num must be at least 2")
-    one_line_error(fm("eval", tiny_checkpoint, "--num", "50", "--extractor", "classifier"),
-                   "needs at least 129 samples")
+    one_line_error(
+        fm("eval", tiny_checkpoint, "--num", "50", "--extractor", "classifier"), "needs at least 129 samples"
+    )
     assert not (tmp_path / "cache").exists()  # no classifier was trained, no reference features computed
 
 

@@ -16,22 +16,33 @@ TOYS = {  # name -> description; the samplers are fmcli.data.toys.TOYS
 
 @hookimpl
 def fm_register_datasets(register):
-    register(DatasetSpec(
-        name="mnist",
-        description="MNIST digits, 28x28 grayscale, 60,000 train / 10,000 test (IDX files, downloaded if absent)",
-        kind="image",
-        splits=("train", "test"),
-        load=lazy_callable("fmcli.data.mnist:load_mnist"),
-    ))
-    register(DatasetSpec(
-        name="mnist-mini",
-        description="10,000 train / 2,000 test real MNIST digits, balanced, shipped with fm (no download)",
-        kind="image",
-        splits=("train", "test"),
-        load=lazy_callable("fmcli.data.mini:load_mnist_mini"),
-        # Sized for the README's first command: about 4 minutes on 2 CPU cores.
-        train_defaults={"steps": 350, "batch_size": 64, "warmup_steps": 50},
-    ))
+    register(
+        DatasetSpec(
+            name="mnist",
+            description="MNIST digits, 28x28 grayscale, 60,000 train / 10,000 test (IDX files, downloaded if absent)",
+            kind="image",
+            splits=("train", "test"),
+            load=lazy_callable("fmcli.data.mnist:load_mnist"),
+        )
+    )
+    register(
+        DatasetSpec(
+            name="mnist-mini",
+            description="10,000 train / 2,000 test real MNIST digits, balanced, shipped with fm (no download)",
+            kind="image",
+            splits=("train", "test"),
+            load=lazy_callable("fmcli.data.mini:load_mnist_mini"),
+            # Sized for the README's first command: about 4 minutes on 2 CPU cores.
+            train_defaults={"steps": 350, "batch_size": 64, "warmup_steps": 50},
+        )
+    )
     for name, description in TOYS.items():
-        register(DatasetSpec(name=name, description=description, kind="points", splits=("train", "test"),
-                             load=lazy_callable("fmcli.data.toys:load_toy", name)))
+        register(
+            DatasetSpec(
+                name=name,
+                description=description,
+                kind="points",
+                splits=("train", "test"),
+                load=lazy_callable("fmcli.data.toys:load_toy", name),
+            )
+        )

@@ -98,37 +98,63 @@ def solver_help() -> str:
 
 
 def dataset_help() -> str:
-    return (f"A registered data set ({registered_names(registry.datasets)}) or a folder of images "
-            f"(sub-folders = classes).")
+    return (
+        f"A registered data set ({registered_names(registry.datasets)}) or a folder of images (sub-folders = classes)."
+    )
 
 
 # --- options several commands share ---------------------------------------------------------------
 
 CheckpointArgument = Annotated[
-    Path, typer.Argument(help="A .safetensors checkpoint or a run folder (uses its last.safetensors).")]
+    Path, typer.Argument(help="A .safetensors checkpoint or a run folder (uses its last.safetensors).")
+]
 WeightsOption = Annotated[str, typer.Option(help="ema (the default, smoother) or raw weights.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
-CFG_HELP = ("Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
-            "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch). "
-            "[default: 2 for fm sample/animate with --class on a model trained with label dropout; else 1, and "
-            "always 1 in fm eval so FID measures the model itself]")
+CFG_HELP = (
+    "Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
+    "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch). "
+    "[default: 2 for fm sample/animate with --class on a model trained with label dropout; else 1, and "
+    "always 1 in fm eval so FID measures the model itself]"
+)
 
 # field of SamplingOptions -> (its command-line option, its default). The defaults are those of
 # SamplingOptions (tests/test_cli.py checks they agree); cfg None means "the default for the request".
 SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "solver": (Annotated[str, typer.Option(help=solver_help(),
-                                           autocompletion=registry.completer(registry.solvers))], "heun"),
-    "steps": (Annotated[int, typer.Option(help="Steps of a fixed-step solver (NFE = steps x evaluations per step; "
-                                               "adaptive solvers choose their own).")], 20),
-    "time_grid": (Annotated[str, typer.Option(help=f"Time grid of fixed-step solvers: {', '.join(TIME_GRIDS)} "
-                                                   "(the last two are dense near t = 0, the data end).")], "uniform"),
+    "solver": (
+        Annotated[str, typer.Option(help=solver_help(), autocompletion=registry.completer(registry.solvers))],
+        "heun",
+    ),
+    "steps": (
+        Annotated[
+            int,
+            typer.Option(
+                help="Steps of a fixed-step solver (NFE = steps x evaluations per step; "
+                "adaptive solvers choose their own)."
+            ),
+        ],
+        20,
+    ),
+    "time_grid": (
+        Annotated[
+            str,
+            typer.Option(
+                help=f"Time grid of fixed-step solvers: {', '.join(TIME_GRIDS)} "
+                "(the last two are dense near t = 0, the data end)."
+            ),
+        ],
+        "uniform",
+    ),
     "rtol": (Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers, in (0, 1).")], 1e-5),
     "atol": (Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers, in (0, 1).")], 1e-5),
     "cfg": (Annotated[Optional[float], typer.Option(help=CFG_HELP, show_default=False)], None),
-    "seed": (Annotated[int, typer.Option(help="Seed of the noise: the same checkpoint, seed and options give the "
-                                              "same samples.")], 0),
+    "seed": (
+        Annotated[
+            int, typer.Option(help="Seed of the noise: the same checkpoint, seed and options give the same samples.")
+        ],
+        0,
+    ),
     "batch_size": (Annotated[int, typer.Option(help="Samples per solver call (memory vs speed).")], 500),
 }
 
@@ -142,8 +168,15 @@ def sampling_options(*, exclude: tuple[str, ...] = (), defaults: dict[str, Any] 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command)
         names = [name for name in SAMPLING_OPTIONS if name not in exclude]
-        options = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=SAMPLING_OPTIONS[name][0],
-                                     default=defaults.get(name, SAMPLING_OPTIONS[name][1])) for name in names]
+        options = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=SAMPLING_OPTIONS[name][0],
+                default=defaults.get(name, SAMPLING_OPTIONS[name][1]),
+            )
+            for name in names
+        ]
         parameters = []
         for parameter in signature.parameters.values():  # the options go where ``sampling`` was
             if parameter.name == "sampling":

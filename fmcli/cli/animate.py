@@ -18,31 +18,56 @@ from fmcli.cli._common import (
 )
 from fmcli.errors import FMError
 
-SHOW_HELP = ("x: the state x_t; x0: the model's current guess of the final image, x̂0 = x_t - t v(x_t, t), sharp "
-             "long before x_t is (one extra model evaluation per frame); both: the two side by side.")
+SHOW_HELP = (
+    "x: the state x_t; x0: the model's current guess of the final image, x̂0 = x_t - t v(x_t, t), sharp "
+    "long before x_t is (one extra model evaluation per frame); both: the two side by side."
+)
 
 
 @cli_errors
 @sampling_options()
 def animate_command(
     checkpoint: CheckpointArgument,
-    out: Annotated[Path, typer.Option(help="Output: name.gif (an animation) or name.png (a filmstrip of frames side by "
-                                           "side). Its folder must exist; the file is written only when complete.")
-                   ] = Path("animation.gif"),
-    class_: Annotated[Optional[str], typer.Option(
-        "--class", help="Class index, class name, or 'all' (one grid row per class).")] = None,
-    num: Annotated[Optional[int], typer.Option(help="Images in the grid (default 16); with --class all, images PER "
-                                                    "CLASS (default 8). 2-D data: particles (default 512).")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Frames, evenly spaced in t from 1 (noise) to 0 (data), "
-                                                       "2..1000 (default 40 for a GIF, 8 for a filmstrip).")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output: name.gif (an animation) or name.png (a filmstrip of frames side by "
+            "side). Its folder must exist; the file is written only when complete."
+        ),
+    ] = Path("animation.gif"),
+    class_: Annotated[
+        Optional[str], typer.Option("--class", help="Class index, class name, or 'all' (one grid row per class).")
+    ] = None,
+    num: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Images in the grid (default 16); with --class all, images PER "
+            "CLASS (default 8). 2-D data: particles (default 512)."
+        ),
+    ] = None,
+    frames: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Frames, evenly spaced in t from 1 (noise) to 0 (data), "
+            "2..1000 (default 40 for a GIF, 8 for a filmstrip)."
+        ),
+    ] = None,
     fps: Annotated[int, typer.Option(help="Frames per second, 1..50 (GIF delays are whole centiseconds).")] = 12,
     hold: Annotated[float, typer.Option(help="Extra seconds on the final frame (0..60).")] = 1.5,
     loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Repeat forever, or play once.")] = True,
-    scale: Annotated[int, typer.Option(help="Integer nearest-neighbour magnification of images, 1..16; a 2-D plot "
-                                            "is 128 x scale pixels square.")] = 4,
+    scale: Annotated[
+        int,
+        typer.Option(
+            help="Integer nearest-neighbour magnification of images, 1..16; a 2-D plot is 128 x scale pixels square."
+        ),
+    ] = 4,
     show: Annotated[str, typer.Option(help=SHOW_HELP)] = "x",
-    nrow: Annotated[Optional[int], typer.Option(help="Images per grid row (default: one row per class with --class "
-                                                     "all, else near square, as in fm sample).")] = None,
+    nrow: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Images per grid row (default: one row per class with --class all, else near square, as in fm sample)."
+        ),
+    ] = None,
     sampling=None,
     weights: WeightsOption = "ema",
     device: DeviceOption = "auto",
@@ -66,15 +91,28 @@ def animate_command(
 
       fm animate runs/toy/last.safetensors --out flow.gif
     """
-    from fmcli.animate import DEFAULT_FRAMES, AnimationSettings, check_settings, output_kind, render_animation
-    from fmcli.animate import write_animation
+    from fmcli.animate import (
+        DEFAULT_FRAMES,
+        AnimationSettings,
+        check_settings,
+        output_kind,
+        render_animation,
+        write_animation,
+    )
     from fmcli.checkpoint import load_checkpoint
     from fmcli.device import resolve_device
     from fmcli.sampling import parse_classes
 
     kind = output_kind(out)
-    settings = AnimationSettings(frames=frames if frames is not None else DEFAULT_FRAMES[kind], fps=fps, hold=hold,
-                                 loop=loop, scale=scale, show=show, nrow=nrow)
+    settings = AnimationSettings(
+        frames=frames if frames is not None else DEFAULT_FRAMES[kind],
+        fps=fps,
+        hold=hold,
+        loop=loop,
+        scale=scale,
+        show=show,
+        nrow=nrow,
+    )
     check_settings(settings)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     points = loaded.meta.data["kind"] == "points"
@@ -91,17 +129,38 @@ def animate_command(
     with progress_bar() as bar:
         tasks = {"solve": bar.add_task("solve", total=total), "render": bar.add_task("render", total=settings.frames)}
         animation = render_animation(
-            loaded, sampling, num=total, classes=classes, settings=settings,
-            progress=lambda stage, done, count: bar.update(tasks[stage], completed=done, total=count))
+            loaded,
+            sampling,
+            num=total,
+            classes=classes,
+            settings=settings,
+            progress=lambda stage, done, count: bar.update(tasks[stage], completed=done, total=count),
+        )
     size = write_animation(out, animation, settings)
     width, height = animation.frames[0].size
-    summary = {"out": str(out), "format": kind, "frames": len(animation.frames), "fps": fps if kind == "gif" else None,
-               "width": width, "height": height, "bytes": size, "num": total, "class": class_, "show": show,
-               "solver": sampling.solver, "steps": sampling.steps, "nfe": animation.nfe,
-               "extra_nfe": animation.extra_nfe, "seed": sampling.seed, "seconds": round(animation.seconds, 3)}
+    summary = {
+        "out": str(out),
+        "format": kind,
+        "frames": len(animation.frames),
+        "fps": fps if kind == "gif" else None,
+        "width": width,
+        "height": height,
+        "bytes": size,
+        "num": total,
+        "class": class_,
+        "show": show,
+        "solver": sampling.solver,
+        "steps": sampling.steps,
+        "nfe": animation.nfe,
+        "extra_nfe": animation.extra_nfe,
+        "seed": sampling.seed,
+        "seconds": round(animation.seconds, 3),
+    }
     if json_output:
         print_json(summary)
     else:
-        err_console.print(f"wrote {out} ({len(animation.frames)} frames of {width}x{height}, {size / 1024:.0f} KB; "
-                          f"{sampling.solver}, NFE {animation.nfe} + {animation.extra_nfe} for the pictures)",
-                          highlight=False)
+        err_console.print(
+            f"wrote {out} ({len(animation.frames)} frames of {width}x{height}, {size / 1024:.0f} KB; "
+            f"{sampling.solver}, NFE {animation.nfe} + {animation.extra_nfe} for the pictures)",
+            highlight=False,
+        )

@@ -21,10 +21,16 @@ app = typer.Typer(
 @cli_errors
 def prepare_command(
     folder: Annotated[Path, typer.Argument(help="A folder of images (sub-folders = classes).")],
-    image_size: Annotated[int, typer.Option(help="Resize the shorter side to this and centre-crop; use the same "
-                                                 "value as `fm train --image-size`.")] = DEFAULT_IMAGE_SIZE,
-    channels: Annotated[Optional[int], typer.Option(help="Force 1 (grayscale) or 3 (RGB); default: from the "
-                                                         "images, as `fm train` does.")] = None,
+    image_size: Annotated[
+        int,
+        typer.Option(
+            help="Resize the shorter side to this and centre-crop; use the same value as `fm train --image-size`."
+        ),
+    ] = DEFAULT_IMAGE_SIZE,
+    channels: Annotated[
+        Optional[int],
+        typer.Option(help="Force 1 (grayscale) or 3 (RGB); default: from the images, as `fm train` does."),
+    ] = None,
 ) -> None:
     """Decode every image of FOLDER once into the cache, so `fm train` maps it instead of decoding.
 
@@ -41,24 +47,35 @@ def prepare_command(
 
     with progress_bar() as bar:
         task = bar.add_task("decoding", total=None)
-        info = prepare_folder(folder, LoadOptions(image_size=image_size, channels=channels),
-                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+        info = prepare_folder(
+            folder,
+            LoadOptions(image_size=image_size, channels=channels),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     if info.skipped:
         examples = ", ".join(info.skipped_examples or [])
-        err_console.print(f"warning: skipped {info.skipped} unreadable file(s), e.g. {examples}", markup=False,
-                          highlight=False)
+        err_console.print(
+            f"warning: skipped {info.skipped} unreadable file(s), e.g. {examples}", markup=False, highlight=False
+        )
     shape = "x".join(str(n) for n in info.shape)
     what = "already cached" if info.already_cached else "cached"
     classes = f", {len(info.class_names)} classes" if info.class_names else ""
-    console.print(f"{what} {info.count} images of {shape}{classes}: {format_bytes(info.size_bytes)} at {info.path}",
-                  soft_wrap=True, highlight=False)
+    console.print(
+        f"{what} {info.count} images of {shape}{classes}: {format_bytes(info.size_bytes)} at {info.path}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @app.command("info")
 @cli_errors
 def info_command(
-    folder: Annotated[Optional[Path], typer.Argument(help="Only this folder's entries (and whether they still "
-                                                          "match its files). Default: every cached folder.")] = None,
+    folder: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Only this folder's entries (and whether they still match its files). Default: every cached folder."
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the entries as a JSON list.")] = False,
 ) -> None:
     """List cached image folders: images, shape, classes, size on disk, and whether each is current.
@@ -89,7 +106,13 @@ def info_command(
             state = f"damaged ({entry.problem}): rebuilt on next load"
         else:
             state = {True: "current", False: "stale: files changed", None: "-"}[entry.current]
-        table.add_row(entry.source or entry.path.name, str(entry.count), "x".join(map(str, entry.shape)) or "-",
-                      str(len(entry.class_names)) if entry.class_names else "-", str(entry.skipped),
-                      format_bytes(entry.size_bytes), state)
+        table.add_row(
+            entry.source or entry.path.name,
+            str(entry.count),
+            "x".join(map(str, entry.shape)) or "-",
+            str(len(entry.class_names)) if entry.class_names else "-",
+            str(entry.skipped),
+            format_bytes(entry.size_bytes),
+            state,
+        )
     console.print(table)

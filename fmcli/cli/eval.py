@@ -10,7 +10,6 @@ from rich.table import Table
 from fmcli import registry
 from fmcli.cli._common import (
     DeviceOption,
-    JsonOption,
     WeightsOption,
     cli_errors,
     console,
@@ -23,9 +22,11 @@ from fmcli.cli._common import (
 from fmcli.errors import FMError
 
 METRICS = ("fid", "kid", "pr")  # fmcli.eval.run.METRICS, named here without importing torch
-EXTRACTOR_HELP = ("Feature network: classifier (trained on the data set on first use, cached; default for MNIST and "
-                  "other 1-channel/small images), inception (FID Inception-v3, comparable to papers; default for RGB "
-                  ">= 32x32; needs pip install 'fmcli[inception]'), points (2-D toys). `fm plugins` lists all.")
+EXTRACTOR_HELP = (
+    "Feature network: classifier (trained on the data set on first use, cached; default for MNIST and "
+    "other 1-channel/small images), inception (FID Inception-v3, comparable to papers; default for RGB "
+    ">= 32x32; needs pip install 'fmcli[inception]'), points (2-D toys). `fm plugins` lists all."
+)
 
 
 class _StageProgress:
@@ -40,38 +41,100 @@ class _StageProgress:
         self.bar.update(self.tasks[stage], completed=done, total=total)
 
 
-# fmt: off
 @cli_errors
 @sampling_options(exclude=("steps",), defaults={"cfg": 1.0})
 def eval_command(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="A .safetensors checkpoint or a run folder (uses its last.safetensors). Omit with --real.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Data set to score against (default: the checkpoint's own); with --real, the data set to score.")] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Argument(help="A .safetensors checkpoint or a run folder (uses its last.safetensors). Omit with --real."),
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Data set to score against (default: the checkpoint's own); with --real, the data set to score."
+        ),
+    ] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where data files live (else $FM_DATA_DIR).")] = None,
-    num: Annotated[int, typer.Option(help="Number of generated samples (every figure states it). FID needs more than the feature dimension (129 for the classifier, 2049 for Inception).")] = 5000,
+    num: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "Number of generated samples (every figure states it). FID needs more than the feature "
+                "dimension (129 for the classifier, 2049 for Inception)."
+            )
+        ),
+    ] = 5000,
     metrics: Annotated[str, typer.Option(help="Comma-separated: fid, kid, pr (precision/recall).")] = ",".join(METRICS),
-    extractor: Annotated[Optional[str], typer.Option(help=EXTRACTOR_HELP, autocompletion=registry.completer(registry.feature_extractors))] = None,
-    inception_weights: Annotated[Optional[Path], typer.Option(help="Local pt_inception-2015-12-05-6726825d.pth (or its safetensors conversion); otherwise downloaded once into the cache.")] = None,
+    extractor: Annotated[
+        Optional[str], typer.Option(help=EXTRACTOR_HELP, autocompletion=registry.completer(registry.feature_extractors))
+    ] = None,
+    inception_weights: Annotated[
+        Optional[Path],
+        typer.Option(
+            help=(
+                "Local pt_inception-2015-12-05-6726825d.pth (or its safetensors conversion); otherwise "
+                "downloaded once into the cache."
+            )
+        ),
+    ] = None,
     k: Annotated[int, typer.Option(help="Neighbours defining the k-NN manifolds of precision/recall.")] = 3,
     kid_subsets: Annotated[int, typer.Option(help="Random subsets KID is averaged over (its ± is their std).")] = 100,
     kid_subset_size: Annotated[int, typer.Option(help="Samples per KID subset (capped at the sample count).")] = 1000,
-    steps: Annotated[str, typer.Option(help="Steps of a fixed-step solver (NFE = steps x evaluations per step); with --sweep a list, e.g. 2,5,10,20.")] = "20",
+    steps: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Steps of a fixed-step solver (NFE = steps x evaluations per step); with --sweep a list, "
+                "e.g. 2,5,10,20."
+            )
+        ),
+    ] = "20",
     sampling=None,
     weights: WeightsOption = "ema",
     device: DeviceOption = "auto",
-    real: Annotated[bool, typer.Option("--real", help="Score real TRAIN images (same count) against the test split: the floor a model can reach.")] = False,
-    nll: Annotated[bool, typer.Option("--nll", help="Also report the negative log-likelihood of test items (bits/dim for images).")] = False,
+    real: Annotated[
+        bool,
+        typer.Option(
+            "--real", help="Score real TRAIN images (same count) against the test split: the floor a model can reach."
+        ),
+    ] = False,
+    nll: Annotated[
+        bool,
+        typer.Option("--nll", help="Also report the negative log-likelihood of test items (bits/dim for images)."),
+    ] = False,
     nll_samples: Annotated[int, typer.Option(help="Test items for --nll.")] = 500,
     nll_solver: Annotated[str, typer.Option(help="Solver of the likelihood ODE (data t=0 -> noise t=1).")] = "dopri5",
     nll_steps: Annotated[int, typer.Option(help="Steps for a fixed-step --nll-solver.")] = 20,
-    probes: Annotated[int, typer.Option(help="Hutchinson probes per item (more: lower variance; the spread is reported).")] = 1,
-    sweep_solvers: Annotated[Optional[str], typer.Option("--sweep", help="Comma-separated solvers to compare, e.g. euler,heun,dopri5: every fixed-step solver runs at every --steps value, adaptive ones once per --rtols value.")] = None,
-    rtols: Annotated[Optional[str], typer.Option(help="Tolerances for adaptive solvers in a sweep, e.g. 1e-3,1e-5 (default: --rtol).")] = None,
+    probes: Annotated[
+        int, typer.Option(help="Hutchinson probes per item (more: lower variance; the spread is reported).")
+    ] = 1,
+    sweep_solvers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--sweep",
+            help=(
+                "Comma-separated solvers to compare, e.g. euler,heun,dopri5: every fixed-step solver runs"
+                " at every --steps value, adaptive ones once per --rtols value."
+            ),
+        ),
+    ] = None,
+    rtols: Annotated[
+        Optional[str],
+        typer.Option(help="Tolerances for adaptive solvers in a sweep, e.g. 1e-3,1e-5 (default: --rtol)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for sweep.json and sweep.png.")] = Path("eval"),
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache of classifiers, weights and reference features (default $FM_CACHE_DIR or ~/.cache/fmcli).")] = None,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Cache of classifiers, weights and reference features (default $FM_CACHE_DIR or ~/.cache/fmcli)."
+        ),
+    ] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download (data or Inception weights).")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object with every figure, its sample count and the options.")] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object with every figure, its sample count and the options."),
+    ] = False,
 ) -> None:
-    # fmt: on
     """Score a model: FID, KID and precision/recall against the test split, class accuracy, likelihood.
 
     Examples:
@@ -102,10 +165,20 @@ def eval_command(
     if not real and checkpoint is None:
         raise FMError("give a checkpoint to evaluate, or --real --data NAME for the real-data floor")
     options = EvalOptions(
-        num_samples=num, metrics=tuple(parse_list(metrics, "--metrics")), extractor=extractor, k=k,
-        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, sampling=replace(sampling, steps=step_counts[0]),
-        weights=weights, device=device, data=data, data_dir=data_dir, cache_dir=cache_dir,
-        inception_weights=inception_weights, download=not offline,
+        num_samples=num,
+        metrics=tuple(parse_list(metrics, "--metrics")),
+        extractor=extractor,
+        k=k,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        sampling=replace(sampling, steps=step_counts[0]),
+        weights=weights,
+        device=device,
+        data=data,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        inception_weights=inception_weights,
+        download=not offline,
         nll=NLLOptions(samples=nll_samples, solver=nll_solver, steps=nll_steps, probes=probes) if nll else None,
     )
     with progress_bar() as bar:
@@ -133,27 +206,47 @@ def _print_report(report: dict) -> None:
     table = Table(title=f"fm eval: {title}", title_justify="left")
     for column in ("figure", "value", "samples", "notes"):
         # Figures and numbers never wrap (a split "0.9" reads as two numbers); the notes fold.
-        table.add_column(column, justify="right" if column in ("value", "samples") else "left",
-                         no_wrap=column != "notes", overflow="fold" if column == "notes" else None)
+        table.add_column(
+            column,
+            justify="right" if column in ("value", "samples") else "left",
+            no_wrap=column != "notes",
+            overflow="fold" if column == "notes" else None,
+        )
     metrics = report["metrics"]
     ref = report["reference"]["num_items"]
     if "fid" in metrics:
-        table.add_row("FID", _fmt(metrics["fid"]["value"]), str(metrics["fid"]["num_samples"]),
-                      f"vs {ref} test items (biased upwards at small N)")
+        table.add_row(
+            "FID",
+            _fmt(metrics["fid"]["value"]),
+            str(metrics["fid"]["num_samples"]),
+            f"vs {ref} test items (biased upwards at small N)",
+        )
     if "kid" in metrics:
         kid = metrics["kid"]
-        table.add_row("KID", f"{kid['value']:.5f} ± {kid['std']:.5f}", str(kid["num_samples"]),
-                      f"unbiased; subsets of {kid['subset_size']}")
+        table.add_row(
+            "KID",
+            f"{kid['value']:.5f} ± {kid['std']:.5f}",
+            str(kid["num_samples"]),
+            f"unbiased; subsets of {kid['subset_size']}",
+        )
     for name in ("precision", "recall"):
         if name in metrics:
             entry = metrics[name]
             what = "fidelity" if name == "precision" else "diversity"
-            table.add_row(name, _fmt(entry["value"]), str(entry["num_samples"]),
-                          f"{what}; k={entry['k']}, {entry['num_reference']} real")
+            table.add_row(
+                name,
+                _fmt(entry["value"]),
+                str(entry["num_samples"]),
+                f"{what}; k={entry['k']}, {entry['num_reference']} real",
+            )
     conditional = report.get("conditional")
     if conditional:
-        table.add_row("class accuracy", f"{conditional['accuracy']:.2%}", str(conditional["num_samples"]),
-                      f"classifier test accuracy {_pct(conditional.get('classifier_test_accuracy'))}")
+        table.add_row(
+            "class accuracy",
+            f"{conditional['accuracy']:.2%}",
+            str(conditional["num_samples"]),
+            f"classifier test accuracy {_pct(conditional.get('classifier_test_accuracy'))}",
+        )
         per_class = "  ".join(f"{name}:{_pct(value, 0)}" for name, value in conditional["per_class"].items())
         table.add_row("  per class", "", "", per_class)
     histogram = report.get("class_histogram")
@@ -169,8 +262,12 @@ def _print_report(report: dict) -> None:
         table.add_row("NLL (bits/dim)", f"{nll['bits_per_dim']:.4f}{spread}", str(nll["num_samples"]), notes)
     sampling = report["sampling"]
     if not report.get("real"):
-        table.add_row("sampling", f"{sampling['seconds']:.2f} s", str(sampling["num_samples"]),
-                      f"{sampling['solver']}, steps {sampling['steps']}, NFE {sampling['nfe']}")
+        table.add_row(
+            "sampling",
+            f"{sampling['seconds']:.2f} s",
+            str(sampling["num_samples"]),
+            f"{sampling['solver']}, steps {sampling['steps']}, NFE {sampling['nfe']}",
+        )
     extractor = report["extractor"]
     note = f"{extractor['dim']}-d"
     if extractor.get("test_accuracy") is not None:
@@ -185,15 +282,19 @@ def _pct(value, digits: int = 2) -> str:
 
 
 def _print_sweep(report: dict) -> None:
-    table = Table(title=f"fm eval sweep: {report['checkpoint']} ({report['num_samples']} samples per run, "
-                        f"{report['extractor']['name']} features)", title_justify="left")
+    table = Table(
+        title=f"fm eval sweep: {report['checkpoint']} ({report['num_samples']} samples per run, "
+        f"{report['extractor']['name']} features)",
+        title_justify="left",
+    )
     names = [m for m in ("fid", "kid", "precision", "recall") if any(m in run for run in report["runs"])]
     for column in ["solver", "steps / rtol", "NFE", "seconds", *names]:
         table.add_column(column, justify="left" if column == "solver" else "right", no_wrap=True)
     for run in report["runs"]:
         budget = f"rtol {run['rtol']:g}" if run["adaptive"] else str(run["steps"])
-        table.add_row(run["solver"], budget, str(run["nfe"]), f"{run['seconds']:.2f}",
-                      *[_fmt(run.get(name)) for name in names])
+        table.add_row(
+            run["solver"], budget, str(run["nfe"]), f"{run['seconds']:.2f}", *[_fmt(run.get(name)) for name in names]
+        )
     console.print(table)
     for path in report.get("files", []):
         err_console.print(f"wrote {path}", highlight=False)

@@ -26,9 +26,17 @@ def info_command(
     tensors, meta = read_checkpoint(checkpoint)
     groups = sorted({name.split(".", 1)[0] for name in tensors})
     parameters = sum(t.numel() for name, t in tensors.items() if name.startswith("ema."))
-    payload = {"path": str(checkpoint), "format_version": meta.format_version, "step": meta.step,
-               "parameters": parameters, "tensor_groups": groups, "data": meta.data, "model_config": meta.model_config,
-               "label_dropout": meta.label_dropout, "train_config": meta.train_config}
+    payload = {
+        "path": str(checkpoint),
+        "format_version": meta.format_version,
+        "step": meta.step,
+        "parameters": parameters,
+        "tensor_groups": groups,
+        "data": meta.data,
+        "model_config": meta.model_config,
+        "label_dropout": meta.label_dropout,
+        "train_config": meta.train_config,
+    }
     if json_output:
         print_json(payload)
         return

@@ -11,19 +11,29 @@ from fmcli import registry
 from fmcli.cli._common import cli_errors, console, err_console, print_json
 from fmcli.plugins import BUILTIN_PLUGINS, failures, load_plugins, plugin_versions
 
-KINDS = {"solvers": "fm_register_solvers", "datasets": "fm_register_datasets", "models": "fm_register_models",
-         "feature_extractors": "fm_register_feature_extractors"}
+KINDS = {
+    "solvers": "fm_register_solvers",
+    "datasets": "fm_register_datasets",
+    "models": "fm_register_models",
+    "feature_extractors": "fm_register_feature_extractors",
+}
 SHORT_KIND = {"solvers": "solver", "datasets": "data set", "models": "model", "feature_extractors": "extractor"}
-TABLES = {"solvers": registry.solvers, "datasets": registry.datasets, "models": registry.models,
-          "feature_extractors": registry.feature_extractors}
+TABLES = {
+    "solvers": registry.solvers,
+    "datasets": registry.datasets,
+    "models": registry.models,
+    "feature_extractors": registry.feature_extractors,
+}
 
 
 def plugin_table() -> list[dict]:
     """One entry per plugin: its name, version and what it registers (the --json output)."""
     pm = load_plugins()
     versions = plugin_versions()
-    rows = {name: {"name": name, "version": versions.get(name, "?")} | {kind: [] for kind in KINDS}
-            for name, _ in pm.list_name_plugin()}
+    rows = {
+        name: {"name": name, "version": versions.get(name, "?")} | {kind: [] for kind in KINDS}
+        for name, _ in pm.list_name_plugin()
+    }
     for kind, hook in KINDS.items():
         for item, owner in registry.owners(hook).items():
             rows[owner][kind].append(item)
@@ -47,8 +57,9 @@ def item_rows() -> list[tuple[str, str, str, str, str]]:
 def items_table(rows: list[tuple[str, str, str, str, str]]) -> Table:
     """Kind, name, plugin and version never wrap (so `fm plugins | grep -w NAME` finds a whole line);
     the description takes the remaining width and folds."""
-    table = Table(title="fm plugins (--json: a list per plugin)", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+    table = Table(
+        title="fm plugins (--json: a list per plugin)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     for index, column in enumerate(("kind", "name", "plugin", "version")):
         widest = max([len(column)] + [len(row[index]) for row in rows])
         table.add_column(column, no_wrap=True, min_width=widest)

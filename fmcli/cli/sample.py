@@ -23,10 +23,13 @@ from fmcli.errors import FMError
 @sampling_options()
 def sample_command(
     checkpoint: CheckpointArgument,
-    out: Annotated[Path, typer.Option(help="Output: grid.png, samples.npz, or a folder of PNGs.")] = Path("samples.png"),
+    out: Annotated[Path, typer.Option(help="Output: grid.png, samples.npz, or a folder of PNGs.")] = Path(
+        "samples.png"
+    ),
     num: Annotated[int, typer.Option(help="Number of samples.")] = 64,
-    class_: Annotated[Optional[str], typer.Option(
-        "--class", help="Class index, class name, or 'all' (an equal number per class).")] = None,
+    class_: Annotated[
+        Optional[str], typer.Option("--class", help="Class index, class name, or 'all' (an equal number per class).")
+    ] = None,
     sampling=None,
     weights: WeightsOption = "ema",
     format: Annotated[Optional[str], typer.Option(help="png, folder or npz (default: from --out).")] = None,
@@ -61,18 +64,30 @@ def sample_command(
         out.mkdir(parents=True, exist_ok=True)
     with progress_bar() as bar:
         task = bar.add_task("sample", total=num)
-        result = generate(loaded, sampling, num=num, classes=classes,
-                          progress=lambda done, total: bar.update(task, completed=done))
+        result = generate(
+            loaded, sampling, num=num, classes=classes, progress=lambda done, total: bar.update(task, completed=done)
+        )
     if loaded.meta.data["kind"] == "image":
         written = write_samples(out, to_uint8(result.samples), result.labels, fmt, nrow=nrow)
     else:
         written = write_samples(out, None, result.labels, fmt, points=result.samples)
-    summary = {"out": str(out), "files": len(written), "num": num, "solver": sampling.solver, "steps": sampling.steps,
-               "nfe": result.nfe, "seconds": round(result.seconds, 3),
-               "images_per_s": round(num / max(result.seconds, 1e-9), 1), "device": str(loaded.device),
-               "class": class_, "cfg": result.cfg, "seed": sampling.seed}
+    summary = {
+        "out": str(out),
+        "files": len(written),
+        "num": num,
+        "solver": sampling.solver,
+        "steps": sampling.steps,
+        "nfe": result.nfe,
+        "seconds": round(result.seconds, 3),
+        "images_per_s": round(num / max(result.seconds, 1e-9), 1),
+        "device": str(loaded.device),
+        "class": class_,
+        "cfg": result.cfg,
+        "seed": sampling.seed,
+    }
     if json_output:
         print_json(summary)
     else:
-        err_console.print(f"wrote {out} ({num} samples, {sampling.solver}, NFE {result.nfe}, "
-                          f"{result.seconds:.2f} s)", highlight=False)
+        err_console.print(
+            f"wrote {out} ({num} samples, {sampling.solver}, NFE {result.nfe}, {result.seconds:.2f} s)", highlight=False
+        )

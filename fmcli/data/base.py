@@ -18,23 +18,23 @@ __all__ = ["ArrayDataset", "DatasetSpec", "LoadOptions", "to_model_space", "to_u
 
 @dataclass
 class LoadOptions:
-    split: str = "train"                 # "train" or "test" where the data has them
-    data_dir: Path | None = None         # where files live (falls back to $FM_DATA_DIR)
-    image_size: int | None = None        # resize + centre-crop images to this size
-    channels: int | None = None          # force 1 (grayscale) or 3 (RGB)
-    num_samples: int | None = None       # for procedural data sets (toys)
-    seed: int = 0                        # for procedural data sets
-    download: bool = True                # may fetch official files when absent (never in tests)
-    cache: bool = True                   # image folders: decode once into a file under $FM_CACHE_DIR, then map it
+    split: str = "train"  # "train" or "test" where the data has them
+    data_dir: Path | None = None  # where files live (falls back to $FM_DATA_DIR)
+    image_size: int | None = None  # resize + centre-crop images to this size
+    channels: int | None = None  # force 1 (grayscale) or 3 (RGB)
+    num_samples: int | None = None  # for procedural data sets (toys)
+    seed: int = 0  # for procedural data sets
+    download: bool = True  # may fetch official files when absent (never in tests)
+    cache: bool = True  # image folders: decode once into a file under $FM_CACHE_DIR, then map it
 
 
 @dataclass
 class ArrayDataset:
     name: str
     split: str
-    kind: str                            # "image" or "points"
-    data: Tensor                         # uint8 [N, C, H, W] for images, float32 [N, D] for points
-    labels: Tensor | None = None         # int64 [N], or None when unlabelled
+    kind: str  # "image" or "points"
+    data: Tensor  # uint8 [N, C, H, W] for images, float32 [N, D] for points
+    labels: Tensor | None = None  # int64 [N], or None when unlabelled
     class_names: list[str] | None = None
     info: dict = field(default_factory=dict)  # e.g. skipped files, source path, content hash
 

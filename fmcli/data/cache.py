@@ -79,12 +79,12 @@ import PIL
 import torch
 
 from fmcli import __version__
-from fmcli.files import fsync_dir
 from fmcli.data import decode
 from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.data.folder import MAX_LISTED_SKIPS, FolderListing, check_folder, list_folder, none_readable
 from fmcli.errors import FMError
 from fmcli.eval.features import default_cache_dir
+from fmcli.files import fsync_dir
 
 try:
     import fcntl
@@ -98,13 +98,30 @@ HEADER = struct.Struct("<8sIIQIIQQQ32s")
 DATA_OFFSET = 4096
 SAMPLED_ROWS = 32
 SUFFIX = ".fmc"
-PROCESS_MIN_FILES = 128    # below this a pool costs more than it saves; decode in this process
-BATCH = 32                 # files per worker task
+PROCESS_MIN_FILES = 128  # below this a pool costs more than it saves; decode in this process
+BATCH = 32  # files per worker task
 MAX_WORKERS = 8
-COPY_CHUNK = 8 << 20       # bytes per read/write when widening gray rows to RGB
-REQUIRED_META = frozenset({"key", "source", "count", "channels", "image_size", "labelled", "class_names",
-                           "class_counts", "skipped", "ignored_top_level", "empty_classes", "channels_option",
-                           "created", "data_sha256", "sample_rows", "sample_sha256"})
+COPY_CHUNK = 8 << 20  # bytes per read/write when widening gray rows to RGB
+REQUIRED_META = frozenset(
+    {
+        "key",
+        "source",
+        "count",
+        "channels",
+        "image_size",
+        "labelled",
+        "class_names",
+        "class_counts",
+        "skipped",
+        "ignored_top_level",
+        "empty_classes",
+        "channels_option",
+        "created",
+        "data_sha256",
+        "sample_rows",
+        "sample_sha256",
+    }
+)
 
 Progress = Callable[[int, int], None]
 
@@ -122,25 +139,35 @@ class CacheInfo:
     """One cache file: what ``prepare_folder`` built and ``cached_folders`` lists."""
 
     path: Path
-    source: str = ""                          # the folder, absolute
-    size_bytes: int = 0                       # of the cache file
-    count: int = 0                            # images stored
-    shape: tuple[int, ...] = ()               # (C, S, S) per image
+    source: str = ""  # the folder, absolute
+    size_bytes: int = 0  # of the cache file
+    count: int = 0  # images stored
+    shape: tuple[int, ...] = ()  # (C, S, S) per image
     class_names: list[str] | None = None
-    skipped: int = 0                          # unreadable files left out
+    skipped: int = 0  # unreadable files left out
     skipped_examples: list[str] | None = None  # up to 5 "name: reason"
     key: str = ""
-    created: str = ""                         # UTC, ISO 8601
-    already_cached: bool = False              # prepare_folder: nothing had to be decoded
-    current: bool | None = None               # cached_folders(path): still matches the folder's files
-    problem: str | None = None                # why the file cannot be used (then it is rebuilt on next load)
+    created: str = ""  # UTC, ISO 8601
+    already_cached: bool = False  # prepare_folder: nothing had to be decoded
+    current: bool | None = None  # cached_folders(path): still matches the folder's files
+    problem: str | None = None  # why the file cannot be used (then it is rebuilt on next load)
 
     def to_json(self) -> dict:
-        return {"path": str(self.path), "source": self.source, "size_bytes": self.size_bytes, "count": self.count,
-                "shape": list(self.shape), "class_names": self.class_names, "skipped": self.skipped,
-                "skipped_examples": self.skipped_examples,
-                "key": self.key, "created": self.created, "already_cached": self.already_cached,
-                "current": self.current, "problem": self.problem}
+        return {
+            "path": str(self.path),
+            "source": self.source,
+            "size_bytes": self.size_bytes,
+            "count": self.count,
+            "shape": list(self.shape),
+            "class_names": self.class_names,
+            "skipped": self.skipped,
+            "skipped_examples": self.skipped_examples,
+            "key": self.key,
+            "created": self.created,
+            "already_cached": self.already_cached,
+            "current": self.current,
+            "problem": self.problem,
+        }
 
 
 @dataclass
@@ -170,9 +197,15 @@ def folder_id(root: Path, size: int, channels: int | None) -> str:
 def cache_key(listing: FolderListing, size: int, channels: int | None) -> str:
     """SHA-256 (hex) of the folder's files (relative path, size, mtime_ns) and the options shaping the pixels."""
     digest = hashlib.sha256()
-    shaping = {"format": FORMAT_VERSION, "decoder": decode.DECODER_VERSION, "pillow": PIL.__version__,
-               "size": size, "channels": channels, "labelled": listing.labelled,
-               "classes": [name for name, _ in listing.groups]}
+    shaping = {
+        "format": FORMAT_VERSION,
+        "decoder": decode.DECODER_VERSION,
+        "pillow": PIL.__version__,
+        "size": size,
+        "channels": channels,
+        "labelled": listing.labelled,
+        "classes": [name for name, _ in listing.groups],
+    }
     digest.update(json.dumps(shaping, sort_keys=True).encode() + b"\n")
     prefix = os.path.join(str(listing.root), "")
     for kind, files in (("image", listing.paths), ("ignored", listing.ignored)):
@@ -183,7 +216,7 @@ def cache_key(listing: FolderListing, size: int, channels: int | None) -> str:
                 size_and_time = f"{stat.st_size}\0{stat.st_mtime_ns}"
             except OSError:  # vanished since listed: the decoder will report it as skipped
                 size_and_time = "missing"
-            relative = text[len(prefix):] if text.startswith(prefix) else str(file.relative_to(listing.root))
+            relative = text[len(prefix) :] if text.startswith(prefix) else str(file.relative_to(listing.root))
             digest.update(f"{kind}\0{relative.replace(os.sep, '/')}\0{size_and_time}\n".encode())
     return digest.hexdigest()
 
@@ -443,15 +476,32 @@ class CacheWriter:
         for row in rows:
             handle.seek(DATA_OFFSET + row * row_bytes)
             sample.update(handle.read(row_bytes))
-        meta = {**meta, "count": self.count, "channels": self.channels, "image_size": self.size,
-                "data_sha256": self.hasher.hexdigest(), "sample_rows": rows, "sample_sha256": sample.hexdigest()}
+        meta = {
+            **meta,
+            "count": self.count,
+            "channels": self.channels,
+            "image_size": self.size,
+            "data_sha256": self.hasher.hexdigest(),
+            "sample_rows": rows,
+            "sample_sha256": sample.hexdigest(),
+        }
         meta_bytes = json.dumps(meta, sort_keys=True).encode()
         meta_offset = DATA_OFFSET + self.count * row_bytes
         handle.seek(meta_offset)
         self.write(meta_bytes)
         handle.truncate()
-        header = HEADER.pack(MAGIC, FORMAT_VERSION, 0, self.count, self.channels, self.size, DATA_OFFSET,
-                             meta_offset, len(meta_bytes), hashlib.sha256(meta_bytes).digest())
+        header = HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            0,
+            self.count,
+            self.channels,
+            self.size,
+            DATA_OFFSET,
+            meta_offset,
+            len(meta_bytes),
+            hashlib.sha256(meta_bytes).digest(),
+        )
         handle.seek(0)
         self.write(header + hashlib.sha256(header).digest())
         handle.flush()
@@ -470,8 +520,15 @@ class CacheWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def build(listing: FolderListing, size: int, channels: int | None, final: Path, key: str,
-          path_text: str, progress: Progress | None = None) -> None:
+def build(
+    listing: FolderListing,
+    size: int,
+    channels: int | None,
+    final: Path,
+    key: str,
+    path_text: str,
+    progress: Progress | None = None,
+) -> None:
     """Decode every image of ``listing`` into ``final`` (atomically); FMError when none is readable."""
     root, paths = listing.root, listing.paths
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
@@ -495,14 +552,24 @@ def build(listing: FolderListing, size: int, channels: int | None, final: Path, 
                     empty_classes.append(class_name)
         if writer.count == 0:
             raise none_readable(path_text, len(paths), skipped[0])
-        writer.finish({
-            "key": key, "source": str(root.resolve()), "labelled": listing.labelled, "channels_option": channels,
-            "class_names": class_names if listing.labelled else None, "class_counts": class_counts,
-            "skipped": {"count": len(skipped), "examples": skipped[:MAX_LISTED_SKIPS]},
-            "ignored_top_level": len(listing.ignored), "empty_classes": empty_classes, "files": len(paths),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "decoder": decode.DECODER_VERSION,
-            "pillow": PIL.__version__, "fmcli": __version__,
-        })
+        writer.finish(
+            {
+                "key": key,
+                "source": str(root.resolve()),
+                "labelled": listing.labelled,
+                "channels_option": channels,
+                "class_names": class_names if listing.labelled else None,
+                "class_counts": class_counts,
+                "skipped": {"count": len(skipped), "examples": skipped[:MAX_LISTED_SKIPS]},
+                "ignored_top_level": len(listing.ignored),
+                "empty_classes": empty_classes,
+                "files": len(paths),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "decoder": decode.DECODER_VERSION,
+                "pillow": PIL.__version__,
+                "fmcli": __version__,
+            }
+        )
         writer.commit()
     except BaseException:
         writer.discard()
@@ -541,8 +608,9 @@ def prune(folder: Path, fid: str, keep: Path, locked: bool) -> None:
             pass
 
 
-def ensure(listing: FolderListing, size: int, channels: int | None, path_text: str,
-           progress: Progress | None = None) -> tuple[Opened, str, str | None]:
+def ensure(
+    listing: FolderListing, size: int, channels: int | None, path_text: str, progress: Progress | None = None
+) -> tuple[Opened, str, str | None]:
     """(the mapped entry, "mapped" or "built", why an existing entry was replaced or None).
 
     CacheUnavailable when the cache folder cannot hold it; FMError when no image is readable.
@@ -571,8 +639,9 @@ def ensure(listing: FolderListing, size: int, channels: int | None, path_text: s
             needed = DATA_OFFSET + len(listing.paths) * (channels or 1) * size * size  # the least it can take
             free = shutil.disk_usage(folder).free
             if free < needed:
-                raise CacheUnavailable(f"{folder} has {format_bytes(free)} free, the images need at least "
-                                       f"{format_bytes(needed)}")
+                raise CacheUnavailable(
+                    f"{folder} has {format_bytes(free)} free, the images need at least {format_bytes(needed)}"
+                )
             build(listing, size, channels, final, key, path_text, progress)
             prune(folder, fid, final, locked)
             opened = map_cache(final, key)
@@ -585,8 +654,9 @@ def ensure(listing: FolderListing, size: int, channels: int | None, path_text: s
 # ---------------------------------------------------------------- what the loaders and the CLI call
 
 
-def load_cached(path: str | Path, listing: FolderListing, size: int, options: LoadOptions,
-                progress: Progress | None = None) -> ArrayDataset:
+def load_cached(
+    path: str | Path, listing: FolderListing, size: int, options: LoadOptions, progress: Progress | None = None
+) -> ArrayDataset:
     """The folder's data set with ``data`` mapped from its cache entry (built first when needed).
 
     Raises CacheUnavailable (``load_folder`` then decodes into memory) or FMError.
@@ -606,15 +676,28 @@ def load_cached(path: str | Path, listing: FolderListing, size: int, options: Lo
     info["cache"] = {"path": str(opened.path), "status": status}
     if replaced:
         info["cache"]["replaced"] = replaced
-    return ArrayDataset(name=str(path), split=options.split, kind="image", data=opened.data, labels=labels,
-                        class_names=meta["class_names"], info=info)
+    return ArrayDataset(
+        name=str(path),
+        split=options.split,
+        kind="image",
+        data=opened.data,
+        labels=labels,
+        class_names=meta["class_names"],
+        info=info,
+    )
 
 
 def describe_entry(meta: dict, path: Path, size_bytes: int) -> CacheInfo:
     return CacheInfo(
-        path=path, source=meta["source"], size_bytes=size_bytes, count=meta["count"],
-        shape=(meta["channels"], meta["image_size"], meta["image_size"]), class_names=meta["class_names"],
-        skipped=meta["skipped"]["count"], skipped_examples=meta["skipped"]["examples"], key=meta["key"],
+        path=path,
+        source=meta["source"],
+        size_bytes=size_bytes,
+        count=meta["count"],
+        shape=(meta["channels"], meta["image_size"], meta["image_size"]),
+        class_names=meta["class_names"],
+        skipped=meta["skipped"]["count"],
+        skipped_examples=meta["skipped"]["examples"],
+        key=meta["key"],
         created=meta["created"],
     )
 
@@ -673,8 +756,9 @@ def cached_folders(path: str | Path | None = None) -> list[CacheInfo]:
                     listing = list_folder(root, path)
                 except FMError:  # no image left: nothing cached is current
                     listing = False
-            entry.current = bool(listing) and cache_key(listing, meta["image_size"], meta["channels_option"]) \
-                == meta["key"]
+            entry.current = (
+                bool(listing) and cache_key(listing, meta["image_size"], meta["channels_option"]) == meta["key"]
+            )
         found.append(entry)
     return found
 

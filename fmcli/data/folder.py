@@ -125,8 +125,10 @@ def load_folder(
         try:
             return cache.load_cached(path, listing, size, options, progress)
         except cache.CacheUnavailable as error:  # e.g. a read-only home or a full disk: still train, say so once
-            warning = (f"image cache not used ({error}); decoding into memory instead "
-                       f"(set FM_CACHE_DIR to a writable folder with room for the images)")
+            warning = (
+                f"image cache not used ({error}); decoding into memory instead "
+                f"(set FM_CACHE_DIR to a writable folder with room for the images)"
+            )
     data = load_in_memory(path, listing, size, options)
     if warning:
         data.info["cache_warning"] = warning
@@ -145,7 +147,7 @@ def load_in_memory(path: str | Path, listing: FolderListing, size: int, options:
     position = 0
     for class_name, files in listing.groups:
         readable = []
-        for file, result in zip(files, results[position : position + len(files)]):
+        for file, result in zip(files, results[position : position + len(files)], strict=True):
             if isinstance(result, str):
                 skipped.append(f"{file.relative_to(root)}: {result}")
             else:

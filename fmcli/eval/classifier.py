@@ -21,11 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from fmcli.files import atomic_write_bytes
 from fmcli.data.base import ArrayDataset, to_model_space
 from fmcli.data.resolve import content_hash
 from fmcli.errors import FMError
 from fmcli.eval.features import ExtractorContext, Progress, cache_name
+from fmcli.files import atomic_write_bytes
 
 FEATURE_DIM = 128
 FORMAT = "fmcli-classifier"
@@ -45,7 +45,7 @@ class SmallCNN(nn.Module):
             _conv_block(width, 2 * width),
             nn.MaxPool2d(2),
             _conv_block(2 * width, 4 * width),
-            nn.AdaptiveMaxPool2d(3),   # any input size -> 3x3, so one network fits every image size
+            nn.AdaptiveMaxPool2d(3),  # any input size -> 3x3, so one network fits every image size
             nn.Flatten(),
             nn.Linear(4 * width * 9, FEATURE_DIM),
             nn.ReLU(inplace=True),
@@ -212,7 +212,7 @@ def _train_and_cache(context: ExtractorContext, train: ArrayDataset, train_hash:
         # No test split: hold out a tenth of the training images to measure accuracy.
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
         held = order[: max(1, len(train) // 10)]
-        kept = order[len(held):]
+        kept = order[len(held) :]
         held_images, held_labels, accuracy_split = images[held], labels[held], "held-out 10% of train"
         images, labels = images[kept], labels[kept]
     start = time.perf_counter()

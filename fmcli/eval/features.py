@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from fmcli.data.base import ArrayDataset
-from fmcli.specs import ExtractorSpec  # re-exported: plugins import it from here
 
 # progress(stage, done, total): core code reports work through this, never by printing.
 Progress = Callable[[str, int, int], None]
@@ -31,10 +30,10 @@ Progress = Callable[[str, int, int], None]
 
 class FeatureExtractor(Protocol):
     name: str
-    dim: int                 # length of each feature vector
-    identity: str            # names the network and its weights; part of every cache key
-    num_classes: int         # > 0 when ``logits`` gives the evaluated data set's classes
-    info: dict               # e.g. {"test_accuracy": 0.992} for the classifier
+    dim: int  # length of each feature vector
+    identity: str  # names the network and its weights; part of every cache key
+    num_classes: int  # > 0 when ``logits`` gives the evaluated data set's classes
+    info: dict  # e.g. {"test_accuracy": 0.992} for the classifier
 
     def embed(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """One batch of model-space images [B, C, H, W] on the extractor's device ->
@@ -46,13 +45,13 @@ class ExtractorContext:
     """What an extractor's ``load`` may need about the data and the environment."""
 
     dataset_name: str
-    shape: tuple[int, ...]                       # [C, H, W] of the evaluated images
-    splits: tuple[str, ...]                      # the data set's splits, e.g. ("train", "test")
-    load_split: Callable[[str], ArrayDataset]    # loads one split (same options as the evaluation)
+    shape: tuple[int, ...]  # [C, H, W] of the evaluated images
+    splits: tuple[str, ...]  # the data set's splits, e.g. ("train", "test")
+    load_split: Callable[[str], ArrayDataset]  # loads one split (same options as the evaluation)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    cache_dir: Path | None = None                # None: ``default_cache_dir()``
-    weights: Path | None = None                  # a local weights file (--inception-weights)
-    download: bool = True                        # may fetch weights when absent (never in tests)
+    cache_dir: Path | None = None  # None: ``default_cache_dir()``
+    weights: Path | None = None  # a local weights file (--inception-weights)
+    download: bool = True  # may fetch weights when absent (never in tests)
     progress: Progress | None = None
 
     @property

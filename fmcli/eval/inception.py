@@ -39,7 +39,7 @@ WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 )
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_SHA256_PREFIX = "6726825d"   # torch.hub convention: the name carries the hash's first 8 hex digits
+WEIGHTS_SHA256_PREFIX = "6726825d"  # torch.hub convention: the name carries the hash's first 8 hex digits
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 PACKAGE = "torch_fidelity"
@@ -47,9 +47,27 @@ INSTALL_HINT = "pip install 'fmcli[inception]'"
 
 # torch-fidelity's layers up to the final average pool, in the order its forward() applies them;
 # its ``fc`` (1008 ImageNet logits) is left out, as FID uses the pool features.
-BODY = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-        "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-        "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+BODY = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "MaxPool_1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "MaxPool_2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+    "AvgPool",
+)
 
 
 @functools.cache
@@ -63,8 +81,7 @@ def package_modules() -> tuple[types.ModuleType, str]:
     and ``sys.modules`` is then restored, so that a later ``import torch_fidelity`` runs as usual.
     """
     if PACKAGE in sys.modules and hasattr(sys.modules[PACKAGE], "__version__"):
-        return (importlib.import_module(f"{PACKAGE}.feature_extractor_inceptionv3"),
-                sys.modules[PACKAGE].__version__)
+        return (importlib.import_module(f"{PACKAGE}.feature_extractor_inceptionv3"), sys.modules[PACKAGE].__version__)
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.submodule_search_locations is None:
         raise FMError(f"the inception extractor needs torch-fidelity: {INSTALL_HINT}, or use --extractor classifier")
@@ -76,8 +93,9 @@ def package_modules() -> tuple[types.ModuleType, str]:
         module = importlib.import_module(f"{PACKAGE}.feature_extractor_inceptionv3")
         version = importlib.import_module(f"{PACKAGE}.version").__version__
     except (ImportError, AttributeError) as error:
-        raise FMError(f"cannot import torch-fidelity's Inception ({' '.join(str(error).split())[:120]}); "
-                      f"{INSTALL_HINT}") from None
+        raise FMError(
+            f"cannot import torch-fidelity's Inception ({' '.join(str(error).split())[:120]}); {INSTALL_HINT}"
+        ) from None
     finally:
         for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
             if name not in before:
@@ -102,10 +120,11 @@ def inception_network(state: dict[str, Tensor], source: str) -> nn.Module:
     torch.save(with_bn_counters(state), buffer)
     buffer.seek(0)
     try:
-        network = module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                     feature_extractor_weights_path=buffer)
-    except RuntimeError as error:   # load_state_dict: missing, unexpected or misshapen tensors
-        lines = str(error).splitlines()   # the first says only "Error(s) in loading state_dict for ..."
+        network = module.FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer
+        )
+    except RuntimeError as error:  # load_state_dict: missing, unexpected or misshapen tensors
+        lines = str(error).splitlines()  # the first says only "Error(s) in loading state_dict for ..."
         detail = " ".join(" ".join(lines[1:] or lines).split())[:160]
         raise FMError(f"{source} is not the FID Inception-v3 state dict ({detail}); use {WEIGHTS_FILE}") from None
     return network.eval()
@@ -163,8 +182,10 @@ def read_state_dict(path: Path, *, sha256_prefix: str | None = None) -> dict[str
     if sha256_prefix is not None:
         digest = sha256_of(path)
         if not digest.startswith(sha256_prefix):
-            raise FMError(f"{path} has SHA-256 {digest[:16]}..., expected {sha256_prefix}...: the file is damaged or "
-                          f"not {WEIGHTS_FILE}; delete it and try again")
+            raise FMError(
+                f"{path} has SHA-256 {digest[:16]}..., expected {sha256_prefix}...: the file is damaged or "
+                f"not {WEIGHTS_FILE}; delete it and try again"
+            )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -194,8 +215,9 @@ def download_weights(target: Path) -> Path:
     digest = sha256_of(partial)
     if not digest.startswith(WEIGHTS_SHA256_PREFIX):
         partial.unlink(missing_ok=True)
-        raise FMError(f"downloaded Inception weights have SHA-256 {digest[:16]}..., "
-                      f"expected {WEIGHTS_SHA256_PREFIX}...")
+        raise FMError(
+            f"downloaded Inception weights have SHA-256 {digest[:16]}..., expected {WEIGHTS_SHA256_PREFIX}..."
+        )
     partial.replace(target)
     return target
 
@@ -210,9 +232,11 @@ def load_inception(context: ExtractorContext) -> InceptionExtractor:
         path = context.cache / "inception" / WEIGHTS_FILE
         if not path.exists():
             if not context.download:
-                raise FMError(f"the Inception weights are not in {path.parent} and downloading is off; "
-                              f"pass --inception-weights PATH ({WEIGHTS_FILE}) or use --extractor classifier")
-            package_modules()   # a missing package is reported before a 95 MB download, not after it
+                raise FMError(
+                    f"the Inception weights are not in {path.parent} and downloading is off; "
+                    f"pass --inception-weights PATH ({WEIGHTS_FILE}) or use --extractor classifier"
+                )
+            package_modules()  # a missing package is reported before a 95 MB download, not after it
             download_weights(path)
         state = read_state_dict(path, sha256_prefix=WEIGHTS_SHA256_PREFIX)
         identity = f"inception-{WEIGHTS_SHA256_PREFIX}"
@@ -220,6 +244,8 @@ def load_inception(context: ExtractorContext) -> InceptionExtractor:
     _, version = package_modules()
     # The identity (a cache key) names only the weights: the features are those of the earlier
     # hand-written network, so reference statistics cached before stay valid.
-    return InceptionExtractor(network.to(context.device), identity=identity,
-                              info={"weights": str(path), "network": f"torch-fidelity {version}"})
-
+    return InceptionExtractor(
+        network.to(context.device),
+        identity=identity,
+        info={"weights": str(path), "network": f"torch-fidelity {version}"},
+    )

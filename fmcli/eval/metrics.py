@@ -24,8 +24,8 @@ from fmcli.errors import FMError
 
 @dataclass
 class FeatureStats:
-    mean: Tensor    # [d] float64
-    cov: Tensor     # [d, d] float64 (unbiased, divided by N - 1)
+    mean: Tensor  # [d] float64
+    cov: Tensor  # [d, d] float64 (unbiased, divided by N - 1)
     count: int
 
 
@@ -101,7 +101,9 @@ def kernel_inception_distance(
     """
     size = min(subset_size, real.shape[0], fake.shape[0])
     if size < 2:
-        raise FMError(f"KID needs at least 2 samples in each set, got {real.shape[0]} real and {fake.shape[0]} generated")
+        raise FMError(
+            f"KID needs at least 2 samples in each set, got {real.shape[0]} real and {fake.shape[0]} generated"
+        )
     real, fake = real.double(), fake.double()
     generator = torch.Generator().manual_seed(seed)
     # With both sets no larger than the subset, every subset is the whole set: one estimate suffices.

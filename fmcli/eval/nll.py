@@ -68,10 +68,10 @@ def standard_normal_log_prob(x: Tensor) -> Tensor:
 
 @dataclass
 class LikelihoodResult:
-    log_prob: Tensor              # [B] log p0(x0) in nats, in model space (mean over probes)
-    probe_std: Tensor | None      # [B] standard deviation over Hutchinson probes (None: exact or 1 probe)
-    nfe: int                      # evaluations of the augmented velocity (each one a forward + backward pass)
-    divergence: str               # "exact" or "hutchinson"
+    log_prob: Tensor  # [B] log p0(x0) in nats, in model space (mean over probes)
+    probe_std: Tensor | None  # [B] standard deviation over Hutchinson probes (None: exact or 1 probe)
+    nfe: int  # evaluations of the augmented velocity (each one a forward + backward pass)
+    divergence: str  # "exact" or "hutchinson"
     probes: int
 
 
@@ -139,8 +139,9 @@ def log_likelihood(
     x1, integral = result.x[:, :dim], result.x[:, dim]
     log_prob = (standard_normal_log_prob(x1) + integral.double()).cpu().reshape(repeats, batch)
     probe_std = log_prob.std(0) if repeats > 1 else None
-    return LikelihoodResult(log_prob=log_prob.mean(0), probe_std=probe_std, nfe=result.nfe,
-                            divergence=divergence, probes=repeats)
+    return LikelihoodResult(
+        log_prob=log_prob.mean(0), probe_std=probe_std, nfe=result.nfe, divergence=divergence, probes=repeats
+    )
 
 
 def dequantise(images_uint8: Tensor, generator: torch.Generator) -> Tensor:
@@ -186,9 +187,17 @@ def evaluate_nll(ctx: "EvalContext") -> dict:
         index = chosen[first : first + options.batch_size]
         x = dequantise(test.data[index], generator) if images else test.data[index].double()
         conditioning = {"y": test.labels[index].to(ctx.device)} if conditional else {}
-        result = log_likelihood(velocity, x.float().to(ctx.device), solver=options.solver, steps=options.steps,
-                                rtol=options.rtol, atol=options.atol, probes=options.probes, seed=seed + first,
-                                conditioning=conditioning)
+        result = log_likelihood(
+            velocity,
+            x.float().to(ctx.device),
+            solver=options.solver,
+            steps=options.steps,
+            rtol=options.rtol,
+            atol=options.atol,
+            probes=options.probes,
+            seed=seed + first,
+            conditioning=conditioning,
+        )
         log_probs.append(result.log_prob)
         if result.probe_std is not None:
             probe_stds.append(result.probe_std)
@@ -200,11 +209,17 @@ def evaluate_nll(ctx: "EvalContext") -> dict:
     report = {
         "bits_per_dim": float(bpd.mean()),
         "bits_per_dim_stderr": float(bpd.std() / math.sqrt(count)) if count > 1 else None,
-        "nll_nats": float(-log_prob.mean()), "num_samples": count, "dim": dim,
+        "nll_nats": float(-log_prob.mean()),
+        "num_samples": count,
+        "dim": dim,
         "dequantisation": "uniform, 8-bit" if images else None,
         "conditional_on_true_class": conditional,
-        "divergence": divergence, "probes": options.probes if divergence == "hutchinson" else None,
-        "solver": options.solver, "steps": options.steps, "rtol": options.rtol, "nfe": nfe,
+        "divergence": divergence,
+        "probes": options.probes if divergence == "hutchinson" else None,
+        "solver": options.solver,
+        "steps": options.steps,
+        "rtol": options.rtol,
+        "nfe": nfe,
         "seconds": round(time.perf_counter() - start, 3),
     }
     if probe_stds:

@@ -12,8 +12,18 @@ from PIL import Image, ImageDraw, ImageFont
 from fmcli.files import atomic_write_bytes
 from fmcli.images import png_bytes
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def _font(size: int):
@@ -47,8 +57,9 @@ def _label(value: float) -> str:
     return f"{value:.4g}"
 
 
-def plot_metric_vs_nfe(runs: list[dict], path: Path, *, metric: str = "fid", title: str = "",
-                       size: tuple[int, int] = (720, 480)) -> None:
+def plot_metric_vs_nfe(
+    runs: list[dict], path: Path, *, metric: str = "fid", title: str = "", size: tuple[int, int] = (720, 480)
+) -> None:
     """One line per solver (points for adaptive ones) of ``run[metric]`` against ``run['nfe']``."""
     points = [r for r in runs if r.get(metric) is not None and r.get("nfe", 0) > 0]
     if not points:
@@ -80,8 +91,13 @@ def plot_metric_vs_nfe(runs: list[dict], path: Path, *, metric: str = "fid", tit
         _, y = to_px(x_low, tick)
         draw.line([left, y, width - right, y], fill=(230, 230, 230))
         draw.text((left - 6, y), _label(tick), fill="black", font=small, anchor="rm")
-    draw.text(((left + width - right) / 2, height - 18), "NFE (model evaluations per sample, log scale)",
-              fill="black", font=font, anchor="mm")
+    draw.text(
+        ((left + width - right) / 2, height - 18),
+        "NFE (model evaluations per sample, log scale)",
+        fill="black",
+        font=font,
+        anchor="mm",
+    )
     label_img = Image.new("RGBA", (height - top - bottom, 20), (255, 255, 255, 0))
     ImageDraw.Draw(label_img).text((label_img.width / 2, 10), metric.upper(), fill="black", font=font, anchor="mm")
     rotated = label_img.rotate(90, expand=True)

@@ -23,6 +23,8 @@ class PointsExtractor:
 
 def load_points(context: ExtractorContext) -> PointsExtractor:
     if len(context.shape) != 1:
-        raise FMError(f"the 'points' extractor is for point data, not images of shape {list(context.shape)}; "
-                      f"use --extractor classifier or inception")
+        raise FMError(
+            f"the 'points' extractor is for point data, not images of shape {list(context.shape)}; "
+            f"use --extractor classifier or inception"
+        )
     return PointsExtractor(context.shape[0])

@@ -16,19 +16,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from fmcli.files import atomic_write_bytes
 from fmcli.data.base import ArrayDataset
 from fmcli.data.resolve import content_hash
 from fmcli.eval.features import FeatureExtractor, Progress, cache_name, extract_features
 from fmcli.eval.metrics import FeatureStats, feature_statistics
+from fmcli.files import atomic_write_bytes
 
 
 @dataclass
 class ReferenceFeatures:
-    features: Tensor            # [N, d] float32
-    logits: Tensor | None       # [N, classes] for extractors that classify
+    features: Tensor  # [N, d] float32
+    logits: Tensor | None  # [N, classes] for extractors that classify
     stats: FeatureStats
-    cached: bool                # True when read from the cache (nothing recomputed)
+    cached: bool  # True when read from the cache (nothing recomputed)
     path: Path
 
 
@@ -56,15 +56,27 @@ def reference_features(
             return ReferenceFeatures(tensors["features"], tensors.get("logits"), stats, cached=True, path=path)
         except (SafetensorError, OSError, KeyError):
             pass  # damaged entry: recompute and overwrite it
-    features, logits = extract_features(extractor, dataset.data, device=device, batch_size=batch_size,
-                                        progress=progress, stage=f"features of {dataset.name} {dataset.split}")
+    features, logits = extract_features(
+        extractor,
+        dataset.data,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        stage=f"features of {dataset.name} {dataset.split}",
+    )
     stats = feature_statistics(features)
     tensors = {"features": features.contiguous(), "mean": stats.mean, "cov": stats.cov}
     if logits is not None:
         tensors["logits"] = logits.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"dataset": dataset.name, "split": dataset.split, "extractor": extractor.identity,
-                "content_hash": data_hash, "count": str(features.shape[0])}
-    atomic_write_bytes(path, save(tensors, metadata={k: json.dumps(v) if not isinstance(v, str) else v
-                                                     for k, v in metadata.items()}))
+    metadata = {
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "extractor": extractor.identity,
+        "content_hash": data_hash,
+        "count": str(features.shape[0]),
+    }
+    atomic_write_bytes(
+        path, save(tensors, metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()})
+    )
     return ReferenceFeatures(features, logits, stats, cached=False, path=path)

@@ -73,8 +73,11 @@ class EvalOptions:
     def __post_init__(self) -> None:
         unknown = [metric for metric in self.metrics if metric not in METRICS]
         if unknown or not self.metrics:
-            raise FMError(f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}" if unknown
-                          else "--metrics is empty")
+            raise FMError(
+                f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}"
+                if unknown
+                else "--metrics is empty"
+            )
         if self.num_samples < 2:
             raise FMError(f"--num must be at least 2 (got {self.num_samples})")
         if "pr" in self.metrics and self.num_samples <= self.k:
@@ -90,8 +93,10 @@ class EvalOptions:
 
     def as_dict(self) -> dict:
         plain = asdict(self)
-        return {key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-                for key, value in plain.items()}
+        return {
+            key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+            for key, value in plain.items()
+        }
 
 
 def check_sample_count(num: int, extractor: str, dim: int, metrics: tuple[str, ...]) -> None:
@@ -135,14 +140,25 @@ class EvalData:
         return list(names) if len(names) == count else [str(i) for i in range(count)]
 
 
-def eval_data(name: str, options: EvalOptions, *, data_dir: Path | None = None, image_size: int | None = None,
-              channels: int | None = None) -> EvalData:
+def eval_data(
+    name: str,
+    options: EvalOptions,
+    *,
+    data_dir: Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> EvalData:
     """The data set to score against, loaded with the options the model was trained with."""
     spec = registered_dataset(name)
     splits = tuple(spec.splits) if spec is not None else ("train",)  # image folders have one split
     # The data seed stays at its default: procedural test sets (toys) must not change with --seed.
-    load_options = LoadOptions(split=splits[0], data_dir=data_dir or options.data_dir, image_size=image_size,
-                               channels=channels, download=options.download)
+    load_options = LoadOptions(
+        split=splits[0],
+        data_dir=data_dir or options.data_dir,
+        image_size=image_size,
+        channels=channels,
+        download=options.download,
+    )
     data = EvalData(name=name, splits=splits, load_options=load_options)
     data.load(splits[-1])  # a missing or unknown data set fails here, before any model work
     return data
@@ -154,24 +170,39 @@ def checkpoint_data(meta: CheckpointMeta, options: EvalOptions) -> EvalData:
         data = eval_data(options.data, options)
     else:
         trained = meta.train_config or {}
-        data = eval_data(trained.get("data") or meta.data["name"], options,
-                         data_dir=Path(trained["data_dir"]) if trained.get("data_dir") else None,
-                         image_size=trained.get("image_size"), channels=trained.get("channels"))
+        data = eval_data(
+            trained.get("data") or meta.data["name"],
+            options,
+            data_dir=Path(trained["data_dir"]) if trained.get("data_dir") else None,
+            image_size=trained.get("image_size"),
+            channels=trained.get("channels"),
+        )
     if data.shape != meta.shape:
-        raise FMError(f"the checkpoint generates items of shape {list(meta.shape)} but data set {data.name!r} has "
-                      f"{list(data.shape)} (image size or channels differ); evaluate against matching data")
+        raise FMError(
+            f"the checkpoint generates items of shape {list(meta.shape)} but data set {data.name!r} has "
+            f"{list(data.shape)} (image size or channels differ); evaluate against matching data"
+        )
     return data
 
 
 # --- extractors and scores ---------------------------------------------------------------------
 
 
-def load_extractor(name: str | None, data: EvalData, options: EvalOptions, device: torch.device,
-                   progress: Progress | None) -> FeatureExtractor:
+def load_extractor(
+    name: str | None, data: EvalData, options: EvalOptions, device: torch.device, progress: Progress | None
+) -> FeatureExtractor:
     spec = registry.get_feature_extractor(name or default_extractor(data.shape))
-    context = ExtractorContext(dataset_name=data.name, shape=data.shape, splits=data.splits, load_split=data.load,
-                               device=device, cache_dir=options.cache_dir, weights=options.inception_weights,
-                               download=options.download, progress=progress)
+    context = ExtractorContext(
+        dataset_name=data.name,
+        shape=data.shape,
+        splits=data.splits,
+        load_split=data.load,
+        device=device,
+        cache_dir=options.cache_dir,
+        weights=options.inception_weights,
+        download=options.download,
+        progress=progress,
+    )
     extractor = spec.load(context)
     check_sample_count(options.num_samples, extractor.name, extractor.dim, options.metrics)
     return extractor
@@ -187,10 +218,16 @@ def score(reference: ReferenceFeatures, fake: Tensor, options: EvalOptions) -> d
         value = frechet_distance(stats.mean, stats.cov, reference.stats.mean, reference.stats.cov)
         out["fid"] = {"value": value, "num_samples": n, "num_reference": m}
     if "kid" in options.metrics:
-        mean, std = kernel_inception_distance(reference.features, fake, num_subsets=options.kid_subsets,
-                                              subset_size=options.kid_subset_size, seed=seed)
-        out["kid"] = {"value": mean, "std": std, "num_samples": n, "num_reference": m,
-                      "subset_size": min(options.kid_subset_size, n, m)}
+        mean, std = kernel_inception_distance(
+            reference.features, fake, num_subsets=options.kid_subsets, subset_size=options.kid_subset_size, seed=seed
+        )
+        out["kid"] = {
+            "value": mean,
+            "std": std,
+            "num_samples": n,
+            "num_reference": m,
+            "subset_size": min(options.kid_subset_size, n, m),
+        }
     if "pr" in options.metrics:
         # Equal set sizes: the k-NN radii (and so both figures) depend on the number of points.
         chosen = torch.randperm(m, generator=torch.Generator().manual_seed(seed))[: min(n, m)]
@@ -203,23 +240,42 @@ def score(reference: ReferenceFeatures, fake: Tensor, options: EvalOptions) -> d
 def accuracy_report(logits: Tensor, labels: Tensor, names: list[str], classifier: FeatureExtractor, **notes) -> dict:
     """Does the classifier see the requested class? Overall and per class, with the classifier's own accuracy."""
     overall, per_class = class_accuracy(logits.argmax(1), labels, len(names))
-    return {"accuracy": overall, "per_class": dict(zip(names, per_class)), "num_samples": len(labels),
-            "classifier_test_accuracy": classifier.info.get("test_accuracy"), **notes}
+    return {
+        "accuracy": overall,
+        "per_class": dict(zip(names, per_class, strict=True)),
+        "num_samples": len(labels),
+        "classifier_test_accuracy": classifier.info.get("test_accuracy"),
+        **notes,
+    }
 
 
 def extractor_report(extractor: FeatureExtractor) -> dict:
     return {"name": extractor.name, "dim": extractor.dim, "identity": extractor.identity, **extractor.info}
 
 
-def report_skeleton(data: EvalData, device: torch.device, extractor: FeatureExtractor,
-                    reference: ReferenceFeatures, options: EvalOptions, **sections) -> dict:
+def report_skeleton(
+    data: EvalData,
+    device: torch.device,
+    extractor: FeatureExtractor,
+    reference: ReferenceFeatures,
+    options: EvalOptions,
+    **sections,
+) -> dict:
     """The keys every ``fm eval`` report has; ``sections`` fill in (or add) the rest."""
     return {
-        "checkpoint": None, "data": data.name, "reference_split": "test", "device": str(device),
+        "checkpoint": None,
+        "data": data.name,
+        "reference_split": "test",
+        "device": str(device),
         "extractor": extractor_report(extractor),
         "reference": {"split": "test", "num_items": reference.features.shape[0], "cached": reference.cached},
-        "sampling": None, "metrics": None, "conditional": None, "class_histogram": None, "nll": None,
-        "options": options.as_dict(), **sections,
+        "sampling": None,
+        "metrics": None,
+        "conditional": None,
+        "class_histogram": None,
+        "nll": None,
+        "options": options.as_dict(),
+        **sections,
     }
 
 
@@ -247,18 +303,30 @@ class EvalContext:
         return balanced_classes(self.options.num_samples, self.num_classes) if self.num_classes else None
 
     def sample(self, sampling: SamplingOptions, classes: Tensor | None, stage: str) -> SampleResult:
-        return generate(self.loaded, sampling, num=self.options.num_samples, classes=classes,
-                        progress=_progress_of(self.progress, stage))
+        return generate(
+            self.loaded,
+            sampling,
+            num=self.options.num_samples,
+            classes=classes,
+            progress=_progress_of(self.progress, stage),
+        )
 
     def sample_and_score(self, sampling: SamplingOptions) -> tuple[SampleResult, Tensor | None, dict, dict]:
         """Samples with ``sampling``, their features, and (logits, sampling summary, metrics)."""
         result = self.sample(sampling, self.requested_classes(), f"sampling ({sampling.solver})")
-        features, logits = extract_features(self.extractor, result.samples, device=self.device,
-                                            progress=self.progress, stage="features of samples")
+        features, logits = extract_features(
+            self.extractor, result.samples, device=self.device, progress=self.progress, stage="features of samples"
+        )
         num = self.options.num_samples
-        summary = {"num_samples": num, "solver": sampling.solver, "steps": sampling.steps, "rtol": sampling.rtol,
-                   "nfe": result.nfe, "seconds": round(result.seconds, 3),
-                   "samples_per_second": round(num / max(result.seconds, 1e-9), 2)}
+        summary = {
+            "num_samples": num,
+            "solver": sampling.solver,
+            "steps": sampling.steps,
+            "rtol": sampling.rtol,
+            "nfe": result.nfe,
+            "seconds": round(result.seconds, 3),
+            "samples_per_second": round(num / max(result.seconds, 1e-9), 2),
+        }
         return result, logits, summary, score(self.reference, features, self.options)
 
 
@@ -270,8 +338,9 @@ def prepare(checkpoint: Path, options: EvalOptions, progress: Progress | None) -
     if "test" not in data.splits:
         raise FMError(f"data set {data.name!r} has no test split to score against; use a data set with one")
     extractor = load_extractor(options.extractor, data, options, device, progress)
-    reference = reference_features(extractor, data.load("test"), cache=options.cache_dir or default_cache_dir(),
-                                   device=device, progress=progress)
+    reference = reference_features(
+        extractor, data.load("test"), cache=options.cache_dir or default_cache_dir(), device=device, progress=progress
+    )
     return EvalContext(options, device, loaded, data, extractor, reference, progress)
 
 
@@ -281,16 +350,27 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, progress: Progre
 
     ctx = prepare(checkpoint, options, progress)
     result, logits, sampling, metrics = ctx.sample_and_score(options.sampling)
-    report = report_skeleton(ctx.data, ctx.device, ctx.extractor, ctx.reference, options,
-                             checkpoint=str(checkpoint), sampling=sampling, metrics=metrics)
+    report = report_skeleton(
+        ctx.data,
+        ctx.device,
+        ctx.extractor,
+        ctx.reference,
+        options,
+        checkpoint=str(checkpoint),
+        sampling=sampling,
+        metrics=metrics,
+    )
     classifier = _classifier_for(ctx)
     if classifier is not None:
         names = ctx.data.class_names(classifier.num_classes)
         if classifier is not ctx.extractor or logits is None:
             _, logits = extract_features(classifier, result.samples, device=ctx.device)
         if result.labels is None:  # an unconditional model: which classes does it draw?
-            report["class_histogram"] = {"counts": dict(zip(names, class_histogram(logits.argmax(1), len(names)))),
-                                         "num_samples": options.num_samples, "source": "the evaluated samples"}
+            report["class_histogram"] = {
+                "counts": dict(zip(names, class_histogram(logits.argmax(1), len(names)), strict=True)),
+                "num_samples": options.num_samples,
+                "source": "the evaluated samples",
+            }
         elif len(names) == ctx.num_classes:
             report["conditional"] = accuracy_report(logits, result.labels, names, classifier, cfg=result.cfg)
             if ctx.loaded.meta.label_dropout > 0:
@@ -318,9 +398,13 @@ def _unconditional_histogram(ctx: EvalContext, classifier: FeatureExtractor, nam
     sampling = replace(ctx.options.sampling, seed=ctx.options.sampling.seed + 1)
     result = ctx.sample(sampling, None, "unconditional sampling")
     _, logits = extract_features(classifier, result.samples, device=ctx.device)
-    return {"counts": dict(zip(names, class_histogram(logits.argmax(1), len(names)))),
-            "num_samples": ctx.options.num_samples, "source": "unconditional samples",
-            "nfe": result.nfe, "seconds": round(result.seconds, 3)}
+    return {
+        "counts": dict(zip(names, class_histogram(logits.argmax(1), len(names)), strict=True)),
+        "num_samples": ctx.options.num_samples,
+        "source": "unconditional samples",
+        "nfe": result.nfe,
+        "seconds": round(result.seconds, 3),
+    }
 
 
 # --- the floor: real data ------------------------------------------------------------------------
@@ -350,17 +434,30 @@ def evaluate_real(data_name: str, options: EvalOptions, progress: Progress | Non
     train = data.load("train")
     count = min(options.num_samples, len(train))
     check_sample_count(count, extractor.name, extractor.dim, options.metrics)
-    reference = reference_features(extractor, data.load("test"), cache=options.cache_dir or default_cache_dir(),
-                                   device=device, progress=progress)
+    reference = reference_features(
+        extractor, data.load("test"), cache=options.cache_dir or default_cache_dir(), device=device, progress=progress
+    )
     chosen = real_choice(train.labels, count, len(train), options.sampling.seed)
-    features, logits = extract_features(extractor, train.data[chosen], device=device, progress=progress,
-                                        stage="features of train images")
-    report = report_skeleton(data, device, extractor, reference, options, real=True,
-                             sampling={"num_samples": count, "source": "train split", "nfe": 0, "seconds": 0.0},
-                             metrics=score(reference, features, options))
+    features, logits = extract_features(
+        extractor, train.data[chosen], device=device, progress=progress, stage="features of train images"
+    )
+    report = report_skeleton(
+        data,
+        device,
+        extractor,
+        reference,
+        options,
+        real=True,
+        sampling={"num_samples": count, "source": "train split", "nfe": 0, "seconds": 0.0},
+        metrics=score(reference, features, options),
+    )
     if logits is not None and train.labels is not None:
         names = data.class_names(extractor.num_classes)
         report["conditional"] = accuracy_report(
-            logits, train.labels[chosen], names, extractor,
-            note="classifier accuracy on real train images (labels as the 'requested' class)")
+            logits,
+            train.labels[chosen],
+            names,
+            extractor,
+            note="classifier accuracy on real train images (labels as the 'requested' class)",
+        )
     return report

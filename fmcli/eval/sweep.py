@@ -17,8 +17,16 @@ from fmcli.eval.run import EvalOptions, extractor_report, prepare
 from fmcli.files import atomic_write_bytes
 
 
-def sweep(checkpoint: Path, options: EvalOptions, solvers: list[str], steps: list[int], *,
-          rtols: list[float] | None = None, out_dir: Path | None = None, progress: Progress | None = None) -> dict:
+def sweep(
+    checkpoint: Path,
+    options: EvalOptions,
+    solvers: list[str],
+    steps: list[int],
+    *,
+    rtols: list[float] | None = None,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> dict:
     """FID (and the other metrics) for every solver x step count (adaptive: x tolerance), same seeds."""
     if not steps or min(steps) < 1:
         raise FMError("--steps values must be at least 1")
@@ -33,13 +41,28 @@ def sweep(checkpoint: Path, options: EvalOptions, solvers: list[str], steps: lis
     runs = []
     for adaptive, sampling in plans:
         _, _, summary, metrics = ctx.sample_and_score(sampling)
-        runs.append({"solver": sampling.solver, "adaptive": adaptive, "steps": None if adaptive else sampling.steps,
-                     "rtol": sampling.rtol if adaptive else None, "nfe": summary["nfe"], "seconds": summary["seconds"],
-                     **{metric: entry["value"] for metric, entry in metrics.items()},
-                     **({"kid_std": metrics["kid"]["std"]} if "kid" in metrics else {})})
-    report = {"checkpoint": str(checkpoint), "data": ctx.data.name, "device": str(ctx.device),
-              "num_samples": options.num_samples, "num_reference": ctx.reference.features.shape[0],
-              "extractor": extractor_report(ctx.extractor), "runs": runs, "options": options.as_dict()}
+        runs.append(
+            {
+                "solver": sampling.solver,
+                "adaptive": adaptive,
+                "steps": None if adaptive else sampling.steps,
+                "rtol": sampling.rtol if adaptive else None,
+                "nfe": summary["nfe"],
+                "seconds": summary["seconds"],
+                **{metric: entry["value"] for metric, entry in metrics.items()},
+                **({"kid_std": metrics["kid"]["std"]} if "kid" in metrics else {}),
+            }
+        )
+    report = {
+        "checkpoint": str(checkpoint),
+        "data": ctx.data.name,
+        "device": str(ctx.device),
+        "num_samples": options.num_samples,
+        "num_reference": ctx.reference.features.shape[0],
+        "extractor": extractor_report(ctx.extractor),
+        "runs": runs,
+        "options": options.as_dict(),
+    }
     if out_dir is not None:
         report["files"] = write_sweep(report, Path(out_dir))
     return report
@@ -54,7 +77,11 @@ def write_sweep(report: dict, out_dir: Path) -> list[str]:
     metric = "fid" if any("fid" in run for run in report["runs"]) else "kid"
     if any(metric in run for run in report["runs"]):
         plot_path = out_dir / "sweep.png"
-        plot_metric_vs_nfe(report["runs"], plot_path, metric=metric,
-                           title=f"{metric.upper()} vs NFE ({report['num_samples']} samples, {report['data']})")
+        plot_metric_vs_nfe(
+            report["runs"],
+            plot_path,
+            metric=metric,
+            title=f"{metric.upper()} vs NFE ({report['num_samples']} samples, {report['data']})",
+        )
         files.append(str(plot_path))
     return files

@@ -97,8 +97,18 @@ class _Conv2d(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conv
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None,
-            stride, padding, dilation, False, [0, 0], groups, mask)
+            grad,
+            x,
+            weight,
+            [weight.shape[0]] if ctx.has_bias else None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
+            mask,
+        )
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -145,10 +155,10 @@ class _GroupNorm(torch.autograd.Function):
             return (None,) * 5
         x, weight, mean, rstd = ctx.saved_tensors
         n, c = x.shape[:2]
-        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
-                ctx.needs_input_grad[2]]
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
         grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
-            grad.contiguous(), x, mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, mask)
+            grad.contiguous(), x, mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, mask
+        )
         return grad_x, grad_w, grad_b, None, None
 
 

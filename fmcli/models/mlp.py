@@ -15,7 +15,6 @@ The embedding is injected into every block (not only the input): on 2-D data the
 field changes sharply with t, and a single input bias washes out after a few layers.
 """
 
-import torch
 from torch import Tensor, nn
 
 from fmcli.errors import FMError
@@ -38,8 +37,9 @@ class MLPVelocity(nn.Module):
     """Residual SiLU MLP; args dim (D), hidden width, depth (blocks), num_classes (0 = unconditional),
     interval (MeanFlow's interval input r; kept in ``config`` only when True)."""
 
-    def __init__(self, *, dim: int = 2, hidden: int = 256, depth: int = 4, num_classes: int = 0,
-                 interval: bool = False) -> None:
+    def __init__(
+        self, *, dim: int = 2, hidden: int = 256, depth: int = 4, num_classes: int = 0, interval: bool = False
+    ) -> None:
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 1:
             raise FMError(f"dim, hidden and depth must be positive, got dim={dim}, hidden={hidden}, depth={depth}")

@@ -38,12 +38,20 @@ def default_model_config(kind: str, shape: tuple, num_classes: int, device_type:
         arch = dict(_MNIST_CUDA if cuda else _MNIST_CPU)
     else:
         arch = _generic_image_arch(height, cuda)
-    return {"name": "unet", "in_channels": channels, "image_size": height, **arch,
-            "num_classes": int(num_classes), "dropout": 0.0, "num_groups": 32}
+    return {
+        "name": "unet",
+        "in_channels": channels,
+        "image_size": height,
+        **arch,
+        "num_classes": int(num_classes),
+        "dropout": 0.0,
+        "num_groups": 32,
+    }
 
 
 def _generic_image_arch(size: int, cuda: bool) -> dict:
-    """4 levels from 32x32 up, else 3 (fewer when the size has too few factors of 2); attention at <= 16x16 (CPU: ~8x8 only)."""
+    """4 levels from 32x32 up, else 3 (fewer when the size has too few factors of 2);
+    attention at <= 16x16 (CPU: ~8x8 only)."""
     levels = 4 if size >= 32 else 3
     while levels > 1 and size % 2 ** (levels - 1):
         levels -= 1
@@ -51,8 +59,7 @@ def _generic_image_arch(size: int, cuda: bool) -> dict:
     resolutions = [size // 2**i for i in range(levels)]
     if cuda:
         attention = [r for r in resolutions if 8 <= r <= 16] or [resolutions[-1]]
-        return {"base_channels": 64, "channel_mults": mults, "num_res_blocks": 2,
-                "attention_resolutions": attention}
+        return {"base_channels": 64, "channel_mults": mults, "num_res_blocks": 2, "attention_resolutions": attention}
     # CPU: one attention level, as in the 28x28 default (7x7): around 8x8, else the lowest if small.
     attention = [r for r in resolutions if 7 <= r <= 8] or ([resolutions[-1]] if resolutions[-1] <= 16 else [])
     return {"base_channels": 32, "channel_mults": mults, "num_res_blocks": 1, "attention_resolutions": attention}

@@ -78,8 +78,9 @@ class TimeClassEmbedding(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.class_embedding = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
         # Created only for interval models: the state dict of every other model keeps its keys.
-        self.interval_mlp = (nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), zero_init(nn.Linear(dim, dim)))
-                             if interval else None)
+        self.interval_mlp = (
+            nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), zero_init(nn.Linear(dim, dim))) if interval else None
+        )
 
     def forward(self, t: Tensor, y: Tensor | None, interval: Tensor | None = None) -> Tensor:
         """t [B], y [B] or None, interval = t - r [B] (interval models only) -> [B, dim]."""
@@ -107,7 +108,9 @@ def prepare_time_and_labels(
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch_size)):
             raise FMError(f"t must be a scalar or have shape [{batch_size}] (one time per sample), got {list(t.shape)}")
         if y is not None and num_classes == 0:
-            raise FMError("this model is unconditional: pass no class labels (y=None), or train a class-conditional model")
+            raise FMError(
+                "this model is unconditional: pass no class labels (y=None), or train a class-conditional model"
+            )
         if y is not None:
             if y.dim() != 1 or y.shape[0] != batch_size:
                 raise FMError(f"class labels y must have shape [{batch_size}], got {list(y.shape)}")
@@ -271,13 +274,28 @@ class UNet(nn.Module):
         super().__init__()
         channel_mults = [int(m) for m in channel_mults]
         attention_resolutions = [int(r) for r in attention_resolutions]
-        _check_config(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
-                      attention_resolutions, num_classes, dropout, num_groups)
+        _check_config(
+            in_channels,
+            image_size,
+            base_channels,
+            channel_mults,
+            num_res_blocks,
+            attention_resolutions,
+            num_classes,
+            dropout,
+            num_groups,
+        )
         self.config = {
-            "name": "unet", "in_channels": in_channels, "image_size": image_size,
-            "base_channels": base_channels, "channel_mults": channel_mults, "num_res_blocks": num_res_blocks,
-            "attention_resolutions": attention_resolutions, "num_classes": num_classes,
-            "dropout": dropout, "num_groups": num_groups,
+            "name": "unet",
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "base_channels": base_channels,
+            "channel_mults": channel_mults,
+            "num_res_blocks": num_res_blocks,
+            "attention_resolutions": attention_resolutions,
+            "num_classes": num_classes,
+            "dropout": dropout,
+            "num_groups": num_groups,
         }
         if interval:
             self.config["interval"] = True
@@ -326,8 +344,9 @@ class UNet(nn.Module):
                 resolution *= 2
         assert not skip_channels, "every skip must be consumed exactly once"
 
-        self.out = nn.Sequential(group_norm(ch, num_groups), nn.SiLU(),
-                                 zero_init(Conv2d(ch, in_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            group_norm(ch, num_groups), nn.SiLU(), zero_init(Conv2d(ch, in_channels, 3, padding=1))
+        )
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute residual/attention activations in the backward pass (less memory, ~30% more compute).
@@ -339,8 +358,13 @@ class UNet(nn.Module):
 
     def _run(self, layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
         for layer in layers:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled() \
-                    and isinstance(layer, (ResBlock, AttnBlock)) and not in_forward_ad(h):
+            if (
+                self.grad_checkpointing
+                and self.training
+                and torch.is_grad_enabled()
+                and isinstance(layer, (ResBlock, AttnBlock))
+                and not in_forward_ad(h)
+            ):
                 h = checkpoint(layer, h, emb, use_reentrant=False)
             else:
                 h = layer(h, emb)
@@ -381,8 +405,17 @@ class UNet(nn.Module):
             )
 
 
-def _check_config(in_channels, image_size, base_channels, channel_mults, num_res_blocks,
-                  attention_resolutions, num_classes, dropout, num_groups) -> None:
+def _check_config(
+    in_channels,
+    image_size,
+    base_channels,
+    channel_mults,
+    num_res_blocks,
+    attention_resolutions,
+    num_classes,
+    dropout,
+    num_groups,
+) -> None:
     if in_channels < 1:
         raise FMError(f"in_channels must be at least 1, got {in_channels}")
     if base_channels < 1 or num_res_blocks < 1 or num_groups < 1:

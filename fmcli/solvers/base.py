@@ -27,17 +27,17 @@ VelocityFn = Callable[..., Tensor]
 
 @dataclass
 class SolveResult:
-    x: Tensor                      # state at t_end
-    nfe: int                       # number of velocity evaluations (for the whole batch)
-    times: Tensor | None = None    # [T] the times of ``trajectory`` (the requested save_at)
+    x: Tensor  # state at t_end
+    nfe: int  # number of velocity evaluations (for the whole batch)
+    times: Tensor | None = None  # [T] the times of ``trajectory`` (the requested save_at)
     trajectory: Tensor | None = None  # [T, B, ...] states at ``times`` (on the CPU when large)
 
 
 class Solver(Protocol):
     name: str
     description: str
-    adaptive: bool            # True: step size chosen by error control (--rtol/--atol)
-    order: int | None         # order of accuracy (None if not meaningful)
+    adaptive: bool  # True: step size chosen by error control (--rtol/--atol)
+    order: int | None  # order of accuracy (None if not meaningful)
     evals_per_step: int | None  # NFE per step for fixed-step solvers
 
     def solve(
@@ -53,8 +53,7 @@ class Solver(Protocol):
         atol: float = 1e-5,
         save_at: Sequence[float] | None = None,
         conditioning: dict[str, Any] | None = None,
-    ) -> SolveResult:
-        ...
+    ) -> SolveResult: ...
 
 
 # --- helpers shared by the built-in solvers (and handy for plugged-in ones) -------------------

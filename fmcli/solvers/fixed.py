@@ -82,7 +82,7 @@ class FixedStepSolver:
 
     def integrate(self, f: StepFn, x: Tensor, grid: list[float]) -> Iterator[Tensor]:
         """Yield the state at grid[1], grid[2], ..., grid[-1]."""
-        for t, t_next in zip(grid[:-1], grid[1:]):
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
             x = self.step(f, x, t, t_next - t)
             yield x
 
@@ -106,7 +106,7 @@ class FixedStepSolver:
         f = CountingVelocity(velocity, conditioning)
         trajectory = LinearTrajectory(sorted_save_times(save_at, t_start, t_end))
         t_prev, x_prev = grid[0], x
-        for t_next, x_next in zip(grid[1:], self.integrate(f, x, grid)):
+        for t_next, x_next in zip(grid[1:], self.integrate(f, x, grid), strict=True):
             trajectory.segment(t_prev, x_prev, t_next, x_next)
             t_prev, x_prev = t_next, x_next
         times, states = trajectory.result()

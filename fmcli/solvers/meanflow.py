@@ -30,8 +30,10 @@ from fmcli.solvers.grids import make_time_grid
 
 class MeanFlowSolver:
     name = "meanflow"
-    description = ("MeanFlow few-step sampler, 1 NFE/step (1 step is enough); needs a model trained for it "
-                   "(interval input), sampling only (1 -> 0).")
+    description = (
+        "MeanFlow few-step sampler, 1 NFE/step (1 step is enough); needs a model trained for it "
+        "(interval input), sampling only (1 -> 0)."
+    )
     adaptive = False
     order = None
     evals_per_step = 1
@@ -55,13 +57,15 @@ class MeanFlowSolver:
         check_interval(t_start, t_end)
         if t_start < t_end:
             # u(x, r, t) is learnt for r <= t only, i.e. for jumps toward the data end.
-            raise FMError(f"the meanflow sampler runs from noise toward data (t_start > t_end), not from "
-                          f"t={t_start} to t={t_end}; use an ODE solver such as heun for that direction")
+            raise FMError(
+                f"the meanflow sampler runs from noise toward data (t_start > t_end), not from "
+                f"t={t_start} to t={t_end}; use an ODE solver such as heun for that direction"
+            )
         grid = make_time_grid(time_grid, steps, t_start, t_end).tolist()
         conditioning = conditioning or {}
         trajectory = LinearTrajectory(sorted_save_times(save_at, t_start, t_end))
         nfe = 0
-        for t, r in zip(grid[:-1], grid[1:]):
+        for t, r in zip(grid[:-1], grid[1:], strict=True):
             u = velocity(x, time_tensor(t, x), r=time_tensor(r, x), **conditioning)
             nfe += 1
             x_next = x - (t - r) * u

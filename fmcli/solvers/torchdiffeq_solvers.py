@@ -45,8 +45,7 @@ class TorchdiffeqSolver:
         self.method = method
         self.order = order
         self.description = (
-            f"{summary}, adaptive (torchdiffeq '{method}') on the model's device; "
-            "--rtol/--atol (default 1e-5/1e-5)."
+            f"{summary}, adaptive (torchdiffeq '{method}') on the model's device; --rtol/--atol (default 1e-5/1e-5)."
         )
 
     def solve(

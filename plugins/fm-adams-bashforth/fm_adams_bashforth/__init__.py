@@ -19,10 +19,12 @@ def fm_register_solvers(register):
 
 @hookimpl
 def fm_register_datasets(register):
-    register(DatasetSpec(
-        name="rings",
-        description="three concentric circles (2-D points, label = ring); example plugin data set",
-        kind="points",
-        splits=("train", "test"),
-        load=lazy_callable("fm_adams_bashforth.rings:load_rings"),
-    ))
+    register(
+        DatasetSpec(
+            name="rings",
+            description="three concentric circles (2-D points, label = ring); example plugin data set",
+            kind="points",
+            splits=("train", "test"),
+            load=lazy_callable("fm_adams_bashforth.rings:load_rings"),
+        )
+    )

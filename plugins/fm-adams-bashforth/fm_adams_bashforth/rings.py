@@ -38,4 +38,3 @@ def load_rings(options: LoadOptions) -> ArrayDataset:
         class_names=[f"r={r}" for r in RADII],
         info={"radii": RADII, "noise": NOISE, "seed": options.seed},
     )
-

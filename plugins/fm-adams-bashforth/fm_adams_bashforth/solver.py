@@ -30,7 +30,7 @@ class AdamsBashforth2Solver(FixedStepSolver):
         predictor = x + h_prev * f_prev
         x = x + 0.5 * h_prev * (f_prev + f(predictor, grid[1]))
         yield x
-        for t, t_next in zip(grid[1:-1], grid[2:]):
+        for t, t_next in zip(grid[1:-1], grid[2:], strict=True):
             h = t_next - t
             ratio = h / h_prev
             f_now = f(x, t)
