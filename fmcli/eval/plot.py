@@ -10,20 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from fmcli.files import atomic_write_bytes
-from fmcli.images import png_bytes
-
-COLOURS = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
+from fmcli.images import PALETTE, png_bytes
 
 
 def _font(size: int):
@@ -108,7 +95,7 @@ def plot_metric_vs_nfe(
     # one series per solver, in order of first appearance
     solvers = list(dict.fromkeys(r["solver"] for r in points))
     for index, solver in enumerate(solvers):
-        colour = COLOURS[index % len(COLOURS)]
+        colour = PALETTE[index % len(PALETTE)]
         series = sorted((r for r in points if r["solver"] == solver), key=lambda r: r["nfe"])
         pixels = [to_px(r["nfe"], r[metric]) for r in series]
         if len(pixels) > 1 and not series[0].get("adaptive"):
