@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fmcli.config import TrainConfig
 from fmcli.data.base import to_model_space
-from fmcli.flow import ot_pairing, sample_time
+from fmcli.flow import ot_pairing, sample_interval, sample_time
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:
@@ -48,6 +48,7 @@ class Batch:
     x1: Tensor  # noise N(0, I), paired with x0
     t: Tensor  # [B] times in (0, 1)
     labels: Tensor | None  # [B] class indices, ``num_classes`` (the null class) where dropped
+    r: Tensor | None = None  # [B] interval starts r <= t (MeanFlow), None for flow matching
 
 
 class BatchSampler:
@@ -75,14 +76,11 @@ class BatchSampler:
         x0 = self.inputs[index].to(device)
         x0 = to_model_space(x0) if self.kind == "image" else x0.float()
         batch = x0.shape[0]
-        t = sample_time(
-            batch,
-            method=config.time_sampling,
-            mean=config.time_mean,
-            std=config.time_std,
-            generator=generator,
-            device=device,
-        )
+        times = dict(method=config.time_sampling, mean=config.time_mean, std=config.time_std, generator=generator)
+        if config.objective == "meanflow":
+            r, t = sample_interval(batch, equal_fraction=1 - config.interval_fraction, device=device, **times)
+        else:
+            r, t = None, sample_time(batch, device=device, **times)
         x1 = torch.randn(x0.shape, generator=generator, device=device)
         labels = None
         if self.labels is not None:
@@ -93,4 +91,6 @@ class BatchSampler:
             x1 = x1[ot_pairing(x0, x1)]
         share = batch // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
-        return Batch(x0[mine], x1[mine], t[mine], None if labels is None else labels[mine])
+        return Batch(
+            x0[mine], x1[mine], t[mine], None if labels is None else labels[mine], None if r is None else r[mine]
+        )

@@ -5,6 +5,7 @@ resolved config is written to the run folder (``config.json``) and into every ch
 """
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -40,6 +41,12 @@ class TrainConfig:
     time_mean: float = 0.0
     time_std: float = 1.0
     coupling: str = "independent"  # independent | ot (minibatch optimal transport)
+    # objective
+    objective: str = "fm"  # fm (instantaneous velocity) | meanflow (average velocity: 1-4 step sampling)
+    interval_fraction: float = 0.25  # meanflow: share of samples with r < t (the others learn u(x, t, t) = v)
+    weighting_power: float = 1.0  # meanflow: adaptive loss weight 1 / (||error||^2 + 1e-3)^p (0: plain L2)
+    train_cfg: float = 1.0  # meanflow: classifier-free guidance folded into the target (sample at cfg 1)
+    teacher: str | None = None  # distillation: the flow checkpoint whose velocity replaces x1 - x0
     # model overrides (None: the preset for the data)
     model: dict = field(default_factory=dict)
     # machinery
@@ -66,9 +73,12 @@ CHOICES = {
     "time_sampling": ("uniform", "logit-normal"),
     "coupling": ("independent", "ot"),
     "precision": ("fp32", "bf16", "fp16"),
+    "objective": ("fm", "meanflow"),
 }
+# MeanFlow's time distribution of (r, t): logit-normal(-0.4, 1), as in the paper (see fmcli.flow.sample_interval).
+OBJECTIVE_DEFAULTS = {"meanflow": {"time_sampling": "logit-normal", "time_mean": -0.4, "time_std": 1.0}}
 # Keys that define what is trained: never changeable on resume.
-STRUCTURAL = ("data", "image_size", "channels", "conditional", "model")
+STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher")
 # Keys that may change freely on resume (length, cadence, machinery).
 FREE_ON_RESUME = (
     "steps",
@@ -112,7 +122,8 @@ def resolve(overrides: dict, config_file: Path | None = None, base: dict | None 
     file_values = read_toml(config_file) if config_file is not None else {}
     explicit = {key: value for key, value in overrides.items() if value is not None}
     data = explicit.get("data") or file_values.get("data") or (base or {}).get("data") or values["data"]
-    layers = [dataset_defaults(data), base or {}, file_values, explicit]
+    objective = explicit.get("objective") or file_values.get("objective") or (base or {}).get("objective") or "fm"
+    layers = [dataset_defaults(data), OBJECTIVE_DEFAULTS.get(objective, {}), base or {}, file_values, explicit]
     for layer in layers:
         # --steps, --epochs and --max-time are three ways to say one thing: a layer that gives one drops the others.
         given = [key for key in LENGTH_KEYS if layer.get(key) is not None]
@@ -175,6 +186,19 @@ def validate(config: TrainConfig) -> None:
     if config.image_size is not None and not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
         raise FMError(
             f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels (got {config.image_size})"
+        )
+    if not 0 <= config.interval_fraction <= 1:
+        raise FMError(f"--interval-fraction must be in [0, 1] (got {config.interval_fraction})")
+    if config.weighting_power < 0:
+        raise FMError(f"--weighting-power must be 0 or positive (got {config.weighting_power})")
+    if not (math.isfinite(config.train_cfg) and config.train_cfg >= 1):
+        raise FMError(f"--train-cfg must be at least 1, where 1 is no guidance (got {config.train_cfg})")
+    if config.objective == "fm" and (config.train_cfg != 1 or config.teacher):
+        raise FMError("--train-cfg and a teacher need --objective meanflow (fm distill sets it)")
+    if config.objective == "meanflow" and config.compile:
+        raise FMError(
+            "--compile does not work with --objective meanflow (torch.func.jvp through a compiled "
+            "model); drop --compile"
         )
     if config.channels not in (None, 1, 3):
         raise FMError(f"--channels must be 1 (grayscale) or 3 (RGB), not {config.channels}")

@@ -72,3 +72,22 @@ def all_max(info: DistInfo, value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return float(tensor[0])
+
+
+def average_gradients(info: DistInfo, parameters) -> None:
+    """Replace every gradient by its mean over the ranks (what DDP does), in one all-reduce.
+
+    For training steps that cannot run through DDP's wrapper (MeanFlow's torch.func.jvp). A
+    parameter without a gradient on this rank counts as a zero gradient.
+    """
+    params = list(parameters)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+        offset += p.numel()

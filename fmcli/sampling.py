@@ -12,7 +12,7 @@ MeanFlow's average velocities u (``--solver meanflow``) are combined the same wa
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,14 +26,18 @@ from fmcli.solvers.base import needs_interval
 from fmcli.solvers.grids import TIME_GRIDS
 
 DEFAULT_GUIDANCE = 2.0
+# What a checkpoint samples with when no --solver / --steps is given: heun 20 for flow models, the
+# few-step sampler for models trained with --objective meanflow or distilled.
+FLOW_DEFAULT = ("heun", 20)
+FEW_STEP_DEFAULT = ("meanflow", 2)
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to integrate from noise to data. Validated on creation: a bad value fails before any work."""
 
-    solver: str = "heun"  # a registered solver (fm plugins lists them)
-    steps: int = 20  # steps of a fixed-step solver (NFE = steps x evaluations per step)
+    solver: str | None = None  # a registered solver (fm plugins lists them); None: the checkpoint's default
+    steps: int | None = None  # steps of a fixed-step solver (NFE = steps x evaluations per step); None: default
     time_grid: str = "uniform"  # where fixed-step solvers put their steps (fmcli.solvers.grids)
     rtol: float = 1e-5  # tolerances of adaptive solvers
     atol: float = 1e-5
@@ -42,8 +46,9 @@ class SamplingOptions:
     batch_size: int = 500  # samples per solver call
 
     def __post_init__(self) -> None:
-        get_solver(self.solver)  # unknown names: FMError with the closest match
-        if self.steps < 1:
+        if self.solver is not None:
+            get_solver(self.solver)  # unknown names: FMError with the closest match
+        if self.steps is not None and self.steps < 1:
             raise FMError(f"--steps must be at least 1 (got {self.steps})")
         if self.time_grid not in TIME_GRIDS:
             raise FMError(f"--time-grid must be one of {', '.join(TIME_GRIDS)} (got {self.time_grid!r})")
@@ -58,6 +63,14 @@ class SamplingOptions:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def for_model(self, loaded: LoadedModel) -> "SamplingOptions":
+        """These options with the checkpoint's defaults filled in: solver and steps (few-step sampling for
+        MeanFlow models), and the guidance (``default_cfg``) is left to ``generate``."""
+        solver, steps = FEW_STEP_DEFAULT if loaded.meta.model_config.get("interval") else FLOW_DEFAULT
+        if self.solver is not None and self.solver != solver:
+            steps = FLOW_DEFAULT[1]  # another solver than the checkpoint's own: the usual step count
+        return replace(self, solver=self.solver or solver, steps=self.steps or steps)
+
 
 @dataclass
 class SampleResult:
@@ -66,6 +79,7 @@ class SampleResult:
     nfe: int  # model evaluations per sample (velocity calls of one solve)
     seconds: float  # wall time of sampling
     cfg: float  # the guidance scale used
+    options: SamplingOptions  # what was used, defaults filled in
     times: Tensor | None = None  # [T] times of the trajectory, if save_at was given
     trajectory: Tensor | None = None  # [T, N, ...] on the CPU
 
@@ -120,7 +134,10 @@ def guided_velocity(model: torch.nn.Module, cfg: float, null_class: int) -> Call
 
 def default_cfg(loaded: LoadedModel, classes: Tensor | None) -> float:
     """Guidance when the user gives no --cfg: 2 for class-conditional sampling from a model trained
-    with label dropout (class-faithful samples, at some cost in diversity), otherwise 1 (none)."""
+    with label dropout (class-faithful samples, at some cost in diversity), otherwise 1 (none).
+    A model trained with guidance folded in (--train-cfg, fm distill) already samples guided: 1."""
+    if float((loaded.meta.train_config or {}).get("train_cfg") or 1.0) != 1.0:
+        return 1.0
     if classes is not None and loaded.meta.num_classes and loaded.meta.label_dropout > 0:
         return DEFAULT_GUIDANCE
     return 1.0
@@ -151,6 +168,7 @@ def generate(
     """Sample ``num`` items from t = 1 (noise) to t = 0 (data). Same inputs, same outputs."""
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
+    options = options.for_model(loaded)
     cfg = default_cfg(loaded, classes) if options.cfg is None else options.cfg
     check_guidance(loaded, cfg, classes)
     solver = get_solver(options.solver)
@@ -192,13 +210,14 @@ def generate(
         nfe=nfe,
         seconds=time.perf_counter() - start,
         cfg=cfg,
+        options=options,
         times=times,
         trajectory=torch.cat(trajectories, dim=1) if trajectories else None,
     )
 
 
 # The grids the training loop writes every --sample-every steps: a quick look, not a measurement.
-PREVIEW = SamplingOptions(solver="heun", steps=10, cfg=1.0, seed=1234)
+PREVIEW = SamplingOptions(steps=10, cfg=1.0, seed=1234)  # heun 10; a MeanFlow model's own few steps
 PREVIEW_PER_CLASS = 8
 
 
@@ -212,7 +231,8 @@ def write_sample_grid(loaded: LoadedModel, path: Path) -> Path:
     num_classes, points = loaded.meta.num_classes, loaded.meta.data["kind"] == "points"
     num = PREVIEW_PER_CLASS * num_classes if num_classes else (1000 if points else 64)
     classes = balanced_classes(num, num_classes) if num_classes else None
-    result = generate(loaded, PREVIEW, num=num, classes=classes)
+    preview = replace(PREVIEW, steps=None) if loaded.meta.model_config.get("interval") else PREVIEW
+    result = generate(loaded, preview, num=num, classes=classes)
     if points:
         picture = scatter_image(result.samples, result.labels)
     else:

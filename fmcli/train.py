@@ -23,17 +23,18 @@ from torch import nn
 from fmcli import distributed
 from fmcli.batches import BatchSampler, step_seed
 from fmcli.budget import EndCosts, StepTimer, format_duration
-from fmcli.checkpoint import CheckpointMeta, read_checkpoint
+from fmcli.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint, read_checkpoint
 from fmcli.config import DEFAULT_STEPS, TrainConfig, check_resume, resolve, to_json
 from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.device import resolve_device
 from fmcli.errors import FMError
 from fmcli.files import atomic_write_bytes
-from fmcli.flow import flow_matching_loss
+from fmcli.flow import broadcast_time, flow_matching_loss, interpolate, meanflow_loss
 from fmcli.models import build_model
 from fmcli.models.presets import default_model_config
 from fmcli.optim import ema_decay_at, lr_at, make_optimizer, update_ema
 from fmcli.runs import checkpoint_name, new_run_dir, publish_checkpoint, resume_target
+from fmcli.sampling import guided_velocity
 from fmcli.train_state import TrainState, check_same_data, checkpoint_meta, data_description, restore_state, save_state
 
 UNPLANNED = 10**9  # the placeholder total of a --max-time run until its first steps are timed
@@ -131,7 +132,9 @@ class Trainer:
         self.num_classes = self.data.num_classes if (config.conditional and self.data.labels is not None) else 0
         self.data_meta = data_description(self.data, self.num_classes)
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
+        self.teacher = self._load_teacher()
         self.state = self._build_state(checkpoint[1] if checkpoint else None)
+        self._check_guidance()
         self.last_good: Path | None = None
         if checkpoint is not None:
             check_same_data(checkpoint[1].data, self.data_meta, resume_from)
@@ -175,16 +178,41 @@ class Trainer:
             self.cb.on_message(f"warning: {data.info['cache_warning']}")
         return data
 
+    def _load_teacher(self) -> LoadedModel | None:
+        """Distillation: the teacher flow, frozen, on the training device (its EMA weights)."""
+        if not self.config.teacher:
+            return None
+        teacher = load_checkpoint(self.config.teacher, device=self.device)
+        if teacher.meta.shape != self.data.shape or teacher.meta.num_classes != self.num_classes:
+            raise FMError(
+                f"the teacher {self.config.teacher} was trained on items of shape {list(teacher.meta.shape)} "
+                f"with {teacher.meta.num_classes} classes; the data here is {list(self.data.shape)} with "
+                f"{self.num_classes}"
+            )
+        return teacher
+
     def _build_state(self, resumed: CheckpointMeta | None) -> TrainState:
-        """Model, EMA copy, AdamW and grad scaler; a resumed run keeps its checkpoint's model config."""
+        """Model, EMA copy, AdamW and grad scaler; a resumed run keeps its checkpoint's model config.
+
+        A MeanFlow model is the preset with the interval input; a distilled student is its teacher's
+        architecture with the interval input, starting from the teacher's weights (the interval input
+        starts at zero, so at step 0 the student's u(x, r, t) is the teacher's v(x, t) for every r).
+        """
         config, device = self.config, self.device
         if resumed is not None:  # newer presets must not change a resumed model
             model_config = dict(resumed.model_config)
+        elif self.teacher is not None:
+            model_config = {**self.teacher.meta.model_config, "interval": True}
         else:
             model_config = default_model_config(self.data.kind, self.data.shape, self.num_classes, device.type)
             model_config.update(config.model)
+            if config.objective == "meanflow":
+                model_config["interval"] = True
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only
         model = build_model(model_config).to(device)
+        if self.teacher is not None and resumed is None:
+            missing, unexpected = model.load_state_dict(self.teacher.model.state_dict(), strict=False)
+            assert not unexpected and all("interval" in key for key in missing), (missing, unexpected)
         ema = build_model(model_config).to(device).requires_grad_(False)
         ema.load_state_dict(model.state_dict())
         if config.grad_checkpoint and hasattr(model, "set_grad_checkpointing"):
@@ -194,15 +222,31 @@ class Trainer:
         scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         return TrainState(model=model, ema=ema, optimizer=make_optimizer(model, config), scaler=scaler)
 
+    def _check_guidance(self) -> None:
+        """--train-cfg needs an unconditional velocity: class labels trained with label dropout."""
+        if self.config.train_cfg == 1:
+            return
+        dropout = self.teacher.meta.label_dropout if self.teacher is not None else self.config.label_dropout
+        if not self.num_classes or dropout <= 0:
+            whose = "the teacher was" if self.teacher is not None else "this run is"
+            raise FMError(
+                f"--train-cfg {self.config.train_cfg:g} needs class labels and label dropout, and {whose} "
+                "trained without them; use --train-cfg 1"
+            )
+
     @property
     def channels_last(self) -> bool:
         """NHWC convolutions are faster on CUDA tensor cores; on the CPU the default layout is."""
         return self.device.type == "cuda" and self.data.kind == "image"
 
     def _wrap_for_forward(self, model: nn.Module) -> nn.Module:
-        """torch.compile and DDP wrap the model for the forward pass; ``state.model`` stays the plain module."""
+        """torch.compile and DDP wrap the model for the forward pass; ``state.model`` stays the plain module.
+
+        MeanFlow's torch.func.jvp cannot run through DDP's wrapper: its gradients are averaged over
+        the ranks by ``distributed.average_gradients`` after the backward pass instead.
+        """
         wrapped = torch.compile(model) if self.config.compile else model
-        if self.dist.enabled:
+        if self.dist.enabled and self.config.objective == "fm":
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -320,15 +364,53 @@ class Trainer:
         )
         micro = x0.shape[0] // config.grad_accum
         total = torch.zeros((), device=self.device)
+        ddp = self.dist.enabled and config.objective == "fm"
         for k in range(config.grad_accum):
             part = slice(k * micro, (k + 1) * micro)
-            conditioning = {} if batch.labels is None else {"y": batch.labels[part]}
-            sync = k == config.grad_accum - 1 or not self.dist.enabled  # DDP all-reduces on the last one only
+            labels = None if batch.labels is None else batch.labels[part]
+            sync = k == config.grad_accum - 1 or not ddp  # DDP all-reduces on the last one only
             with nullcontext() if sync else self.forward_model.no_sync(), autocast:
-                loss = flow_matching_loss(self.forward_model, x0[part], x1[part], batch.t[part], **conditioning)
+                if config.objective == "fm":
+                    conditioning = {} if labels is None else {"y": labels}
+                    loss = flow_matching_loss(self.forward_model, x0[part], x1[part], batch.t[part], **conditioning)
+                    logged = loss
+                else:
+                    loss, logged = self._meanflow_loss(x0[part], x1[part], batch.r[part], batch.t[part], labels)
                 self.state.scaler.scale(loss / config.grad_accum).backward()
-            total += loss.detach() / config.grad_accum
+            total += logged.detach() / config.grad_accum
+        if self.dist.enabled and not ddp:
+            distributed.average_gradients(self.dist, self.state.model.parameters())
         return total
+
+    def _meanflow_loss(self, x0, x1, r, t, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """MeanFlow's loss against x1 - x0, a teacher's velocity, or either with guidance folded in (--train-cfg);
+        returns (the weighted loss to backpropagate, the plain mean squared error to log)."""
+        config, model = self.config, self.state.model
+        conditioning = {} if labels is None else {"y": labels}
+        velocity = None
+        if self.teacher is not None or config.train_cfg != 1:
+            velocity = self._target_velocity(x0, x1, t, labels)
+        return meanflow_loss(
+            model, x0, x1, r, t, weighting_power=config.weighting_power, velocity=velocity, **conditioning
+        )
+
+    @torch.no_grad()
+    def _target_velocity(self, x0, x1, t, labels) -> torch.Tensor:
+        """The velocity MeanFlow's target is built from, at x_t (no gradient flows into it):
+
+        distillation:  v_T(x_t, t | y) guided, v_uncond + S (v_cond - v_uncond), S = --train-cfg;
+        from scratch:  S (x1 - x0) + (1 - S) u(x_t, t, t | null), the paper's guidance with the model's own
+                       unconditional velocity. Samples trained on the null class keep the plain target.
+        """
+        xt = interpolate(x0, x1, t)
+        if self.teacher is not None:
+            guided = guided_velocity(self.teacher.model, self.config.train_cfg, self.num_classes)
+            return guided(xt, t, labels) if labels is not None else self.teacher.model(xt, t)
+        null = torch.full_like(labels, self.num_classes)
+        unconditional = self.state.model(xt, t, y=null, r=t)
+        guided = self.config.train_cfg * (x1 - x0) + (1 - self.config.train_cfg) * unconditional
+        dropped = broadcast_time(labels == self.num_classes, x0)
+        return torch.where(dropped, x1 - x0, guided)
 
     def _non_finite(self, loss_value: float) -> None:
         if not self.config.skip_nonfinite:
@@ -430,7 +512,7 @@ class Trainer:
         images = (
             PREVIEW_PER_CLASS * self.num_classes if self.num_classes else (1000 if self.data.kind == "points" else 64)
         )
-        passes = PREVIEW.steps * 2  # heun: two evaluations per step
+        passes = PREVIEW.steps * 2  # heun: two evaluations per step (a MeanFlow model's preview costs less)
         grid = images * passes * seconds_per_step / (3 * items_per_step) if self.config.sample_every else 0.0
         return EndCosts(checkpoint=checkpoint, grid=grid)
 

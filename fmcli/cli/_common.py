@@ -120,21 +120,29 @@ CFG_HELP = (
 )
 
 # field of SamplingOptions -> (its command-line option, its default). The defaults are those of
-# SamplingOptions (tests/test_cli.py checks they agree); cfg None means "the default for the request".
+# SamplingOptions (tests/test_validation.py checks they agree); None means "the checkpoint's default".
 SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "solver": (
-        Annotated[str, typer.Option(help=solver_help(), autocompletion=registry.completer(registry.solvers))],
-        "heun",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                help=f"{solver_help()} [default: heun; meanflow for models trained for few-step sampling]",
+                autocompletion=registry.completer(registry.solvers),
+                show_default=False,
+            ),
+        ],
+        None,
     ),
     "steps": (
         Annotated[
-            int,
+            Optional[int],
             typer.Option(
-                help="Steps of a fixed-step solver (NFE = steps x evaluations per step; "
-                "adaptive solvers choose their own)."
+                help="Steps of a fixed-step solver (NFE = steps x evaluations per step; adaptive solvers choose "
+                "their own). [default: 20; 2 with the meanflow sampler]",
+                show_default=False,
             ),
         ],
-        20,
+        None,
     ),
     "time_grid": (
         Annotated[

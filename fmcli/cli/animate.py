@@ -115,6 +115,7 @@ def animate_command(
     )
     check_settings(settings)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
+    sampling = sampling.for_model(loaded)  # the checkpoint's own solver and steps where none were given
     points = loaded.meta.data["kind"] == "points"
     if class_ == "all":
         per_class = num if num is not None else 8

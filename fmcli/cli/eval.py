@@ -81,14 +81,15 @@ def eval_command(
     kid_subsets: Annotated[int, typer.Option(help="Random subsets KID is averaged over (its ± is their std).")] = 100,
     kid_subset_size: Annotated[int, typer.Option(help="Samples per KID subset (capped at the sample count).")] = 1000,
     steps: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             help=(
                 "Steps of a fixed-step solver (NFE = steps x evaluations per step); with --sweep a list, "
-                "e.g. 2,5,10,20."
-            )
+                "e.g. 2,5,10,20. [default: 20; 2 with the meanflow sampler]"
+            ),
+            show_default=False,
         ),
-    ] = "20",
+    ] = None,
     sampling=None,
     weights: WeightsOption = "ema",
     device: DeviceOption = "auto",
@@ -153,7 +154,9 @@ def eval_command(
     from fmcli.eval.run import EvalOptions, evaluate_checkpoint, evaluate_real
     from fmcli.eval.sweep import sweep
 
-    step_counts = parse_list(steps, "--steps", int)
+    step_counts = parse_list(steps, "--steps", int) if steps is not None else [None]
+    if sweep_solvers and steps is None:
+        raise FMError("--sweep needs --steps, the step counts to compare, e.g. --steps 2,5,10,20")
     if not sweep_solvers and len(step_counts) != 1:
         raise FMError("--steps takes one number (a list only with --sweep)")
     solvers = parse_list(sweep_solvers, "--sweep") if sweep_solvers else None

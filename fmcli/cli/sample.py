@@ -59,6 +59,7 @@ def sample_command(
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
+    sampling = sampling.for_model(loaded)  # the checkpoint's own solver and steps where none were given
     classes = parse_classes(class_, num, loaded.meta.class_names)
     if fmt == "folder":
         out.mkdir(parents=True, exist_ok=True)

@@ -313,6 +313,7 @@ class EvalContext:
 
     def sample_and_score(self, sampling: SamplingOptions) -> tuple[SampleResult, Tensor | None, dict, dict]:
         """Samples with ``sampling``, their features, and (logits, sampling summary, metrics)."""
+        sampling = sampling.for_model(self.loaded)
         result = self.sample(sampling, self.requested_classes(), f"sampling ({sampling.solver})")
         features, logits = extract_features(
             self.extractor, result.samples, device=self.device, progress=self.progress, stage="features of samples"
