@@ -155,7 +155,7 @@ def check_guidance(loaded: LoadedModel, cfg: float, classes: Tensor | None) -> N
         )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     loaded: LoadedModel,
     options: SamplingOptions,

@@ -5,7 +5,7 @@ import time
 import typer
 
 from fmcli import __version__
-from fmcli.cli import animate, data, eval, info, plugins, sample, train
+from fmcli.cli import animate, data, distill, eval, info, plugins, sample, train
 
 STARTED: float | None = None  # when main() began: `fm train --max-time` counts torch's import too
 
@@ -19,6 +19,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.command("train")(train.train_command)
+app.command("distill")(distill.distill_command)
 app.command("sample")(sample.sample_command)
 app.command("animate")(animate.animate_command)
 app.command("eval")(eval.eval_command)
@@ -43,4 +44,7 @@ def _root(
 def main() -> None:
     global STARTED
     STARTED = time.perf_counter()
+    from fmcli.memory import keep_freed_memory
+
+    keep_freed_memory()  # ctypes only, no torch: the CPU computes instead of faulting in fresh pages
     app()

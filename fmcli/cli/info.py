@@ -21,17 +21,26 @@ def info_command(
 
       fm info runs/demo/last.safetensors
     """
-    from fmcli.checkpoint import read_checkpoint
+    import math
 
-    tensors, meta = read_checkpoint(checkpoint)
-    groups = sorted({name.split(".", 1)[0] for name in tensors})
-    parameters = sum(t.numel() for name, t in tensors.items() if name.startswith("ema."))
+    from fmcli.checkpoint import read_header
+    from fmcli.sampling import FEW_STEP_DEFAULT, FLOW_DEFAULT
+
+    shapes, meta = read_header(checkpoint)  # the header alone: a few kB, whatever the file's size
+    groups = sorted({name.split(".", 1)[0] for name in shapes})
+    parameters = sum(math.prod(shape) for name, shape in shapes.items() if name.startswith("ema."))
+    trained = meta.train_config or {}
+    solver, steps = FEW_STEP_DEFAULT if meta.model_config.get("interval") else FLOW_DEFAULT
     payload = {
         "path": str(checkpoint),
         "format_version": meta.format_version,
         "step": meta.step,
         "parameters": parameters,
         "tensor_groups": groups,
+        "objective": trained.get("objective", "fm"),
+        "training_guidance": trained.get("train_cfg", 1.0),
+        "teacher": trained.get("teacher"),
+        "default_sampling": {"solver": solver, "steps": steps},
         "data": meta.data,
         "model_config": meta.model_config,
         "label_dropout": meta.label_dropout,
@@ -43,8 +52,10 @@ def info_command(
     table = Table(title=f"fm checkpoint {checkpoint}", show_header=False)
     table.add_column("key", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
-    for key in ("format_version", "step", "parameters", "tensor_groups", "label_dropout"):
+    for key in ("format_version", "step", "parameters", "tensor_groups", "objective", "training_guidance",
+                "teacher", "label_dropout"):  # fmt: skip
         table.add_row(key, str(payload[key]))
+    table.add_row("default_sampling", f"{solver}, {steps} steps")
     for key, value in meta.data.items():
         table.add_row(f"data.{key}", json.dumps(value) if not isinstance(value, str) else value)
     for key, value in meta.model_config.items():

@@ -94,6 +94,9 @@ class _Conv2d(torch.autograd.Function):
         if grad is None:
             return (None,) * 7
         x, weight = ctx.saved_tensors
+        # Under autocast the forward convolved bf16/fp16 copies of x and the weight: differentiate in
+        # the dtype it ran in (autograd casts each gradient back to its input's dtype).
+        x, weight = x.to(grad.dtype), weight.to(grad.dtype)
         stride, padding, dilation, groups = ctx.conv
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(

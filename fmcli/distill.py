@@ -1,0 +1,36 @@
+"""Distillation: the options that turn a trained flow checkpoint into a few-step (MeanFlow) training run.
+
+The training itself is ``fmcli.train`` with ``objective="meanflow"`` and ``teacher`` set: the
+student is the teacher's architecture with the interval input, initialised from the teacher's
+EMA weights, and its target velocity is the teacher's (guided) v_T(x_t, t) instead of x1 - x0
+(see ``Trainer._target_velocity``). Everything about the data comes from the teacher's own
+training config, so the student sees the same images, size and classes.
+"""
+
+from pathlib import Path
+
+from fmcli.checkpoint import checkpoint_file, read_header
+from fmcli.errors import FMError
+
+# Chosen by bench/few_step.py on the demo teacher (see the README's few-step table).
+DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "steps": 200, "batch_size": 64, "sample_every": 0}
+DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional")
+
+
+def distill_overrides(teacher: Path, options: dict) -> dict:
+    """The training overrides for distilling ``teacher``: its data and classes, the meanflow objective, the
+    teacher's own sampling guidance folded in, and distillation's defaults under the user's ``options``."""
+    path = checkpoint_file(teacher).resolve()
+    _, meta = read_header(path)
+    trained = meta.train_config or {}
+    if "data" not in trained:
+        raise FMError(f"{teacher} records no training data; fm distill needs a checkpoint written by fm train")
+    guidance = 2.0 if meta.num_classes and meta.label_dropout > 0 else 1.0  # fmcli.sampling.default_cfg's rule
+    given = {key: value for key, value in options.items() if value is not None}
+    if given.get("max_time") is not None:
+        given.setdefault("steps", None)
+    overrides = {key: trained.get(key) for key in DATA_KEYS}
+    overrides |= {"label_dropout": meta.label_dropout, "objective": "meanflow", "teacher": str(path),
+                  "train_cfg": guidance}  # fmt: skip
+    overrides |= {key: value for key, value in DISTILL_DEFAULTS.items() if key not in given}
+    return overrides | given
