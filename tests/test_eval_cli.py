@@ -187,14 +187,18 @@ def test_image_report_has_class_accuracy_histogram_and_uses_the_reference_cache(
     conditional = report["conditional"]
     assert conditional["num_samples"] == 130 and len(conditional["per_class"]) == 10
     assert 0 <= conditional["accuracy"] <= 1
-    histogram = report["class_histogram"]
-    assert histogram["source"] == "unconditional samples" and sum(histogram["counts"].values()) == 130
+    assert report["class_histogram"] is None  # unconditional samples only on request (they double the cost)
     assert report["reference"]["cached"] is False
-    second = invoke(*args)
+    second = invoke(*args, "--class-histogram", "--cfg", "2")
+    assert second.exit_code == 0, second.output
     assert second.exit_code == 0, second.output
     again = json.loads(second.stdout)
     assert again["reference"]["cached"] is True
-    assert again["metrics"]["fid"]["value"] == pytest.approx(report["metrics"]["fid"]["value"])
+    assert again["conditional"]["cfg"] == 2.0
+    histogram = again["class_histogram"]  # drawn without a label, so without guidance
+    assert histogram["source"] == "unconditional samples" and sum(histogram["counts"].values()) == 130
+    third = invoke(*args)
+    assert json.loads(third.stdout)["metrics"]["fid"]["value"] == pytest.approx(report["metrics"]["fid"]["value"])
 
 
 def test_real_floor_scores_train_against_test(fast_classifier):

@@ -99,6 +99,14 @@ def eval_command(
             "--real", help="Score real TRAIN images (same count) against the test split: the floor a model can reach."
         ),
     ] = False,
+    class_histogram: Annotated[
+        bool,
+        typer.Option(
+            "--class-histogram",
+            help="Conditional models: also draw --num samples without a label and report their classes "
+            "(does the model cover every class?). Doubles the sampling.",
+        ),
+    ] = False,
     nll: Annotated[
         bool,
         typer.Option("--nll", help="Also report the negative log-likelihood of test items (bits/dim for images)."),
@@ -182,6 +190,7 @@ def eval_command(
         cache_dir=cache_dir,
         inception_weights=inception_weights,
         download=not offline,
+        class_histogram=class_histogram,
         nll=NLLOptions(samples=nll_samples, solver=nll_solver, steps=nll_steps, probes=probes) if nll else None,
     )
     with progress_bar() as bar:

@@ -69,6 +69,9 @@ class EvalOptions:
     inception_weights: Path | None = None
     download: bool = True
     nll: NLLOptions | None = None  # also report the likelihood of test items
+    # Conditional models: also draw num_samples without a label and report their classes (mode coverage).
+    # Off by default: it doubles the sampling, and the conditional figures do not need it.
+    class_histogram: bool = False
 
     def __post_init__(self) -> None:
         unknown = [metric for metric in self.metrics if metric not in METRICS]
@@ -374,7 +377,7 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, progress: Progre
             }
         elif len(names) == ctx.num_classes:
             report["conditional"] = accuracy_report(logits, result.labels, names, classifier, cfg=result.cfg)
-            if ctx.loaded.meta.label_dropout > 0:
+            if options.class_histogram and ctx.loaded.meta.label_dropout > 0:
                 report["class_histogram"] = _unconditional_histogram(ctx, classifier, names)
     if options.nll is not None:
         report["nll"] = evaluate_nll(ctx)
@@ -396,7 +399,7 @@ def _classifier_for(ctx: EvalContext) -> FeatureExtractor | None:
 
 def _unconditional_histogram(ctx: EvalContext, classifier: FeatureExtractor, names: list[str]) -> dict:
     """Classes of samples drawn without a label (the null class): does the model cover every class?"""
-    sampling = replace(ctx.options.sampling, seed=ctx.options.sampling.seed + 1)
+    sampling = replace(ctx.options.sampling, seed=ctx.options.sampling.seed + 1, cfg=1.0)  # no label: no guidance
     result = ctx.sample(sampling, None, "unconditional sampling")
     _, logits = extract_features(classifier, result.samples, device=ctx.device)
     return {
