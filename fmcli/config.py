@@ -59,6 +59,7 @@ class TrainConfig:
     # output
     out: str | None = None
     log_every: int = 100
+    log_to: list = field(default_factory=list)  # loggers besides metrics.jsonl, e.g. ["tensorboard"]
     sample_every: int = 1000  # 0: no sample grids at all
     checkpoint_every: int = 1000
     keep: int = 3
@@ -89,6 +90,7 @@ FREE_ON_RESUME = (
     "sample_every",
     "checkpoint_every",
     "keep",
+    "log_to",
     "skip_nonfinite",
     "device",
     "compile",

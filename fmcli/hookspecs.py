@@ -35,5 +35,15 @@ def fm_register_models(register):
 
 
 @hookspec
+def fm_register_loggers(register):
+    """Register training loggers (``fm train --log-to NAME``): ``register(spec)``, a ``fmcli.specs.LoggerSpec``.
+
+    ``spec.open(run_dir, config)`` returns an object with ``log(record)`` (a dict of numbers with its
+    ``step``), ``log_image(step, tag, image)`` (a PIL image) and ``close()``; it is called on rank 0
+    only. The built-in ``jsonl`` (metrics.jsonl, always on) and ``tensorboard`` come through this hook.
+    """
+
+
+@hookspec
 def fm_register_feature_extractors(register):
     """Register feature extractors for ``fm eval``: ``register(spec)``, a ``fmcli.eval.features.ExtractorSpec``."""

@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = (
     "fmcli.builtins.datasets",
     "fmcli.builtins.models",
     "fmcli.builtins.extractors",
+    "fmcli.builtins.loggers",
 )
 
 pm = pluggy.PluginManager("fmcli")

@@ -76,6 +76,14 @@ def feature_extractors() -> dict[str, Any]:
     return _collect("fm_register_feature_extractors")
 
 
+def loggers() -> dict[str, Any]:
+    return _collect("fm_register_loggers")
+
+
+def get_logger(name: str) -> Any:
+    return _lookup("fm_register_loggers", "logger", name)
+
+
 def get_solver(name: str) -> Any:
     return _lookup("fm_register_solvers", "solver", name)
 

@@ -221,9 +221,9 @@ PREVIEW = SamplingOptions(steps=10, cfg=1.0, seed=1234)  # heun 10; a MeanFlow m
 PREVIEW_PER_CLASS = 8
 
 
-def write_sample_grid(loaded: LoadedModel, path: Path) -> Path:
+def write_sample_grid(loaded: LoadedModel, path: Path):
     """A PNG of samples: 8 per class (one row each) for conditional image models, 64 images or 1,000
-    points otherwise. Used by training for its ``samples/step-*.png`` previews."""
+    points otherwise. Used by training for its ``samples/step-*.png`` previews; returns the picture."""
     from fmcli.data.base import to_uint8
     from fmcli.files import atomic_write_bytes
     from fmcli.images import grid_image, png_bytes, scatter_image
@@ -238,4 +238,4 @@ def write_sample_grid(loaded: LoadedModel, path: Path) -> Path:
     else:
         picture = grid_image(to_uint8(result.samples), nrow=PREVIEW_PER_CLASS if num_classes else None, scale=2)
     atomic_write_bytes(path, png_bytes(picture))
-    return path
+    return picture

@@ -1,4 +1,4 @@
-"""What plugins register (data sets, models, feature extractors), and lazy references to implementations.
+"""What plugins register (data sets, models, feature extractors, loggers), and lazy references to implementations.
 
 Registering costs nothing: a spec names its item and describes it; the code behind it (torch,
 the network, the loader) is imported only when the item is used. That is what lets ``fm --help``,
@@ -38,6 +38,15 @@ class ExtractorSpec:
     description: str
     load: Callable[..., Any]  # load(fmcli.eval.features.ExtractorContext) -> FeatureExtractor
     dim: int | None = None  # feature length when known before loading (lets --num be checked before any work)
+
+
+@dataclass
+class LoggerSpec:
+    name: str
+    description: str
+    open: Callable[..., Any]  # open(run_dir: Path, config: TrainConfig) -> logger (see fmcli.hookspecs)
+    requires: str | None = None  # a package it imports, checked before training starts ...
+    install: str | None = None  # ... and how to get it, for the error message
 
 
 def _resolve(target: str) -> Any:

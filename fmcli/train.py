@@ -9,7 +9,6 @@ from the seed alone, so N steps + N resumed steps == 2N steps in one go (bit for
 with a cosine schedule the planned total must be the same).
 """
 
-import json
 import math
 import signal
 import time
@@ -30,6 +29,7 @@ from fmcli.device import resolve_device
 from fmcli.errors import FMError
 from fmcli.files import atomic_write_bytes
 from fmcli.flow import broadcast_time, flow_matching_loss, interpolate, meanflow_loss
+from fmcli.loggers import Loggers, check_loggers
 from fmcli.models import build_model
 from fmcli.models.presets import default_model_config
 from fmcli.optim import ema_decay_at, lr_at, make_optimizer, update_ema
@@ -144,6 +144,7 @@ class Trainer:
         self.total_steps = self._plan_steps()
         self.batches = self._batch_sampler()
         self.stop_flag, self.stop_requested = {"signum": 0}, 0
+        self.logger_specs = check_loggers(config.log_to)
 
     # -- building the parts
 
@@ -313,7 +314,9 @@ class Trainer:
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         loaded = LoadedModel(model=self.state.ema.eval(), meta=self.meta())
-        return write_sample_grid(loaded, folder / f"step-{self.state.step:07d}.png")
+        path = folder / f"step-{self.state.step:07d}.png"
+        self.loggers.log_image(self.state.step, "samples", write_sample_grid(loaded, path))
+        return path
 
     # -- the loop
 
@@ -427,57 +430,61 @@ class Trainer:
         self.state.skipped += 1
 
     def log(self, window: MetricsWindow, grad_norm: float, lr: float, start_time: float) -> None:
-        record = window.record(
-            step=self.state.step,
-            lr=lr,
-            grad_norm=grad_norm,
-            skipped_steps=self.state.skipped,
-            time=time.perf_counter() - start_time,
-        )
+        record = window.record(step=self.state.step, lr=lr, grad_norm=grad_norm, skipped_steps=self.state.skipped,
+                               time=time.perf_counter() - start_time)  # fmt: skip
         if self.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.dist.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            self.loggers.log(record)
             self.cb.on_log(record)
 
     def run(self) -> TrainResult:
+        """Step to the planned total; log, checkpoint and sample on their cadences; on a signal, checkpoint and stop."""
         config, state = self.config, self.state
         if self.dist.is_main:
             self.cb.on_start(self.total_steps, state.step, self.describe())
+            self.loggers = Loggers(self.logger_specs, self.run_dir, config)
         start_time, window, loss = time.perf_counter(), MetricsWindow(), float("nan")
-        timer = StepTimer(
-            budget=config.max_time,
-            started=self.started,
-            loop_start=start_time,
-            start_step=state.step,
-            warmup_steps=config.warmup_steps,
-        )
-        with stop_signals() as self.stop_flag:
-            while state.step < self.total_steps:
-                loss, grad_norm, lr = self.train_step()
-                if timer is not None:
-                    seconds = distributed.all_max(self.dist, timer.observe(state.step) or 0.0, self.device)
-                    if seconds > 0:  # every rank decides at the same step, on the slowest rank's time
-                        self._plan(timer, seconds)
-                        timer = None
-                window.add(loss, config.batch_size)
-                if self.dist.is_main:
-                    self.cb.on_step(state.step)
-                last = state.step == self.total_steps
-                if state.step % config.log_every == 0 or last or self.stop_requested:
-                    self.log(window, grad_norm, lr, start_time)
-                if self.stop_requested and not last:
-                    raise TrainingInterrupted(state.step, self.save(), self.run_dir, self.stop_requested)
-                if state.step % config.checkpoint_every == 0 and not last:
-                    self.save()
-                if config.sample_every and state.step % config.sample_every == 0 and not last:
-                    self.save_sample_grid()
-        path = self.save()
-        grid = self.save_sample_grid() if config.sample_every else None
-        if grid is not None:
-            self.cb.on_message(f"samples: {grid}")
+        timer = StepTimer(budget=config.max_time, started=self.started, loop_start=start_time, start_step=state.step,
+                          warmup_steps=config.warmup_steps)  # fmt: skip
+        try:
+            with stop_signals() as self.stop_flag:
+                while state.step < self.total_steps:
+                    loss, grad_norm, lr = self.train_step()
+                    timer = self._time(timer)
+                    window.add(loss, config.batch_size)
+                    self._after_step(window, grad_norm, lr, start_time)
+            path = self.save()
+            if config.sample_every and (grid := self.save_sample_grid()) is not None:
+                self.cb.on_message(f"samples: {grid}")
+        finally:
+            if self.dist.is_main:
+                self.loggers.close()
         return TrainResult(self.run_dir, path, state.step, loss, time.perf_counter() - start_time, state.skipped)
+
+    def _after_step(self, window: MetricsWindow, grad_norm: float, lr: float, start_time: float) -> None:
+        config, step = self.config, self.state.step
+        if self.dist.is_main:
+            self.cb.on_step(step)
+        last = step == self.total_steps
+        if step % config.log_every == 0 or last or self.stop_requested:
+            self.log(window, grad_norm, lr, start_time)
+        if self.stop_requested and not last:
+            raise TrainingInterrupted(step, self.save(), self.run_dir, self.stop_requested)
+        if step % config.checkpoint_every == 0 and not last:
+            self.save()
+        if config.sample_every and step % config.sample_every == 0 and not last:
+            self.save_sample_grid()
+
+    def _time(self, timer: StepTimer | None) -> StepTimer | None:
+        """Time the first steps (all ranks agree, on the slowest rank's time); then plan, and stop timing."""
+        if timer is None:
+            return None
+        seconds = distributed.all_max(self.dist, timer.observe(self.state.step) or 0.0, self.device)
+        if seconds <= 0:
+            return timer
+        self._plan(timer, seconds)
+        return None
 
     def _plan(self, timer: StepTimer, seconds_per_step: float) -> None:
         """Fix the total of a --max-time run, or tell how long the planned steps will take."""

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmcli.cli._common import cli_errors
+from fmcli.cli._common import cli_errors, parse_list
 from fmcli.cli.train import (
     BatchSize,
     CheckpointEvery,
@@ -18,6 +18,7 @@ from fmcli.cli.train import (
     JsonOutput,
     Keep,
     LogEvery,
+    LogTo,
     Lr,
     MaxTime,
     Out,
@@ -61,6 +62,7 @@ def distill_command(
     grad_checkpoint: GradCheckpoint = None,
     grad_accum: GradAccum = None,
     log_every: LogEvery = None,
+    log_to: LogTo = None,
     sample_every: SampleEvery = None,
     checkpoint_every: CheckpointEvery = None,
     keep: Keep = None,
@@ -100,7 +102,7 @@ def distill_command(
         time_sampling=time_sampling, time_mean=time_mean, time_std=time_std, seed=seed, device=device,
         precision=precision, grad_checkpoint=grad_checkpoint, grad_accum=grad_accum, log_every=log_every,
         sample_every=sample_every, checkpoint_every=checkpoint_every, keep=keep, skip_nonfinite=skip_nonfinite,
-        **lengths,
+        log_to=parse_list(log_to, "--log-to") if log_to is not None else None, **lengths,
     )  # fmt: skip
     if resume is not None:
         if teacher is not None:

@@ -11,18 +11,13 @@ from fmcli import registry
 from fmcli.cli._common import cli_errors, console, err_console, print_json
 from fmcli.plugins import BUILTIN_PLUGINS, failures, load_plugins, plugin_versions
 
+# kind (the --json key) -> (its hook, its name in the table, the registry it fills)
 KINDS = {
-    "solvers": "fm_register_solvers",
-    "datasets": "fm_register_datasets",
-    "models": "fm_register_models",
-    "feature_extractors": "fm_register_feature_extractors",
-}
-SHORT_KIND = {"solvers": "solver", "datasets": "data set", "models": "model", "feature_extractors": "extractor"}
-TABLES = {
-    "solvers": registry.solvers,
-    "datasets": registry.datasets,
-    "models": registry.models,
-    "feature_extractors": registry.feature_extractors,
+    "solvers": ("fm_register_solvers", "solver", registry.solvers),
+    "datasets": ("fm_register_datasets", "data set", registry.datasets),
+    "models": ("fm_register_models", "model", registry.models),
+    "feature_extractors": ("fm_register_feature_extractors", "extractor", registry.feature_extractors),
+    "loggers": ("fm_register_loggers", "logger", registry.loggers),
 }
 
 
@@ -34,7 +29,7 @@ def plugin_table() -> list[dict]:
         name: {"name": name, "version": versions.get(name, "?")} | {kind: [] for kind in KINDS}
         for name, _ in pm.list_name_plugin()
     }
-    for kind, hook in KINDS.items():
+    for kind, (hook, _, _) in KINDS.items():
         for item, owner in registry.owners(hook).items():
             rows[owner][kind].append(item)
     return list(rows.values())
@@ -44,13 +39,13 @@ def item_rows() -> list[tuple[str, str, str, str, str]]:
     """One row per registered item: (kind, name, plugin, version, description)."""
     versions = plugin_versions()
     rows = []
-    for kind, hook in KINDS.items():
+    for hook, kind, table in KINDS.values():
         owners = registry.owners(hook)
-        for name, item in TABLES[kind]().items():
+        for name, item in table().items():
             owner = owners[name]
             plugin = "fmcli" if owner in BUILTIN_PLUGINS else owner  # fm's own modules, one name for all
             description = " ".join(str(getattr(item, "description", "") or "").split())
-            rows.append((SHORT_KIND[kind], name, plugin, versions.get(owner, "?"), description))
+            rows.append((kind, name, plugin, versions.get(owner, "?"), description))
     return rows
 
 

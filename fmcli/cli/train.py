@@ -13,7 +13,15 @@ import typer
 
 from fmcli import registry
 from fmcli.budget import parse_duration
-from fmcli.cli._common import cli_errors, dataset_help, err_console, parse_int_list, print_json, progress_bar
+from fmcli.cli._common import (
+    cli_errors,
+    dataset_help,
+    err_console,
+    parse_int_list,
+    parse_list,
+    print_json,
+    progress_bar,
+)
 
 
 def _option(kind, help: str, *names: str, **extra) -> object:
@@ -89,6 +97,11 @@ GradCheckpoint = _option(
 )
 GradAccum = _option(int, "Split each batch into this many micro-batches. [default: 1]")
 LogEvery = _option(int, "Log the loss every N steps (metrics.jsonl). [default: 100]")
+LogTo = _option(
+    str,
+    "Also log to these, comma-separated: tensorboard (pip install 'fmcli[tensorboard]'), or a plugin's logger "
+    "(`fm plugins` lists them). metrics.jsonl is always written.",
+)
 SampleEvery = _option(int, "Save a sample grid every N steps and at the end (0: never). [default: 1000]")
 CheckpointEvery = _option(int, "Write a checkpoint every N steps. [default: 1000]")
 Keep = _option(int, "Keep the newest N step checkpoints. [default: 3]")
@@ -234,6 +247,7 @@ def train_command(
     grad_checkpoint: GradCheckpoint = None,
     grad_accum: GradAccum = None,
     log_every: LogEvery = None,
+    log_to: LogTo = None,
     sample_every: SampleEvery = None,
     checkpoint_every: CheckpointEvery = None,
     keep: Keep = None,
@@ -254,6 +268,8 @@ def train_command(
       fm train ./images --max-time 10m
 
       fm train mnist-mini --objective meanflow --out runs/onestep
+
+      fm train ./images --log-to tensorboard   (then: tensorboard --logdir runs/)
 
       fm train moons --steps 3000 --out runs/toy
 
@@ -281,5 +297,6 @@ def train_command(
         model=model or None, seed=seed, device=device, precision=precision, compile=compile,
         grad_checkpoint=grad_checkpoint, grad_accum=grad_accum, log_every=log_every, sample_every=sample_every,
         checkpoint_every=checkpoint_every, keep=keep, skip_nonfinite=skip_nonfinite,
+        log_to=parse_list(log_to, "--log-to") if log_to is not None else None,
     )  # fmt: skip
     run_training(overrides, config=config, resume=resume, allow_change=allow_change, json_output=json_output)
