@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fmcli.config import TrainConfig
 from fmcli.data.base import to_model_space
-from fmcli.flow import ot_pairing, sample_interval, sample_time
+from fmcli.flow import broadcast_time, ot_pairing, sample_interval, sample_time
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:
@@ -70,27 +70,34 @@ class BatchSampler:
         self.order = BatchOrder(len(inputs), config.batch_size, config.seed)
 
     def draw(self, step: int) -> Batch:
+        """This rank's slice of step ``step``'s global batch. Only the rows of that slice are read from the
+        data (a memory-mapped image folder is never read whole), except with OT pairing, which pairs the
+        whole batch. Random draws, in this order: t (and r), the noise, label dropout, flips."""
         config, device = self.config, self.device
-        index = self.order.indices(step).to(self.inputs.device)
+        index = self.order.indices(step)
+        batch = len(index)
         generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, step, 1))
-        x0 = self.inputs[index].to(device)
-        x0 = to_model_space(x0) if self.kind == "image" else x0.float()
-        batch = x0.shape[0]
         times = dict(method=config.time_sampling, mean=config.time_mean, std=config.time_std, generator=generator)
         if config.objective == "meanflow":
             r, t = sample_interval(batch, equal_fraction=1 - config.interval_fraction, device=device, **times)
         else:
             r, t = None, sample_time(batch, device=device, **times)
-        x1 = torch.randn(x0.shape, generator=generator, device=device)
+        x1 = torch.randn((batch, *self.inputs.shape[1:]), generator=generator, device=device)
         labels = None
         if self.labels is not None:
-            labels = self.labels[index].to(device)
+            labels = self.labels[index.to(self.labels.device)].to(device)
             drop = torch.rand(batch, generator=generator, device=device) < config.label_dropout
             labels = labels.masked_fill(drop, self.num_classes)  # the null class: trains v(x, t) without a label
-        if config.coupling == "ot":
-            x1 = x1[ot_pairing(x0, x1)]
+        flip = torch.rand(batch, generator=generator, device=device) < 0.5 if config.hflip else None
         share = batch // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
-        return Batch(
-            x0[mine], x1[mine], t[mine], None if labels is None else labels[mine], None if r is None else r[mine]
-        )
+        rows = slice(None) if config.coupling == "ot" else mine  # which rows of the batch this rank reads
+        x0 = self.inputs[index[rows].to(self.inputs.device)].to(device)
+        x0 = to_model_space(x0) if self.kind == "image" else x0.float()
+        if flip is not None:  # a mirror image is as likely as the image itself (photos, not digits)
+            x0 = torch.where(broadcast_time(flip[rows], x0), x0.flip(-1), x0)
+        if config.coupling == "ot":
+            x1 = x1[ot_pairing(x0, x1)]
+            x0 = x0[mine]
+        x1 = x1[mine]
+        return Batch(x0, x1, t[mine], None if labels is None else labels[mine], None if r is None else r[mine])

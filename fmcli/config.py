@@ -23,6 +23,7 @@ class TrainConfig:
     image_size: int | None = None  # resize + centre-crop (folders default to 32)
     channels: int | None = None  # force 1 or 3 channels
     conditional: bool = True  # use class labels when the data has them
+    hflip: bool = False  # random horizontal flips (image folders default to on; see dataset_defaults)
     # length
     steps: int | None = None  # optimizer steps (default: DEFAULT_STEPS)
     epochs: float | None = None  # alternative to --steps
@@ -125,6 +126,8 @@ def resolve(overrides: dict, config_file: Path | None = None, base: dict | None 
     explicit = {key: value for key, value in overrides.items() if value is not None}
     data = explicit.get("data") or file_values.get("data") or (base or {}).get("data") or values["data"]
     objective = explicit.get("objective") or file_values.get("objective") or (base or {}).get("objective") or "fm"
+    if base is not None:  # a run saved before an option existed trained with that option's plain default
+        base = asdict(TrainConfig()) | base
     layers = [dataset_defaults(data), OBJECTIVE_DEFAULTS.get(objective, {}), base or {}, file_values, explicit]
     for layer in layers:
         # --steps, --epochs and --max-time are three ways to say one thing: a layer that gives one drops the others.
@@ -140,11 +143,13 @@ def resolve(overrides: dict, config_file: Path | None = None, base: dict | None 
 
 
 def dataset_defaults(data: str) -> dict:
-    """The registered data set's own training defaults (none for folders or unknown names)."""
+    """The registered data set's own training defaults; image folders: horizontal flips on."""
     from fmcli.data.resolve import registered_dataset
 
     spec = registered_dataset(data)
-    return dict(spec.train_defaults) if spec is not None else {}
+    if spec is None:  # a folder of photos, icons, faces...: mirror images are as likely as the originals
+        return {"hflip": True}
+    return {"hflip": spec.flip_invariant} | dict(spec.train_defaults)
 
 
 def validate(config: TrainConfig) -> None:

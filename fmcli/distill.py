@@ -14,7 +14,7 @@ from fmcli.errors import FMError
 
 # Chosen by bench/few_step.py on the demo teacher (see the README's few-step table).
 DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "steps": 200, "batch_size": 64, "sample_every": 0}
-DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional")
+DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional", "hflip")
 
 
 def distill_overrides(teacher: Path, options: dict) -> dict:

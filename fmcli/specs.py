@@ -23,6 +23,8 @@ class DatasetSpec:
     # Training options that suit this data (e.g. a short schedule for the embedded subset);
     # they sit between fm's defaults and the user's config file and options.
     train_defaults: dict = field(default_factory=dict)
+    # Is a mirror image as likely as the image? (photos: yes; digits and text: no) Sets --hflip's default.
+    flip_invariant: bool = False
 
 
 @dataclass

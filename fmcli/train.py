@@ -130,6 +130,8 @@ class Trainer:
         self._check_batch_split()
         self.data = self._load_data()
         self.num_classes = self.data.num_classes if (config.conditional and self.data.labels is not None) else 0
+        if config.hflip and self.data.kind != "image":
+            raise FMError(f"--hflip flips images; {config.data} holds {self.data.kind}")
         self.data_meta = data_description(self.data, self.num_classes)
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
         self.teacher = self._load_teacher()

@@ -48,6 +48,12 @@ BatchSize = _option(
 )
 ImageSize = _option(int, "Resize and centre-crop images to this size, 8 to 1024 (folders: default 32).")
 Channels = _option(int, "Force 1 (grayscale) or 3 (RGB) channels.")
+Hflip = _option(
+    bool,
+    "Random horizontal flips of training images, from (seed, step) so resume stays exact. [default: on for image "
+    "folders, off for digits and data sets that are not mirror-symmetric]",
+    "--hflip/--no-hflip",
+)
 DataDir = _option(Path, "Folder holding data files such as MNIST's IDX files (else $FM_DATA_DIR).")
 # --- optimisation
 Lr = _option(float, "Peak learning rate of AdamW. [default: 2e-3]")
@@ -232,6 +238,7 @@ def train_command(
     train_cfg: TrainCfg = None,
     image_size: ImageSize = None,
     channels: Channels = None,
+    hflip: Hflip = None,
     data_dir: DataDir = None,
     unconditional: Annotated[
         bool, typer.Option("--unconditional", help="Ignore class labels even if the data has them.")
@@ -292,7 +299,7 @@ def train_command(
         warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay,
         label_dropout=label_dropout, time_sampling=time_sampling, time_mean=time_mean, time_std=time_std,
         coupling=coupling, objective=objective, interval_fraction=interval_fraction, weighting_power=weighting_power,
-        train_cfg=train_cfg, image_size=image_size, channels=channels,
+        train_cfg=train_cfg, image_size=image_size, channels=channels, hflip=hflip,
         data_dir=str(data_dir) if data_dir else None, conditional=False if unconditional else None,
         model=model or None, seed=seed, device=device, precision=precision, compile=compile,
         grad_checkpoint=grad_checkpoint, grad_accum=grad_accum, log_every=log_every, sample_every=sample_every,
