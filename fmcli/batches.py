@@ -92,7 +92,9 @@ class BatchSampler:
         share = batch // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
         rows = slice(None) if config.coupling == "ot" else mine  # which rows of the batch this rank reads
-        x0 = self.inputs[index[rows].to(self.inputs.device)].to(device)
+        x0 = self.inputs[index[rows].to(self.inputs.device)]
+        if x0.device != device:  # data kept in RAM or memory-mapped: copy just this batch
+            x0 = x0.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x0.to(device)
         x0 = to_model_space(x0) if self.kind == "image" else x0.float()
         if flip is not None:  # a mirror image is as likely as the image itself (photos, not digits)
             x0 = torch.where(broadcast_time(flip[rows], x0), x0.flip(-1), x0)

@@ -274,19 +274,19 @@ class Trainer:
         return total
 
     def _batch_sampler(self) -> BatchSampler:
-        # uint8 images live on the device (MNIST is 47 MB) and are normalised batch by batch.
-        inputs = self.data.data.to(self.device)
-        labels = self.data.labels.to(self.device) if self.num_classes else None
-        return BatchSampler(
-            inputs,
-            labels,
-            self.num_classes,
-            self.data.kind,
-            self.config,
-            self.dist.rank,
-            self.dist.world_size,
-            self.device,
-        )
+        return BatchSampler(self._place_data(), self.data.labels if self.num_classes else None, self.num_classes,
+                            self.data.kind, self.config, self.dist.rank, self.dist.world_size, self.device)  # fmt: skip
+
+    def _place_data(self) -> torch.Tensor:
+        """uint8 images go to the GPU when they take at most a quarter of its memory (MNIST: 47 MB), and are
+        normalised there batch by batch. Otherwise they stay where they are, in RAM or memory-mapped from
+        the folder cache, and each batch is staged through pinned memory."""
+        inputs = self.data.data
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            if inputs.numel() * inputs.element_size() <= total // 4:
+                return inputs.to(self.device)
+        return inputs
 
     # -- files
 
@@ -505,10 +505,11 @@ class Trainer:
         else:
             what = f"{self.total_steps:,} steps"
         left = (self.total_steps - step) * seconds_per_step + costs.checkpoint + costs.grid
+        epoch = seconds_per_step * len(self.data) / config.batch_size
         if self.dist.is_main:
             self.cb.on_message(
                 f"{what} at {seconds_per_step:.3g} s/step (timed over the first steps): training "
-                f"ends in about {format_duration(left)}"
+                f"ends in about {format_duration(left)} ({format_duration(epoch)} per epoch)"
             )
 
     def _end_costs(self, seconds_per_step: float) -> EndCosts:

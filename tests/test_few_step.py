@@ -67,7 +67,7 @@ def test_a_meanflow_checkpoint_samples_in_few_steps_by_default(meanflow_checkpoi
     code, output = fm("sample", meanflow_checkpoint, "--num", "8", "--out", tmp_path / "a.npz", "--json")
     assert code == 0, output
     summary = json.loads(output[output.index("{") :])
-    assert (summary["solver"], summary["steps"], summary["nfe"]) == ("meanflow", 2, 2)
+    assert (summary["solver"], summary["steps"], summary["nfe"]) == ("meanflow", 4, 4)
     code, output = fm(
         "sample", meanflow_checkpoint, "--num", "8", "--steps", "1", "--out", tmp_path / "b.npz", "--json"
     )
@@ -82,7 +82,7 @@ def test_fm_info_shows_the_objective_and_the_default_sampler(meanflow_checkpoint
     code, output = fm("info", meanflow_checkpoint, "--json")
     info = json.loads(output)
     assert info["objective"] == "meanflow" and info["training_guidance"] == 1.0
-    assert info["default_sampling"] == {"solver": "meanflow", "steps": 2}
+    assert info["default_sampling"] == {"solver": "meanflow", "steps": 4}
 
 
 def test_the_sweep_and_animate_take_the_few_step_sampler(meanflow_checkpoint, tmp_path):
@@ -129,7 +129,7 @@ def test_the_student_starts_as_its_teacher_and_records_what_it_distilled(teacher
     code, output = fm("sample", student.checkpoint, "--class", "3", "--num", "2", "--out", tmp_path / "s.npz",
                       "--json")  # fmt: skip
     summary = json.loads(output[output.index("{") :])
-    assert summary["cfg"] == 1.0 and summary["nfe"] == 2  # guidance is in the weights: no doubled batch
+    assert summary["cfg"] == 1.0 and summary["nfe"] == 4  # guidance is in the weights: no doubled batch
 
 
 def test_distilling_takes_the_teachers_velocity_as_the_target(teacher, tmp_path, monkeypatch):

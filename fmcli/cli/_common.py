@@ -138,7 +138,7 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
             Optional[int],
             typer.Option(
                 help="Steps of a fixed-step solver (NFE = steps x evaluations per step; adaptive solvers choose "
-                "their own). [default: 20; 2 with the meanflow sampler]",
+                "their own). [default: 20; 4 with the meanflow sampler]",
                 show_default=False,
             ),
         ],

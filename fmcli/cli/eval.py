@@ -85,7 +85,7 @@ def eval_command(
         typer.Option(
             help=(
                 "Steps of a fixed-step solver (NFE = steps x evaluations per step); with --sweep a list, "
-                "e.g. 2,5,10,20. [default: 20; 2 with the meanflow sampler]"
+                "e.g. 2,5,10,20. [default: 20; 4 with the meanflow sampler]"
             ),
             show_default=False,
         ),

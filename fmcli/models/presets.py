@@ -1,10 +1,13 @@
-"""Default model configs per data shape, and a FLOP counter for sizing them.
+"""Default model configs per data shape and device, and a FLOP counter for sizing them.
 
-The 28x28 default is sized for the headline: ``fm train mnist-mini`` on 2 CPU cores in at most
-5 minutes. On a CPU a training run is bought with CPU-seconds, so the default is the config
-with the lowest held-out flow-matching loss after a fixed CPU time, among those measured
-(see the comment on ``_MNIST_CPU``). On CUDA wider models
-cost little wall time, so ``device_type="cuda"`` gets roughly 4-8x the FLOPs.
+On a CPU a training run is bought with CPU-seconds: the 28x28 and 32x32 defaults are the configs
+with the best sample quality (FID and conditional accuracy without guidance) after the same wall
+time on 2 cores, among those measured by ``bench/demo_search.py`` (README, "Choosing the demo
+model"). 64, 128 and 256 px get U-Nets that train on a CPU at all (attention only at 8x8).
+
+On CUDA wider models cost little wall time: the presets follow published image U-Nets at those
+sizes (DDPM's CIFAR-10 and LSUN networks, ADM's 64 and 128 px ones), trimmed to 2 residual blocks
+per level: channel multipliers per resolution, self-attention at 16x16 and 8x8.
 """
 
 import torch
@@ -13,11 +16,35 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fmcli.errors import FMError
 
-# 28x28 on CPU, chosen by measurement (1 thread, batch 64, AdamW 1e-3, real MNIST, held-out FM loss
-# after equal CPU time). Loss after 160 CPU-s (images per CPU-second): base 24 [1, 2, 2] 0.214 (69),
-# base 16 [1, 2, 4] 0.221 (90), base 32 [1, 2, 2] 0.231 (51). 0.67 M parameters, 215 MFLOP/image.
-_MNIST_CPU = {"base_channels": 24, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [7]}
-_MNIST_CUDA = {"base_channels": 64, "channel_mults": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [14, 7]}
+# Image size -> architecture, per device type. See bench/demo_search.py for the CPU 28 and 32 px choices.
+CPU_PRESETS = {
+    28: {"base_channels": 24, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [7]},
+    32: {"base_channels": 32, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 1, "attention_resolutions": [8]},
+    64: {"base_channels": 32, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 1, "attention_resolutions": [8]},
+    128: {"base_channels": 32, "channel_mults": [1, 1, 2, 2, 4], "num_res_blocks": 1, "attention_resolutions": [8]},
+    256: {"base_channels": 32, "channel_mults": [1, 1, 2, 2, 4, 4], "num_res_blocks": 1, "attention_resolutions": [8]},
+}
+CUDA_PRESETS = {
+    28: {"base_channels": 64, "channel_mults": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [14, 7]},
+    # DDPM CIFAR-10: 128 channels, (1, 2, 2, 2), attention at 16x16.
+    32: {"base_channels": 128, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 2, "attention_resolutions": [16]},
+    # ADM 64x64: (1, 2, 3, 4), attention at 16 and 8 (ADM also at 32; ADM's 192 channels trimmed to 128).
+    64: {"base_channels": 128, "channel_mults": [1, 2, 3, 4], "num_res_blocks": 2, "attention_resolutions": [16, 8]},
+    # ADM 128x128: (1, 1, 2, 3, 4), attention at 16 and 8.
+    128: {
+        "base_channels": 128,
+        "channel_mults": [1, 1, 2, 3, 4],
+        "num_res_blocks": 2,
+        "attention_resolutions": [16, 8],
+    },  # fmt: skip
+    # DDPM LSUN 256x256: 128 channels, (1, 1, 2, 2, 4, 4), attention at 16x16.
+    256: {
+        "base_channels": 128,
+        "channel_mults": [1, 1, 2, 2, 4, 4],
+        "num_res_blocks": 2,
+        "attention_resolutions": [16],
+    },  # fmt: skip
+}
 
 
 def default_model_config(kind: str, shape: tuple, num_classes: int, device_type: str = "cpu") -> dict:
@@ -34,10 +61,8 @@ def default_model_config(kind: str, shape: tuple, num_classes: int, device_type:
     if height != width:
         raise FMError(f"the U-Net needs square images, got {height}x{width}; resize with --image-size")
     cuda = device_type == "cuda"
-    if height == 28:
-        arch = dict(_MNIST_CUDA if cuda else _MNIST_CPU)
-    else:
-        arch = _generic_image_arch(height, cuda)
+    presets = CUDA_PRESETS if cuda else CPU_PRESETS
+    arch = dict(presets[height]) if height in presets else _generic_image_arch(height, cuda)
     return {
         "name": "unet",
         "in_channels": channels,
