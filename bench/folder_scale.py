@@ -1,8 +1,14 @@
 """Image folders at scale: decoding rate (serial, threads, processes), first load (decode into the
-cache) against later loads (map the cache), and random batches read from the map.
+cache) against later loads (map the cache), random batches read from the map, and training on it.
 
     python bench/folder_scale.py --num 200 --out /tmp/fs                    # smoke run
-    python bench/folder_scale.py --num 20000 --classes 10 --image-size 64 --out bench/results
+    python bench/folder_scale.py --num 100000 --classes 10 --image-size 64 --train-steps 30 --out bench/results
+
+With --train-steps, `fm train FOLDER --image-size 64` runs three times as a user would, each in its own
+process: on the cached folder (its second run: the cache exists), on the same folder with --no-cache
+(today's in-memory path: every image decoded into RAM first), and on a 1,000-image folder (the baseline
+memory of training itself). Each reports the process's peak resident memory from the OS (wait4's
+ru_maxrss), the seconds until training starts, and training images/s (median over log windows).
 
 The images are generated here (no download): N RGB JPEGs of --pixels x --pixels in K class
 folders, smooth colour fields plus noise so the JPEG decoder has real work. They are kept in
@@ -16,6 +22,8 @@ import json
 import os
 import platform
 import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,6 +67,27 @@ def best(fn, repeat: int) -> float:
     return min(times)
 
 
+def train_process(folder: Path, run: Path, steps: int, *extra: str) -> dict:
+    """`fm train FOLDER` in its own process: peak RSS (OS), seconds to the first step, training images/s."""
+    shutil.rmtree(run, ignore_errors=True)
+    command = [sys.executable, "-m", "fmcli", "train", str(folder), "--image-size", "64", "--steps", str(steps),
+               "--batch-size", "64", "--log-every", "5", "--sample-every", "0", "--out", str(run), *extra]  # fmt: skip
+    env = {**os.environ, "FM_PROGRESS": "0"}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    started = None
+    for line in process.stderr:
+        if started is None and line.startswith("training on"):
+            started = time.perf_counter() - start
+    _, status, usage = os.wait4(process.pid, 0)
+    if status:
+        raise SystemExit(f"fm train failed ({status}): {' '.join(command)}")
+    windows = [json.loads(line)["images_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"peak_rss_mb": round(usage.ru_maxrss / 1024), "seconds_to_first_step": round(started, 1),
+            "images_per_s": round(statistics.median(windows[1:] or windows), 1), "seconds": round(
+                time.perf_counter() - start, 1)}  # fmt: skip
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num", type=int, default=200, help="images to generate")
@@ -70,6 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="rows per random batch read from the map")
     parser.add_argument("--images", default=None, help="where the generated images live (default: under --out)")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--train-steps", type=int, default=0, help="also train on the folder (see above); 0: no")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -126,6 +156,20 @@ def main(argv=None) -> int:
     seconds = best(lambda: [data.data[index] for index in indices], args.repeat) / len(indices)
     record(f"random batch of {batch} from the map", seconds, batch)
 
+    training = {}
+    if args.train_steps:
+        small = generate(Path(str(images) + "-first1000"), 1000, args.classes, args.pixels)[0].parents[1]
+        runs = out / "folder-scale-runs"
+        training = {
+            f"cached ({args.num:,} images, second run)": train_process(images, runs / "cached", args.train_steps),
+            f"in memory ({args.num:,} images, --no-cache)": train_process(
+                images, runs / "memory", args.train_steps, "--no-cache"
+            ),  # fmt: skip
+            "cached (1,000 images: the baseline)": train_process(small, runs / "small", args.train_steps),
+        }
+        for what, row in training.items():
+            print(f"{what:44s} {row}", flush=True)
+
     header = {
         "num": args.num,
         "classes": args.classes,
@@ -140,7 +184,8 @@ def main(argv=None) -> int:
         "machine": platform.machine(),
         "decoder": decode.DECODER_VERSION,
     }
-    (out / "folder_scale.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    (out / "folder_scale.json").write_text(json.dumps({"header": header, "rows": rows, "training": training},
+                                                      indent=2))  # fmt: skip
     lines = [
         f"# Image folder at scale: {args.num} JPEGs of {args.pixels} px -> {size} px, {workers} workers",
         "",
@@ -148,6 +193,12 @@ def main(argv=None) -> int:
         "|---|---:|---:|",
     ]
     lines += [f"| {row['what']} | {row['seconds']:.3f} | {row['images_per_s']:.0f} |" for row in rows]
+    if training:
+        lines += ["", f"`fm train FOLDER --image-size {size} --steps {args.train_steps} --batch-size 64`, one process "
+                  "each:", "", "| run | peak RSS (MB) | seconds to the first step | training images/s |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        lines += [f"| {what} | {row['peak_rss_mb']} | {row['seconds_to_first_step']} | {row['images_per_s']:.0f} |"
+                  for what, row in training.items()]  # fmt: skip
     (out / "folder_scale.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -184,14 +184,20 @@ def predicted_x0(
     labels: Tensor | None,
     device: torch.device,
     batch_size: int,
+    one_step: bool = False,
 ) -> Tensor:
-    """x̂0 = x_t - t v(x_t, t) for CPU states [N, ...], evaluated in batches on ``device``; CPU float result."""
+    """x̂0 = x_t - t v(x_t, t) for CPU states [N, ...], evaluated in batches on ``device``; CPU float result.
+
+    ``one_step`` (models trained for few-step sampling): x̂0 = x_t - t u(x_t, 0, t), the model's own jump
+    from t straight to the data, exact for an exact average velocity where x_t - t v is only a straight guess.
+    """
     guesses = []
     for first in range(0, len(states), batch_size):
         x = states[first : first + batch_size].to(device)
         y = None if labels is None else labels[first : first + batch_size].to(device)
         t_tensor = torch.tensor(t, device=device, dtype=x.dtype)
-        guesses.append(predicted_data(x, t_tensor, velocity(x, t_tensor, y)).float().cpu())
+        interval = {"r": torch.zeros_like(t_tensor)} if one_step else {}
+        guesses.append(predicted_data(x, t_tensor, velocity(x, t_tensor, y, **interval)).float().cpu())
     return torch.cat(guesses)
 
 
@@ -228,7 +234,14 @@ def render_animation(
     trajectory = result.trajectory  # [T, N, ...] float32 on the CPU
     result.trajectory = None
     velocity = guided_velocity(loaded.model, result.cfg, null_class=loaded.meta.num_classes)
-    x0 = functools.partial(predicted_x0, velocity, labels=classes, device=loaded.device, batch_size=sampling.batch_size)
+    x0 = functools.partial(
+        predicted_x0,
+        velocity,
+        labels=classes,
+        device=loaded.device,
+        batch_size=sampling.batch_size,
+        one_step=bool(loaded.meta.model_config.get("interval")),
+    )
     if loaded.meta.data["kind"] == "points":
         frames, box, extra = _points_frames(
             loaded, trajectory, times, classes, velocity, x0, settings, sampling.seed, progress

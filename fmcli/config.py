@@ -24,6 +24,7 @@ class TrainConfig:
     channels: int | None = None  # force 1 or 3 channels
     conditional: bool = True  # use class labels when the data has them
     hflip: bool = False  # random horizontal flips (image folders default to on; see dataset_defaults)
+    cache: bool = True  # image folders: decode once into $FM_CACHE_DIR and map it (False: decode into RAM)
     # length
     steps: int | None = None  # optimizer steps (default: DEFAULT_STEPS)
     epochs: float | None = None  # alternative to --steps
@@ -92,6 +93,7 @@ FREE_ON_RESUME = (
     "checkpoint_every",
     "keep",
     "log_to",
+    "cache",
     "skip_nonfinite",
     "device",
     "compile",

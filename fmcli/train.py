@@ -168,6 +168,7 @@ class Trainer:
             image_size=config.image_size,
             channels=config.channels,
             seed=config.seed,
+            cache=config.cache,
         )
         data = load_data(config.data, options)
         if len(data) == 0:

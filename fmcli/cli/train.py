@@ -48,6 +48,12 @@ BatchSize = _option(
 )
 ImageSize = _option(int, "Resize and centre-crop images to this size, 8 to 1024 (folders: default 32).")
 Channels = _option(int, "Force 1 (grayscale) or 3 (RGB) channels.")
+Cache = _option(
+    bool,
+    "Image folders: decode once into a memory-mapped file under $FM_CACHE_DIR and map it on later runs (RAM use "
+    "stays small), or decode every run into RAM. [default: --cache]",
+    "--cache/--no-cache",
+)
 Hflip = _option(
     bool,
     "Random horizontal flips of training images, from (seed, step) so resume stays exact. [default: on for image "
@@ -239,6 +245,7 @@ def train_command(
     image_size: ImageSize = None,
     channels: Channels = None,
     hflip: Hflip = None,
+    cache: Cache = None,
     data_dir: DataDir = None,
     unconditional: Annotated[
         bool, typer.Option("--unconditional", help="Ignore class labels even if the data has them.")
@@ -299,7 +306,7 @@ def train_command(
         warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay,
         label_dropout=label_dropout, time_sampling=time_sampling, time_mean=time_mean, time_std=time_std,
         coupling=coupling, objective=objective, interval_fraction=interval_fraction, weighting_power=weighting_power,
-        train_cfg=train_cfg, image_size=image_size, channels=channels, hflip=hflip,
+        train_cfg=train_cfg, image_size=image_size, channels=channels, hflip=hflip, cache=cache,
         data_dir=str(data_dir) if data_dir else None, conditional=False if unconditional else None,
         model=model or None, seed=seed, device=device, precision=precision, compile=compile,
         grad_checkpoint=grad_checkpoint, grad_accum=grad_accum, log_every=log_every, sample_every=sample_every,
