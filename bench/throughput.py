@@ -3,6 +3,11 @@ model FLOPs per image and the fraction of the device's peak that this reaches.
 
     python bench/throughput.py --device cuda --batch-size 512 --out bench/results     # GPU
     python bench/throughput.py --device cpu --batch-size 64 --seconds 5 --out /tmp/tp  # CPU
+    python bench/throughput.py --device cpu --batch-size 64 --malloc default --out /tmp/tp-before
+
+The last row samples as `fm sample --class K` does by default: heun 20 steps with guidance 2
+(two evaluations per step) in batches of 500. ``--malloc default`` leaves glibc's malloc as it is,
+which is how fm 0.1.0 ran (the fm command now calls ``fmcli.memory.keep_freed_memory``).
 
 FLOPs come from PyTorch's FlopCounterMode (matrix products, convolutions, attention; a
 multiply-add counts 2); one training step costs about 3x the forward FLOPs. The peak is
@@ -62,8 +67,14 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--model", default=None, help="JSON model overrides")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    malloc_help = "tuned: keep freed memory for reuse, as the fm command does; default: glibc's own"
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned", help=malloc_help)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
+    if args.malloc == "tuned":
+        from fmcli.memory import keep_freed_memory
+
+        keep_freed_memory()
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     precision = args.precision or ("bf16" if cuda else "fp32")
@@ -108,14 +119,18 @@ def main(argv=None) -> int:
     meta = CheckpointMeta(
         format_version=FORMAT_VERSION,
         model_config=config,
+        label_dropout=0.1,  # as trained models have it: guidance is allowed
         data={"shape": [1, 28, 28], "num_classes": 10, "kind": "image"},
         step=0,
     )
     model.eval()
     loaded = LoadedModel(model=forward, meta=meta)
     classes = torch.arange(args.sample_batch) % 10
-    for solver, steps in (("euler", 10), ("heun", 5), ("euler", 20), ("heun", 10)):
-        options = SamplingOptions(solver=solver, steps=steps, cfg=1.0, batch_size=args.sample_batch)
+    plans = [(solver, steps, 1.0, args.sample_batch) for solver, steps in (("euler", 10), ("heun", 5), ("euler", 20),
+                                                                            ("heun", 10))]  # fmt: skip
+    plans.append(("heun", 20, 2.0, 500))  # fm sample --class K's defaults
+    for solver, steps, cfg, batch in plans:
+        options = SamplingOptions(solver=solver, steps=steps, cfg=cfg, batch_size=batch)
 
         def sample(options=options):
             with autocast:
@@ -123,12 +138,14 @@ def main(argv=None) -> int:
 
         elapsed, iters = timed(sample, device, args.seconds, min_iters=2)
         nfe = steps * (1 if solver == "euler" else 2)
+        passes = nfe * (2 if cfg != 1 else 1)  # guidance evaluates a doubled batch
         ips = iters * args.sample_batch / elapsed
+        guidance = f", guidance {cfg:g}" if cfg != 1 else ""
         rows.append(
             {
-                "what": f"sampling {solver} {steps} steps (NFE {nfe}, batch {args.sample_batch})",
+                "what": f"sampling {solver} {steps} steps (NFE {nfe}{guidance}, batch {batch})",
                 "images_per_s": ips,
-                "tflops": ips * nfe * flops / 1e12,
+                "tflops": ips * passes * flops / 1e12,
             }
         )
     name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or "cpu")

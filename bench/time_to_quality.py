@@ -19,6 +19,11 @@ imports POT (`ot`) at import time although only its OT variants use it; with
 Example (one GPU, about 6 minutes with compilation):
     python bench/time_to_quality.py --data mnist --data-dir $FM_DATA_DIR --budgets 30,120 \
         --reference-budget 240 --solvers heun:10,euler:10,heun:5,dopri5@1e-4 --num 5000 --out bench/results
+Two CPU cores, equal wall time, each side as its user would run it (`fm train --max-time` with fm's
+CPU defaults; TorchCFM's recipe as written, made for a GPU):
+    python bench/time_to_quality.py --data mnist --data-dir $FM_DATA_DIR --device cpu --ours-as-user \
+        --budgets 240 --reference-budget 240 --solvers heun:20,euler:10 --reference-solvers dopri5@1e-4,euler:10 \
+        --num 1000 --out bench/results/ttq_cpu
 CPU smoke run (what CI does, no timing asserted):
     python bench/time_to_quality.py --data mnist-mini --budgets 2 --reference-budget 2 --num 200 \
         --solvers euler:2 --device cpu --out /tmp/ttq
@@ -37,7 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fmcli import __version__, registry  # noqa: E402
-from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, save_checkpoint  # noqa: E402
+from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, read_checkpoint, save_checkpoint  # noqa: E402
 from fmcli.config import TrainConfig, validate  # noqa: E402
 from fmcli.data.base import to_model_space  # noqa: E402
 from fmcli.device import resolve_device  # noqa: E402
@@ -65,6 +70,24 @@ def synchronize(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- our side
+
+
+def train_ours_as_user(args, out: Path) -> list[dict]:
+    """`fm train DATA --max-time B` in its own process, with fm's defaults: one snapshot, its last checkpoint."""
+    import subprocess
+
+    (budget,) = args.budgets
+    run = out / "ours-user"
+    command = [sys.executable, "-m", "fmcli", "train", args.data, "--max-time", f"{budget:g}s", "--out", str(run),
+               "--sample-every", "0", *(["--data-dir", args.data_dir] if args.data_dir else [])]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    batch = json.loads((run / "config.json").read_text())["batch_size"]
+    parameters = sum(
+        t.numel() for name, t in read_checkpoint(run / "last.safetensors")[0].items() if name[:4] == "ema."
+    )
+    return [{"side": "fm", "budget_s": budget, "checkpoint": str(run / "last.safetensors"), "steps": last["step"],
+             "train_images_per_s": last["step"] * batch / last["time"], "parameters": parameters}]  # fmt: skip
 
 
 def train_ours(args, out: Path) -> list[dict]:
@@ -313,6 +336,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--ours-as-user", action="store_true",
+                        help="fm's side is `fm train --max-time BUDGET` with fm's defaults (one budget)")  # fmt: skip
     parser.add_argument("--stub-pot", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results")
@@ -327,7 +352,7 @@ def main(argv=None) -> int:
     from fmcli.data.resolve import load_data
 
     train = load_data(args.data, LoadOptions(split="train", data_dir=Path(args.data_dir) if args.data_dir else None))
-    snapshots = train_ours(args, out)
+    snapshots = train_ours_as_user(args, out) if args.ours_as_user else train_ours(args, out)
     with_reference = not args.no_reference and import_torchcfm(args.stub_pot)
     if with_reference:
         pm.register(ReferencePlugin(), name="bench-reference")

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from fmcli.errors import FMError
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-CALIBRATION_STEPS = 20  # at most; fewer when the warm-up is shorter or the budget small
-CALIBRATION_SHARE = 0.05  # at most this share of the budget is spent measuring
+CALIBRATION_STEPS = 100  # at most; fewer when the warm-up is shorter or the budget small
+# At most this share of the budget is spent measuring. A few seconds were not enough on a shared
+# machine: 20 steps (10 s) once predicted 0.45 s/step for a run that went on at 0.57.
+CALIBRATION_SHARE = 0.1
 
 
 def parse_duration(text: str | float | int) -> float:
