@@ -12,10 +12,11 @@ from pathlib import Path
 from fmcli.checkpoint import checkpoint_file, read_header
 from fmcli.errors import FMError
 
-# A distillation step costs about 2.2x a step of the teacher's training on the CPU (the jvp on the
-# quarter of the batch with r < t, and the guided teacher's two evaluations), so 40% of the teacher's
-# steps take about 90% of its training time: `fm distill` takes no longer than the teacher did.
-DISTILL_STEP_SHARE = 0.4
+# A distillation step costs 2.2x (batch 64) to 2.9x (batch 16, the demo's) a step of the teacher's
+# training on the CPU (the jvp on the quarter of the batch with r < t, and the guided teacher's two
+# evaluations), so 30% of the teacher's steps take at most about 90% of its training time: `fm distill`
+# takes no longer than the teacher did.
+DISTILL_STEP_SHARE = 0.3
 DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0}
 DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional", "hflip")
 

@@ -367,7 +367,8 @@ def _state_dict_summary(model: nn.Module) -> tuple[int, int, str]:
 def test_models_without_the_interval_input_are_todays_models():
     """Key names and shapes as before the interval input existed (measured on the commit before it), so
     existing checkpoints load with strict=True; the config gains no key."""
-    unet_config = default_model_config("image", (1, 28, 28), 10, "cpu")
+    preset_0_1_0 = {"base_channels": 24, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [7]}
+    unet_config = default_model_config("image", (1, 28, 28), 10, "cpu") | preset_0_1_0  # the 28 px CPU preset then
     mlp_config = default_model_config("points", (2,), 0, "cpu")
     unet, mlp = build_model(unet_config), build_model(mlp_config)
     assert _state_dict_summary(unet) == (167, 672721, "9a69d3a13280fa67")

@@ -76,7 +76,7 @@ def distill_command(
     """Distill a flow model into a model that samples in 1-4 steps (MeanFlow with the teacher's velocity).
 
     The student is the teacher's network with an interval input, starting from the teacher's
-    weights, and learns the teacher's average velocity over [r, t]: one step x0 = x1 - u(x1, 0, 1)
+    weights, and learns the teacher's average velocity over \\[r, t]: one step x0 = x1 - u(x1, 0, 1)
     replaces an ODE solve. Guidance is folded in (--train-cfg, by default what `fm sample --class`
     uses on the teacher), so the student samples guided at --cfg 1. Run folder, checkpoints, resume,
     Ctrl-C, EMA, precision and progress are those of `fm train`; `fm sample STUDENT` uses the

@@ -36,7 +36,7 @@ Data = Annotated[
     ),
 ]
 Out = _option(Path, "Run folder (default runs/<data>, never overwritten).")
-Steps = _option(int, "Optimizer steps (default: the data set's own, e.g. 350 for mnist-mini; else 2000).")
+Steps = _option(int, "Optimizer steps (default: the data set's own, e.g. 1600 for mnist-mini; else 2000).")
 Epochs = _option(float, "Train for this many passes over the data instead of --steps.")
 MaxTime = _option(
     str,
@@ -84,7 +84,7 @@ Coupling = _option(
 )
 Objective = _option(
     str,
-    "fm: flow matching (sample with ODE solvers, 10-40 NFE); meanflow: average velocities over [r, t] "
+    "fm: flow matching (sample with ODE solvers, 10-40 NFE); meanflow: average velocities over \\[r, t] "
     "(MeanFlow), sampled in 1-4 steps. [default: fm]",
 )
 IntervalFraction = _option(

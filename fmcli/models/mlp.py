@@ -54,14 +54,19 @@ class MLPVelocity(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
 
+    def check_input(self, x: Tensor) -> None:
+        """FMError unless x is a batch of the points this model takes (only x's shape is read)."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise FMError(f"the model expects points of shape [batch, {self.dim}], got {list(x.shape)}")
+
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None, r: Tensor | float | None = None) -> Tensor:
         """x [B, D], t [B] or 0-dim in [0, 1], y [B] int64 or None (-> null class) -> v [B, D].
 
         Interval models: r <= t like t -> the average velocity over [r, t]; r = None is r = t (see ``UNet.forward``).
         """
         validate = not is_compiling()
-        if validate and (x.dim() != 2 or x.shape[1] != self.dim):
-            raise FMError(f"the model expects points of shape [batch, {self.dim}], got {list(x.shape)}")
+        if validate:
+            self.check_input(x)
         t, y = prepare_time_and_labels(t, y, x.shape[0], self.num_classes, x.device, validate)
         emb = self.embedding(t, y, prepare_interval(r, t, x.shape[0], self.interval, x.device, validate))
         h = self.inp(x)

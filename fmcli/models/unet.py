@@ -379,7 +379,7 @@ class UNet(nn.Module):
         """
         validate = not is_compiling()
         if validate:
-            self._check_input(x)
+            self.check_input(x)
         t, y = prepare_time_and_labels(t, y, x.shape[0], self.num_classes, x.device, validate)
         interval = prepare_interval(r, t, x.shape[0], self.interval, x.device, validate)
         emb = self.embedding(t, y, interval)
@@ -396,7 +396,8 @@ class UNet(nn.Module):
             h = self._run(layers, h, emb)
         return self.out(h)
 
-    def _check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor) -> None:
+        """FMError unless x is a batch of the images this model takes (only x's shape is read)."""
         expected = [self.in_channels, self.image_size, self.image_size]
         if x.dim() != 4 or list(x.shape[1:]) != expected:
             raise FMError(
