@@ -3,9 +3,9 @@
     python bench/startup.py                                   # --help, COMMAND --help, a completion request
     python bench/startup.py --checkpoint runs/demo-4step      # + `fm sample CKPT --steps 1 --num 64`
 
-A completion request is what the shell runs on every TAB: Click's protocol, here completing the
-solver names after `fm sample --solver `. Run on an otherwise idle machine. Writes startup.json and
-startup.md to --out.
+A completion request is what the shell runs on every TAB (Typer's protocol, as set up by
+`fm --install-completion`), here completing the solver names after `fm sample --solver `.
+Run on an otherwise idle machine. Writes startup.json and startup.md to --out.
 """
 
 import argparse
@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/startup"))
     args = parser.parse_args()
     fm = shutil.which("fm") or str(Path(sys.executable).with_name("fm"))
-    completion = dict(os.environ, _FM_COMPLETE="bash_complete", COMP_WORDS="fm sample --solver ", COMP_CWORD="3")
+    completion = dict(os.environ, _FM_COMPLETE="complete_bash", COMP_WORDS="fm sample --solver ", COMP_CWORD="3")
     plans = {
         'python -c "import torch"': ([sys.executable, "-c", "import torch"], None),
         "fm --help": ([fm, "--help"], None),
