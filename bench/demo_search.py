@@ -86,7 +86,7 @@ def register_shapes(folder: Path) -> str:
 
 def score(run: Path, data: str, num: int, data_dir: str | None) -> dict:
     from fmcli.eval.run import EvalOptions, evaluate_checkpoint
-    from fmcli.sampling import SamplingOptions
+    from fmcli.sampling.options import SamplingOptions
 
     sampling = SamplingOptions(solver="heun", steps=20, cfg=1.0, seed=0, batch_size=250)
     options = EvalOptions(num_samples=num, metrics=("fid", "kid"), data=data, kid_subsets=20, sampling=sampling,
@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="candidate names separated by semicolons")
     parser.add_argument("--data-dir", default=None, help="full MNIST (else $FM_DATA_DIR)")
     args = parser.parse_args()
-    from fmcli.memory import keep_freed_memory
+    from fmcli.cli.memory import keep_freed_memory
 
     keep_freed_memory()
     args.out.mkdir(parents=True, exist_ok=True)

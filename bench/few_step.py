@@ -41,7 +41,7 @@ def median_seconds(command: list[str], repeats: int = 5) -> float:
 
 def score(checkpoint: Path, solver: str, steps: int, cfg: float | None, num: int) -> dict:
     from fmcli.eval.run import EvalOptions, evaluate_checkpoint
-    from fmcli.sampling import SamplingOptions
+    from fmcli.sampling.options import SamplingOptions
 
     sampling = SamplingOptions(solver=solver, steps=steps, cfg=cfg, seed=0, batch_size=250)
     report = evaluate_checkpoint(checkpoint, EvalOptions(num_samples=num, metrics=("fid", "kid"), data="mnist",
@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--num", type=int, default=2000, help="samples per score (equal per class)")
     parser.add_argument("--teacher", type=Path, default=None, help="an existing teacher run instead of training one")
     args = parser.parse_args()
-    from fmcli.memory import keep_freed_memory
+    from fmcli.cli.memory import keep_freed_memory
 
     keep_freed_memory()
     args.out.mkdir(parents=True, exist_ok=True)

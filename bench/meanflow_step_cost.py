@@ -7,8 +7,8 @@ One step = loss forward + backward (no optimizer) for the default 28x28 U-Net
 ``interval=True``). MeanFlow's jvp computes the tangent alongside the forward pass, so the target is
 at most one extra forward and backward per step (ratio <= ~2). Rows:
 
-    flow-matching              ``flow_matching_loss``
-    meanflow r<t               ``meanflow_loss`` with every sample through the jvp (equal_fraction 0)
+    flow-matching              ``FlowMatching``
+    meanflow r<t               ``MeanFlow`` with every sample through the jvp (equal_fraction 0)
     meanflow 75% r=t           the paper's share of plain samples, which skip the jvp
     meanflow r<t, builtin jvp  PyTorch's own forward-mode conv / group norm (``fmcli.models.forward_ad`` off)
 
@@ -37,9 +37,10 @@ ROWS = {
 
 def make_steps(batch: int) -> dict:
     """Row name -> a function running one training step of that row."""
-    from fmcli.flow import flow_matching_loss, meanflow_loss, sample_interval
+    from fmcli.flow.meanflow import sample_interval
     from fmcli.models import build_model, forward_ad
     from fmcli.models.presets import default_model_config
+    from fmcli.training.objectives import Batch, FlowMatching, MeanFlow, TimeDistribution
 
     torch.manual_seed(0)
     config = default_model_config("image", (1, 28, 28), 10, "cpu")
@@ -61,9 +62,9 @@ def make_steps(batch: int) -> dict:
             forward_ad.in_forward_ad = (lambda x: False) if builtin_jvp else cheap_jvp
             try:
                 if objective == "meanflow":
-                    loss, _ = meanflow_loss(model, x0, x1, r, t, y=y)
+                    loss = MeanFlow(TimeDistribution())(model, Batch(x0, x1, t, y, r)).loss
                 else:
-                    loss = flow_matching_loss(model, x0, x1, t, y=y)
+                    loss = FlowMatching()(model, Batch(x0, x1, t, y)).loss
                 loss.backward()
             finally:
                 forward_ad.in_forward_ad = cheap_jvp

@@ -7,7 +7,7 @@ model FLOPs per image and the fraction of the device's peak that this reaches.
 
 The last row samples as `fm sample --class K` does by default: heun 20 steps with guidance 2
 (two evaluations per step) in batches of 500. ``--malloc default`` leaves glibc's malloc as it is,
-which is how fm 0.1.0 ran (the fm command now calls ``fmcli.memory.keep_freed_memory``).
+which is how fm 0.1.0 ran (the fm command now calls ``fmcli.cli.memory.keep_freed_memory``).
 
 FLOPs come from PyTorch's FlopCounterMode (matrix products, convolutions, attention; a
 multiply-add counts 2); one training step costs about 3x the forward FLOPs. The peak is
@@ -27,12 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fmcli import __version__  # noqa: E402
-from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, LoadedModel  # noqa: E402
 from fmcli.device import resolve_device  # noqa: E402
-from fmcli.flow import flow_matching_loss  # noqa: E402
+from fmcli.io.checkpoint import FORMAT_VERSION, CheckpointMeta, LoadedModel  # noqa: E402
 from fmcli.models import build_model  # noqa: E402
 from fmcli.models.presets import count_flops, default_model_config  # noqa: E402
-from fmcli.sampling import SamplingOptions, generate  # noqa: E402
+from fmcli.sampling.generate import generate  # noqa: E402
+from fmcli.sampling.options import SamplingOptions  # noqa: E402
+from fmcli.training.objectives import Batch, FlowMatching  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s). H200/H100 SXM: 989 on paper; measured ~790 on the H200 here.
 KNOWN_PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     if args.malloc == "tuned":
-        from fmcli.memory import keep_freed_memory
+        from fmcli.cli.memory import keep_freed_memory
 
         keep_freed_memory()
     device = resolve_device(args.device)
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
 
     def train_step():
         with autocast:
-            loss = flow_matching_loss(forward, x0, x1, t, y=y)
+            loss = FlowMatching()(forward, Batch(x0, x1, t, y)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

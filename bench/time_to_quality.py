@@ -44,16 +44,17 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fmcli import __version__, registry  # noqa: E402
-from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, read_checkpoint, save_checkpoint  # noqa: E402
-from fmcli.config import TrainConfig, validate  # noqa: E402
 from fmcli.data.base import to_model_space  # noqa: E402
 from fmcli.device import resolve_device  # noqa: E402
 from fmcli.eval.run import EvalOptions, evaluate_checkpoint  # noqa: E402
 from fmcli.hookspecs import hookimpl  # noqa: E402
+from fmcli.io.checkpoint import FORMAT_VERSION, CheckpointMeta, read_checkpoint, save_checkpoint  # noqa: E402
 from fmcli.models import ModelSpec  # noqa: E402
 from fmcli.plugins import pm  # noqa: E402
-from fmcli.sampling import SamplingOptions  # noqa: E402
-from fmcli.train import Callbacks, Trainer  # noqa: E402  (the bench drives the loop itself, by wall clock)
+from fmcli.sampling.options import SamplingOptions  # noqa: E402
+from fmcli.training.config import TrainConfig, validate  # noqa: E402
+from fmcli.training.events import Callbacks  # noqa: E402
+from fmcli.training.loop import Trainer  # noqa: E402  (the bench drives the loop itself, by wall clock)
 
 
 def parse_solvers(text: str) -> list[tuple[str, int, float]]:
@@ -116,7 +117,7 @@ def train_ours(args, out: Path) -> list[dict]:
         model=json.loads(args.model) if args.model else {},
     )
     validate(config)
-    from fmcli.distributed import DistInfo
+    from fmcli.training.distributed import DistInfo
 
     trainer = Trainer(config, out / "ours", Callbacks(), None, DistInfo(), device)
     trainer.run_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from torch import Tensor
 from fmcli.data.base import ArrayDataset, DatasetSpec, LoadOptions
 from fmcli.errors import FMError
 from fmcli.hookspecs import hookimpl
-from fmcli.solvers.fixed import FixedStepSolver, StepFn
+from fmcli.sampling.solvers.fixed import FixedStepSolver, StepFn
 
 # --- a solver ---------------------------------------------------------------------------------
 

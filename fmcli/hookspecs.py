@@ -21,7 +21,7 @@ hookimpl = pluggy.HookimplMarker("fmcli")
 
 @hookspec
 def fm_register_solvers(register):
-    """Register ODE solvers: ``register(solver)``, where ``solver`` follows ``fmcli.solvers.base.Solver``."""
+    """Register ODE solvers: ``register(solver)``, where ``solver`` follows ``fmcli.sampling.solvers.base.Solver``."""
 
 
 @hookspec

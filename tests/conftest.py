@@ -40,7 +40,7 @@ TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "
 
 def train_tiny(out: Path, **overrides) -> Path:
     """A few steps of a tiny model: enough for shapes, files and round trips, not for quality."""
-    from fmcli.train import train
+    from fmcli.training.loop import train
 
     options = {
         "data": "mnist-mini",

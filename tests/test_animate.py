@@ -14,20 +14,21 @@ from conftest import train_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
-from fmcli.animate import (
+from fmcli.cli import app as fm_app
+from fmcli.cli.animate import animate_command
+from fmcli.data.base import to_uint8
+from fmcli.errors import FMError
+from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
+from fmcli.io.images import PlotFrame, encode_gif, grid_image
+from fmcli.sampling.animate import (
     AnimationSettings,
     frame_durations_ms,
     frame_times,
     motion_field,
     render_animation,
 )
-from fmcli.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
-from fmcli.cli import app as fm_app
-from fmcli.cli.animate import animate_command
-from fmcli.data.base import to_uint8
-from fmcli.errors import FMError
-from fmcli.images import PlotFrame, encode_gif, grid_image
-from fmcli.sampling import SamplingOptions, guided_velocity, parse_classes
+from fmcli.sampling.guidance import guided_velocity, parse_classes
+from fmcli.sampling.options import SamplingOptions
 
 runner = CliRunner()
 animate_app = typer.Typer()

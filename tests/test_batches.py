@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fmcli.batches import BatchSampler
-from fmcli.checkpoint import read_checkpoint
-from fmcli.config import TrainConfig, resolve
 from fmcli.data.base import to_model_space
-from fmcli.train import train
+from fmcli.io.checkpoint import read_checkpoint
+from fmcli.training.batches import BatchSampler
+from fmcli.training.config import TrainConfig, resolve
+from fmcli.training.loop import train
+from fmcli.training.objectives import make_objective
 
 
 class RowLog(torch.Tensor):
@@ -30,7 +31,8 @@ def sampler(config: TrainConfig, rank: int = 0, world: int = 1, inputs=None) -> 
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 6, 6), dtype=torch.uint8, generator=generator) if inputs is None else inputs
     labels = torch.arange(40) % 4
-    return BatchSampler(images, labels, 4, "image", config, rank, world, torch.device("cpu"))
+    objective = make_objective(config, num_classes=4)
+    return BatchSampler(images, labels, 4, "image", config, objective, rank, world, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("coupling", ["independent", "ot"])

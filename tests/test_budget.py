@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from fmcli import budget
-from fmcli.budget import EndCosts, StepTimer, parse_duration
-from fmcli.checkpoint import read_checkpoint
 from fmcli.errors import FMError
-from fmcli.train import train
+from fmcli.io.checkpoint import read_checkpoint
+from fmcli.training import budget
+from fmcli.training.budget import EndCosts, StepTimer, parse_duration
+from fmcli.training.loop import train
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fmcli.checkpoint import FORMAT_VERSION, load_checkpoint, read_checkpoint
 from fmcli.errors import FMError
-from fmcli.sampling import SamplingOptions, generate
+from fmcli.io.checkpoint import FORMAT_VERSION, load_checkpoint, read_checkpoint
+from fmcli.sampling.generate import generate
+from fmcli.sampling.options import SamplingOptions
 
 
 def test_round_trip_gives_identical_outputs(tiny_checkpoint):

@@ -5,25 +5,8 @@ import json
 import numpy as np
 import pytest
 from conftest import train_tiny
+from helpers import assert_one_line_error, fm
 from PIL import Image
-from typer.testing import CliRunner
-
-from fmcli.cli import app
-
-runner = CliRunner()
-
-
-def fm(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments: str):
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -86,22 +69,31 @@ def test_sample_is_reproducible_through_the_cli(tiny_checkpoint, tmp_path):
     assert np.array_equal(np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"])
 
 
-def test_sample_a_class_by_name_with_guidance(tiny_checkpoint, tmp_path):
-    result = fm(
-        "sample",
-        tiny_checkpoint,
-        "--class",
-        "7",
-        "--cfg",
-        "2",
-        "--num",
-        "2",
-        "--steps",
-        "1",
-        "--out",
-        tmp_path / "g.png",
-    )
+@pytest.fixture(scope="module")
+def named_classes_checkpoint(tmp_path_factory):
+    """A tiny model of a folder whose class names are numbers in another order than their indices:
+    sorted, the folders 10, 2 and 7 are classes 0, 1 and 2."""
+    root = tmp_path_factory.mktemp("named") / "pictures"
+    rng = np.random.default_rng(0)
+    for name in ("7", "10", "2"):
+        (root / name).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / name / f"{k}.png")
+    return train_tiny(tmp_path_factory.mktemp("runs") / "named", data=str(root), image_size=8)
+
+
+@pytest.mark.parametrize("spec, label", [("2", 1), ("10", 0), ("7", 2), ("all", None)])
+def test_sample_a_class_by_name_with_guidance(named_classes_checkpoint, tmp_path, spec, label):
+    """--class NAME means the class of that name, even when the name is also a valid index: "2" is the folder
+    named 2 (class 1), not class 2. The labels in the .npz say which class each sample was drawn for."""
+    out = tmp_path / "g.npz"
+    result = fm("sample", named_classes_checkpoint, "--class", spec, "--cfg", "2", "--num", "6", "--steps", "1",
+                "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
+    saved = np.load(out)
+    assert saved["images"].shape == (6, 8, 8, 3) and saved["images"].dtype == np.uint8
+    expected = [label] * 6 if label is not None else [0, 0, 1, 1, 2, 2]
+    assert saved["labels"].tolist() == expected
 
 
 def test_sample_toy_scatter(toy_checkpoint, tmp_path):
@@ -172,7 +164,7 @@ def test_help_has_examples():
 
 def test_every_registered_solver_samples_through_the_cli(tiny_checkpoint, tmp_path):
     from fmcli import registry
-    from fmcli.solvers.base import needs_interval
+    from fmcli.sampling.solvers.base import needs_interval
 
     for name, solver in registry.solvers().items():
         if needs_interval(solver):  # meanflow: refused for a model without the interval input, in one line

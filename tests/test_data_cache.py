@@ -18,18 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
+from helpers import fm
 from PIL import Image
-from typer.testing import CliRunner
 
-from fmcli.cli import data as data_cli
 from fmcli.data import cache, decode
 from fmcli.data.base import LoadOptions
 from fmcli.data.folder import load_folder
 from fmcli.data.resolve import content_hash
 from fmcli.errors import FMError
+from fmcli.io import files
 
-runner = CliRunner()
 linux_only = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps")
 
 
@@ -308,7 +306,7 @@ def build_in_child(root, cache_dir, barrier, queue, lock):
     try:
         os.environ["FM_CACHE_DIR"] = str(cache_dir)
         if not lock:
-            cache.fcntl = None  # as on Windows: only the atomic rename keeps the result sound
+            files.fcntl = None  # as on Windows: only the atomic rename keeps the result sound
         real = decode.read_image
 
         def slow(path, size):  # long enough for the two builds to overlap
@@ -441,28 +439,15 @@ def test_prepare_and_list(mixed, gray_first, cache_home):
     json.dumps([e.to_json() for e in everything])
 
 
-@pytest.fixture
-def fm() -> typer.Typer:
-    """A stand-in for the ``fm`` app with the ``data`` sub-app registered the way fmcli/cli/__init__.py will."""
-    app = typer.Typer()
-
-    @app.callback()
-    def root() -> None:
-        """fm"""
-
-    app.add_typer(data_cli.app, name="data")
-    return app
-
-
-def test_cli_prepare_and_info(fm, mixed, tmp_path):
-    result = runner.invoke(fm, ["data", "prepare", str(mixed), "--image-size", "16"])
+def test_cli_prepare_and_info(mixed, tmp_path):
+    result = fm("data", "prepare", str(mixed), "--image-size", "16")
     assert result.exit_code == 0, result.output
     assert re.search(r"^cached 6 images of 3x16x16, 2 classes: \d+\.\d kB at .*\.fmc$", result.stdout, re.M)
     assert "warning: skipped 2 unreadable file(s)" in result.output
-    result = runner.invoke(fm, ["data", "prepare", str(mixed), "--image-size", "16"])
+    result = fm("data", "prepare", str(mixed), "--image-size", "16")
     assert result.exit_code == 0 and "already cached 6 images" in result.output
 
-    result = runner.invoke(fm, ["data", "info", str(mixed), "--json"])
+    result = fm("data", "info", str(mixed), "--json")
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)
     assert (entry["count"], entry["shape"], entry["current"], entry["source"]) == (
@@ -471,9 +456,9 @@ def test_cli_prepare_and_info(fm, mixed, tmp_path):
         True,
         str(mixed.resolve()),
     )
-    result = runner.invoke(fm, ["data", "info"])
+    result = fm("data", "info")
     assert result.exit_code == 0 and "fm data cache" in result.output and "3x16x16" in result.output
-    assert "nothing cached" in runner.invoke(fm, ["data", "info", str(tmp_path)]).output
+    assert "nothing cached" in fm("data", "info", str(tmp_path)).output
 
     for args, message in (
         (["data", "prepare", str(tmp_path / "missing")], "no folder at"),
@@ -481,6 +466,6 @@ def test_cli_prepare_and_info(fm, mixed, tmp_path):
         (["data", "prepare", str(mixed), "--channels", "2"], "channels must be 1 or 3"),
         (["data", "info", str(tmp_path / "missing")], "no folder at"),
     ):
-        result = runner.invoke(fm, args)
+        result = fm(*args)
         assert result.exit_code == 1 and result.output.startswith("error: ") and message in result.output
         assert result.output.count("\n") == 1, result.output

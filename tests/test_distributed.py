@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from fmcli.checkpoint import read_checkpoint, split_prefix
-from fmcli.train import train
+from fmcli.io.checkpoint import read_checkpoint, split_prefix
+from fmcli.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # max |weight difference|, 2 ranks vs 1 process, after 5 AdamW steps
@@ -70,6 +70,7 @@ def test_two_ranks_match_one_process_and_resume(tmp_path):
         assert result.stderr.count("done: step") == 1, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "train.toml"]
     assert sorted(p.name for p in run.iterdir()) == [
+        ".lock",  # the run folder's lock, released when training ended
         "config.json",
         "last.safetensors",
         "metrics.jsonl",

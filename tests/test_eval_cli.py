@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import fmcli.eval.classifier as classifier_module
-from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, save_checkpoint
 from fmcli.cli.eval import eval_command
+from fmcli.io.checkpoint import FORMAT_VERSION, CheckpointMeta, save_checkpoint
 from fmcli.models import build_model
 
 runner = CliRunner()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fmcli.eval.nll import bits_per_dim, dequantise, log_likelihood
-from fmcli.gaussian_flow import GaussianFlow
+from fmcli.flow.gaussian import GaussianFlow
+from fmcli.sampling.solvers.base import Integration
 
 
 def gaussian_case(dim: int, seed: int, n: int):
@@ -22,7 +23,8 @@ def gaussian_case(dim: int, seed: int, n: int):
 @pytest.mark.parametrize("solver,steps", [("dopri5", 0), ("rk4", 40)])
 def test_exact_divergence_matches_the_gaussian_log_density(solver, steps):
     flow, x0 = gaussian_case(dim=2, seed=0, n=32)
-    result = log_likelihood(flow.velocity, x0, solver=solver, steps=steps or 20, rtol=1e-7, atol=1e-7)
+    spec = Integration(t_start=0.0, t_end=1.0, steps=steps or 20, rtol=1e-7, atol=1e-7)
+    result = log_likelihood(flow.velocity, x0, solver=solver, integration=spec)
     exact = flow.log_prob(x0, t=0.0)
     assert result.divergence == "exact"
     assert torch.allclose(result.log_prob, exact, rtol=1e-3, atol=0)
@@ -33,7 +35,13 @@ def test_hutchinson_estimate_agrees_within_its_reported_spread():
     flow, x0 = gaussian_case(dim=6, seed=2, n=48)
     probes = 8
     result = log_likelihood(
-        flow.velocity, x0, solver="dopri5", rtol=1e-6, atol=1e-6, divergence="hutchinson", probes=probes, seed=3
+        flow.velocity,
+        x0,
+        solver="dopri5",
+        integration=Integration(t_start=0.0, t_end=1.0, rtol=1e-6, atol=1e-6),
+        divergence="hutchinson",
+        probes=probes,
+        seed=3,
     )
     exact = flow.log_prob(x0)
     assert result.divergence == "hutchinson" and result.probe_std is not None

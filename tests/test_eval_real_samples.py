@@ -21,7 +21,7 @@ from fmcli.data.base import LoadOptions, to_model_space
 from fmcli.hookspecs import hookimpl
 from fmcli.models import ModelSpec
 from fmcli.plugins import load_plugins, pm
-from fmcli.train import train
+from fmcli.training.loop import train
 
 runner = CliRunner()
 CLASSIFIER_IMAGES = 1000  # the classifier trains on mnist-mini train[:1000]; samples come from train[1000:]

@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 import test_solvers as checks
 import torch
+from helpers import assert_one_line_error, fm
 
-from fmcli import registry
+from fmcli import hookimpl, registry
 from fmcli.data.base import LoadOptions
 from fmcli.errors import FMError
 from fmcli.plugins import pm
-from fmcli.solvers.grids import TIME_GRIDS
+from fmcli.sampling.solvers.base import Integration
+from fmcli.sampling.solvers.grids import TIME_GRIDS
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "fm-adams-bashforth"
 
@@ -69,7 +71,7 @@ def test_ab2_costs_one_evaluation_per_step_after_a_heun_start(plugin):
         calls.append(float(t))
         return checks.linear_velocity(x, t)
 
-    result = registry.get_solver("ab2").solve(velocity, checks.start_points(), steps=10)
+    result = registry.get_solver("ab2").solve(velocity, checks.start_points(), Integration(steps=10))
     assert result.nfe == len(calls) == 11
     grid = [1.0 - k / 10 for k in range(10)]
     # Heun evaluates at t_0 and t_1; afterwards one evaluation at each grid time t_1 .. t_9.
@@ -243,3 +245,47 @@ def test_a_plugin_that_fails_to_import_is_named_not_lost(tmp_path, tiny_checkpoi
     missing = fm("sample", str(tiny_checkpoint), "--solver", "brokensolver", "--out", str(tmp_path / "x.png"))
     assert missing.returncode == 1
     assert "unknown solver 'brokensolver'" in missing.stderr and "broken-fm-plugin: ImportError" in missing.stderr
+
+
+# --- the solver contract changed once (0.2): old plugins are told so, old imports still work -----------
+
+
+class OldContractEuler:
+    """A solver written for fm 0.1: solve(velocity, x, *, t_start, t_end, steps, ...)."""
+
+    name, description, adaptive, order, evals_per_step = "old-euler", "fm 0.1 style", False, 1, 1
+
+    def solve(self, velocity, x, *, t_start=1.0, t_end=0.0, steps=20, time_grid="uniform", rtol=1e-5, atol=1e-5,
+              save_at=None, conditioning=None):  # fmt: skip
+        raise AssertionError("fm must not call a solver whose contract it does not speak")
+
+
+class OldContractPlugin:
+    @hookimpl
+    def fm_register_solvers(self, register):
+        register(OldContractEuler())
+
+
+def test_a_solver_written_for_the_old_contract_is_refused_in_one_line(tiny_checkpoint, tmp_path):
+    plugin = OldContractPlugin()
+    registry.solvers()
+    pm.register(plugin, name="old-plugin")
+    registry.reset()
+    try:
+        result = fm("sample", tiny_checkpoint, "--solver", "old-euler", "--num", "2", "--out", tmp_path / "x.png")
+        assert_one_line_error(result, "solver 'old-euler' implements fm 0.1's solve(", "Integration", "CHANGELOG")
+        assert not (tmp_path / "x.png").exists()
+    finally:
+        pm.unregister(plugin)
+        registry.reset()
+
+
+def test_the_0_1_import_path_of_the_solvers_still_works_with_a_warning():
+    """Plugins subclass fmcli.solvers.fixed.FixedStepSolver (0.1); they get the same class, and a warning."""
+    for name in [m for m in sys.modules if m == "fmcli.solvers" or m.startswith("fmcli.solvers.")]:
+        del sys.modules[name]
+    with pytest.warns(DeprecationWarning, match="fmcli.sampling.solvers"):
+        from fmcli.solvers.fixed import FixedStepSolver as Old
+    from fmcli.sampling.solvers.fixed import FixedStepSolver
+
+    assert Old is FixedStepSolver

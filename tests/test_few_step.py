@@ -13,35 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import MLP, assert_identical, assert_one_line_error, fm, grad_norms, max_difference, weights
+from helpers import moons as moons_of
 
-from fmcli.checkpoint import load_checkpoint, read_checkpoint, split_prefix
-from fmcli.cli import app
 from fmcli.errors import FMError
-from fmcli.train import train
+from fmcli.io.checkpoint import load_checkpoint, read_checkpoint, split_prefix
+from fmcli.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
-MLP = {"hidden": 32, "depth": 2}
 TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [14]}
-runner = CliRunner()
-
-
-def fm(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def moons(out: Path, **overrides) -> dict:
-    options = dict(data="moons", model=MLP, batch_size=16, steps=4, warmup_steps=2, out=str(out), log_every=1,
-                   sample_every=0, checkpoint_every=1000, objective="meanflow")  # fmt: skip
-    return options | overrides
-
-
-def assert_identical(a: Path, b: Path) -> None:
-    first, second = read_checkpoint(a)[0], read_checkpoint(b)[0]
-    assert first.keys() == second.keys()
-    for name in first:
-        assert torch.equal(first[name], second[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -58,49 +38,53 @@ def meanflow_checkpoint(tmp_path_factory) -> Path:
     return train(moons(tmp_path_factory.mktemp("runs") / "mf", steps=3, log_every=1000)).checkpoint
 
 
+def moons(out: Path, **overrides) -> dict:
+    return moons_of(out, **({"objective": "meanflow", "log_every": 1} | overrides))
+
+
 # --- the checkpoint samples with its own few-step sampler -----------------------------------------
 
 
 def test_a_meanflow_checkpoint_samples_in_few_steps_by_default(meanflow_checkpoint, tmp_path):
     meta = read_checkpoint(meanflow_checkpoint)[1]
     assert meta.model_config["interval"] is True and meta.train_config["objective"] == "meanflow"
-    code, output = fm("sample", meanflow_checkpoint, "--num", "8", "--out", tmp_path / "a.npz", "--json")
-    assert code == 0, output
-    summary = json.loads(output[output.index("{") :])
+    result = fm("sample", meanflow_checkpoint, "--num", "8", "--out", tmp_path / "a.npz", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
     assert (summary["solver"], summary["steps"], summary["nfe"]) == ("meanflow", 4, 4)
-    code, output = fm(
-        "sample", meanflow_checkpoint, "--num", "8", "--steps", "1", "--out", tmp_path / "b.npz", "--json"
-    )
-    assert json.loads(output[output.index("{") :])["nfe"] == 1
+    result = fm("sample", meanflow_checkpoint, "--num", "8", "--steps", "1", "--out", tmp_path / "b.npz", "--json")
+    assert json.loads(result.output[result.output.index("{") :])["nfe"] == 1
     # Plain ODE solvers still work: without r the model gives its instantaneous velocity u(x, t, t).
-    code, output = fm("sample", meanflow_checkpoint, "--num", "8", "--solver", "heun", "--out", tmp_path / "c.npz",
+    result = fm("sample", meanflow_checkpoint, "--num", "8", "--solver", "heun", "--out", tmp_path / "c.npz",
                       "--json")  # fmt: skip
-    assert code == 0 and json.loads(output[output.index("{") :])["nfe"] == 40
+    assert result.exit_code == 0 and json.loads(result.output[result.output.index("{") :])["nfe"] == 40
 
 
 def test_fm_info_shows_the_objective_and_the_default_sampler(meanflow_checkpoint):
-    code, output = fm("info", meanflow_checkpoint, "--json")
-    info = json.loads(output)
+    result = fm("info", meanflow_checkpoint, "--json")
+    info = json.loads(result.output)
     assert info["objective"] == "meanflow" and info["training_guidance"] == 1.0
     assert info["default_sampling"] == {"solver": "meanflow", "steps": 4}
 
 
 def test_the_sweep_and_animate_take_the_few_step_sampler(meanflow_checkpoint, tmp_path):
-    code, output = fm("eval", meanflow_checkpoint, "--sweep", "meanflow,euler", "--steps", "1,2", "--num", "64",
+    result = fm("eval", meanflow_checkpoint, "--sweep", "meanflow,euler", "--steps", "1,2", "--num", "64",
                       "--metrics", "kid", "--kid-subsets", "2", "--out", tmp_path, "--json")  # fmt: skip
-    assert code == 0, output
-    runs = json.loads(output)["runs"]
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.output)["runs"]
     assert [(run["solver"], run["steps"], run["nfe"]) for run in runs] == [
         ("meanflow", 1, 1), ("meanflow", 2, 2), ("euler", 1, 1), ("euler", 2, 2)]  # fmt: skip
-    code, output = fm("animate", meanflow_checkpoint, "--steps", "2", "--frames", "3", "--num", "16", "--scale", "1",
+    result = fm("animate", meanflow_checkpoint, "--steps", "2", "--frames", "3", "--num", "16", "--scale", "1",
                       "--out", tmp_path / "a.gif", "--json")  # fmt: skip
-    assert code == 0, output
-    assert json.loads(output[output.index("{") :])["nfe"] == 2
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{") :])["nfe"] == 2
 
 
 def test_a_plain_flow_checkpoint_refuses_the_few_step_sampler(teacher, tmp_path):
-    code, output = fm("sample", teacher, "--solver", "meanflow", "--out", tmp_path / "x.png")
-    assert code == 1 and "no interval input" in output and len(output.strip().splitlines()) == 1
+    result = fm("sample", teacher, "--solver", "meanflow", "--out", tmp_path / "x.png")
+    assert (
+        result.exit_code == 1 and "no interval input" in result.output and len(result.output.strip().splitlines()) == 1
+    )
 
 
 # --- distillation -----------------------------------------------------------------------------------
@@ -110,7 +94,7 @@ def test_the_student_starts_as_its_teacher_and_records_what_it_distilled(teacher
     """At step 0 the interval input is zero: u(x, r, t) = v_T(x, t) for every r. After training, the
     checkpoint names its teacher, the meanflow objective and the folded guidance (2: what `fm sample
     --class` gives the teacher), so the student samples at cfg 1 by default."""
-    from fmcli.distill import distill_overrides
+    from fmcli.training.distill import distill_overrides
 
     overrides = distill_overrides(teacher, {"out": str(tmp_path / "student"), "steps": 1, "lr": 1e-12})
     assert overrides["train_cfg"] == 2.0 and overrides["objective"] == "meanflow"
@@ -126,27 +110,28 @@ def test_the_student_starts_as_its_teacher_and_records_what_it_distilled(teacher
     meta = distilled.meta
     assert meta.train_config["teacher"] == str(teacher.resolve()) and meta.model_config["interval"] is True
     assert meta.train_config["data"] == "mnist-mini" and meta.label_dropout == 0.1
-    code, output = fm("sample", student.checkpoint, "--class", "3", "--num", "2", "--out", tmp_path / "s.npz",
+    result = fm("sample", student.checkpoint, "--class", "3", "--num", "2", "--out", tmp_path / "s.npz",
                       "--json")  # fmt: skip
-    summary = json.loads(output[output.index("{") :])
+    summary = json.loads(result.output[result.output.index("{") :])
     assert summary["cfg"] == 1.0 and summary["nfe"] == 4  # guidance is in the weights: no doubled batch
 
 
 def test_distilling_takes_the_teachers_velocity_as_the_target(teacher, tmp_path, monkeypatch):
-    """The velocity meanflow_loss builds its target from is the teacher's guided v_T(x_t, t), not x1 - x0."""
-    import fmcli.train as train_module
+    """The velocity MeanFlow builds its target from is the teacher's guided v_T(x_t, t), not x1 - x0."""
+    from fmcli.training.objectives import TeacherVelocity
 
     seen = []
-    real = train_module.meanflow_loss
+    real = TeacherVelocity.__call__
 
-    def spy(model, x0, x1, r, t, *, velocity=None, **kwargs):
-        seen.append((x0, x1, t, velocity, kwargs.get("y")))
-        return real(model, x0, x1, r, t, velocity=velocity, **kwargs)
+    def spy(self, net, batch, xt):
+        velocity = real(self, net, batch, xt)
+        seen.append((batch.x0, batch.x1, batch.t, velocity, batch.labels))
+        return velocity
 
-    monkeypatch.setattr(train_module, "meanflow_loss", spy)
-    from fmcli.distill import distill_overrides
-    from fmcli.flow import interpolate
-    from fmcli.sampling import guided_velocity
+    monkeypatch.setattr(TeacherVelocity, "__call__", spy)
+    from fmcli.flow.path import interpolate
+    from fmcli.sampling.guidance import guided_velocity
+    from fmcli.training.distill import distill_overrides
 
     train(distill_overrides(teacher, {"out": str(tmp_path / "s"), "steps": 1, "batch_size": 8}))
     x0, x1, t, velocity, y = seen[0]
@@ -167,13 +152,13 @@ def test_a_meanflow_run_resumes_bit_for_bit(tmp_path):
 
 
 def test_a_distillation_resumes_bit_for_bit(teacher, tmp_path):
-    from fmcli.distill import distill_overrides
+    from fmcli.training.distill import distill_overrides
 
     common = {"batch_size": 8, "lr_schedule": "constant", "warmup_steps": 1}
     whole = train(distill_overrides(teacher, {"out": str(tmp_path / "whole"), "steps": 4}) | common)
     train(distill_overrides(teacher, {"out": str(tmp_path / "half"), "steps": 2}) | common)
-    code, output = fm("distill", "--resume", tmp_path / "half", "--steps", "4")
-    assert code == 0, output
+    result = fm("distill", "--resume", tmp_path / "half", "--steps", "4")
+    assert result.exit_code == 0, result.output
     assert_identical(whole.checkpoint, tmp_path / "half" / "step-0000004.safetensors")
 
 
@@ -200,7 +185,18 @@ def test_two_processes_average_meanflow_gradients_like_one(tmp_path):
 # --- what works with the objective, and what is refused -----------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [{"grad_checkpoint": True}, {"precision": "bf16"}, {"grad_accum": 2}])
+def test_meanflow_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path):
+    """Two micro-batches of 16 must do the maths of one batch of 32 under MeanFlow too: each half goes through the
+    plain-forward / jvp split and the adaptive weight on its own, and the halves' losses are averaged."""
+    one = train(moons(tmp_path / "one", batch_size=32, steps=2, interval_fraction=0.5))
+    two = train(moons(tmp_path / "two", batch_size=32, steps=2, interval_fraction=0.5, grad_accum=2))
+    norms_one, norms_two = grad_norms(tmp_path / "one"), grad_norms(tmp_path / "two")
+    assert len(norms_one) == 2 and norms_two == pytest.approx(norms_one, rel=1e-5)
+    for group in ("model", "ema"):
+        assert max_difference(weights(one.checkpoint, group), weights(two.checkpoint, group)) < 1e-5
+
+
+@pytest.mark.parametrize("extra", [{"grad_checkpoint": True}, {"precision": "bf16"}])
 def test_meanflow_trains_with_memory_savers_and_reduced_precision(tmp_path, extra):
     options = dict(data="mnist-mini", model=TINY_UNET, batch_size=8, steps=2, warmup_steps=1, out=str(tmp_path / "r"),
                    sample_every=0, log_every=1, objective="meanflow", interval_fraction=1.0)  # fmt: skip
@@ -221,26 +217,19 @@ def test_gradient_checkpointing_gives_the_meanflow_gradients_of_a_plain_step(tmp
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
-def one_line_error(code: int, output: str, *fragments: str) -> None:
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_bad_few_step_input_is_one_line(tmp_path, teacher, meanflow_checkpoint, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "not-fm.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    one_line_error(*fm("distill", tmp_path / "not-fm.safetensors"), "not an fm checkpoint")
-    one_line_error(*fm("distill", tmp_path / "missing.safetensors"), "does not exist")
-    one_line_error(*fm("distill", teacher, "--steps", "0"), "--steps must be at least 1")
-    one_line_error(*fm("train", "moons", "--objective", "meanflow", "--compile"), "--compile does not work")
-    one_line_error(*fm("train", "moons", "--objective", "best"), "--objective must be one of fm, meanflow")
-    one_line_error(*fm("train", "moons", "--train-cfg", "2"), "need --objective meanflow")
+    assert_one_line_error(fm("distill", tmp_path / "not-fm.safetensors"), "not an fm checkpoint")
+    assert_one_line_error(fm("distill", tmp_path / "missing.safetensors"), "does not exist")
+    assert_one_line_error(fm("distill", teacher, "--steps", "0"), "--steps must be at least 1")
+    assert_one_line_error(fm("train", "moons", "--objective", "meanflow", "--compile"), "--compile does not work")
+    assert_one_line_error(fm("train", "moons", "--objective", "best"), "--objective must be one of fm, meanflow")
+    assert_one_line_error(fm("train", "moons", "--train-cfg", "2"), "need --objective meanflow")
     # Folded guidance needs an unconditional velocity: labels trained with label dropout.
-    one_line_error(*fm("train", "moons", "--objective", "meanflow", "--train-cfg", "2", "--label-dropout", "0"),
+    assert_one_line_error(fm("train", "moons", "--objective", "meanflow", "--train-cfg", "2", "--label-dropout", "0"),
                    "needs class labels and label dropout")  # fmt: skip
-    one_line_error(*fm("train", "checkerboard", "--objective", "meanflow", "--train-cfg", "2"),
+    assert_one_line_error(fm("train", "checkerboard", "--objective", "meanflow", "--train-cfg", "2"),
                    "needs class labels and label dropout")  # fmt: skip
     assert not (tmp_path / "runs").exists()  # nothing written by any of them
 
@@ -256,9 +245,9 @@ def test_a_teacher_without_label_dropout_cannot_fold_guidance(tmp_path):
     options = dict(data="mnist-mini", model=TINY_UNET, batch_size=8, steps=1, warmup_steps=1, sample_every=0,
                    out=str(tmp_path / "plain"), label_dropout=0.0)  # fmt: skip
     plain = train(options).checkpoint
-    one_line_error(*fm("distill", plain, "--train-cfg", "2", "--out", tmp_path / "s"), "the teacher was trained")
+    assert_one_line_error(fm("distill", plain, "--train-cfg", "2", "--out", tmp_path / "s"), "the teacher was trained")
     assert not (tmp_path / "s").exists()
-    from fmcli.distill import distill_overrides
+    from fmcli.training.distill import distill_overrides
 
     assert distill_overrides(plain, {})["train_cfg"] == 1.0  # the default: no guidance to fold
 

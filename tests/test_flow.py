@@ -3,8 +3,9 @@
 import math
 
 import torch
+from helpers import flow_matching_loss
 
-from fmcli.flow import flow_matching_loss, interpolate, predicted_data, sample_time, target_velocity
+from fmcli.flow.path import interpolate, predicted_data, sample_time, target_velocity
 
 
 def test_endpoints_follow_the_convention():

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from fmcli.checkpoint import read_checkpoint
 from fmcli.cli import app
+from fmcli.io.checkpoint import read_checkpoint
 from fmcli.models.presets import CPU_PRESETS
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from fmcli.cli import app
 from fmcli.models.mlp import MLPVelocity
-from fmcli.sampling import guided_velocity
-from fmcli.train import train
+from fmcli.sampling.guidance import guided_velocity
+from fmcli.training.loop import train
 
 runner = CliRunner()
 NUM_CLASSES = 3  # labels 0, 1, 2; the null class is 3

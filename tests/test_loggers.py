@@ -4,21 +4,20 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from helpers import moons as moons_of
+from helpers import runner
 
 from fmcli import hookimpl, registry
 from fmcli.cli import app
 from fmcli.plugins import pm
 from fmcli.specs import LoggerSpec
-from fmcli.train import train
-
-runner = CliRunner()
+from fmcli.training.loop import train
 
 
 def moons(out: Path, **overrides) -> dict:
-    options = dict(data="moons", model={"hidden": 16, "depth": 1}, batch_size=16, steps=4, warmup_steps=1,
-                   out=str(out), log_every=2, sample_every=2, checkpoint_every=1000)  # fmt: skip
-    return options | overrides
+    return moons_of(
+        out, **({"model": {"hidden": 16, "depth": 1}, "warmup_steps": 1, "log_every": 2, "sample_every": 2} | overrides)
+    )
 
 
 class Recorder:

@@ -1,6 +1,6 @@
 """MeanFlow, checked against known answers.
 
-Gaussian data N(mu, Sigma) has a closed-form flow (``fmcli.gaussian_flow``), hence an exact average
+Gaussian data N(mu, Sigma) has a closed-form flow (``fmcli.flow.gaussian``), hence an exact average
 velocity u*(x, r, t): the MeanFlow target built from it must give it back, and the few-step sampler
 driven by it must reproduce the exact flow map at any number of steps. The networks' jvp is checked
 against central differences (float64), and the interval input against the model without it.
@@ -10,19 +10,25 @@ import hashlib
 
 import pytest
 import torch
+from helpers import meanflow_loss
+from helpers import randomise_zero_init as randomise
 from torch import nn
 
 from fmcli import registry
-from fmcli.checkpoint import CheckpointMeta, LoadedModel
 from fmcli.errors import FMError
-from fmcli.flow import broadcast_time, interpolate, meanflow_loss, meanflow_target, sample_interval
-from fmcli.gaussian_flow import GaussianFlow
+from fmcli.flow.gaussian import GaussianFlow
+from fmcli.flow.meanflow import meanflow_target, sample_interval
+from fmcli.flow.path import broadcast_time, interpolate
+from fmcli.io.checkpoint import CheckpointMeta, LoadedModel
 from fmcli.models import build_model, forward_ad
 from fmcli.models.mlp import MLPVelocity
 from fmcli.models.presets import default_model_config
 from fmcli.models.unet import UNet
-from fmcli.sampling import SamplingOptions, generate, guided_velocity
-from fmcli.solvers.grids import TIME_GRIDS, make_time_grid
+from fmcli.sampling.generate import generate
+from fmcli.sampling.guidance import guided_velocity
+from fmcli.sampling.options import SamplingOptions
+from fmcli.sampling.solvers.base import Integration
+from fmcli.sampling.solvers.grids import TIME_GRIDS, make_time_grid
 
 F64 = torch.float64
 MEAN = torch.tensor([1.0, -0.5, 0.3], dtype=F64)
@@ -58,16 +64,6 @@ def exact_average_velocity_fn(x, t, r=None):
     return FLOW.average_velocity(x, t if r is None else r, t)
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give zero-initialised parameters random values (a fresh model outputs 0 and hides every bug)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.all(p == 0):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
 def tiny(kind: str, seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
     if kind == "unet":
@@ -93,7 +89,7 @@ def test_flow_map_is_the_flow_of_the_marginal_velocity():
     x = torch.randn(8, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
     rk4 = registry.get_solver("rk4")
     for t, s in [(0.9, 0.15), (0.2, 0.8), (1.0, 0.0)]:
-        integrated = rk4.solve(FLOW.velocity, x, t_start=t, t_end=s, steps=200).x
+        integrated = rk4.solve(FLOW.velocity, x, Integration(t_start=t, t_end=s, steps=200)).x
         torch.testing.assert_close(FLOW.flow_map(x, t, s), integrated, rtol=0, atol=1e-9)
     # a flow: maps compose, and 1 -> 0 is x1 -> Sigma^{1/2} x1 + mu (symmetric root)
     torch.testing.assert_close(FLOW.flow_map(FLOW.flow_map(x, 0.9, 0.4), 0.4, 0.1), FLOW.flow_map(x, 0.9, 0.1))
@@ -139,10 +135,12 @@ def test_meanflow_target_of_the_exact_average_velocity_is_itself():
 def test_meanflow_solver_with_exact_u_is_the_exact_flow_map(steps, time_grid):
     solver = registry.get_solver("meanflow")
     x1 = torch.randn(50, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
-    result = solver.solve(exact_average_velocity_fn, x1, steps=steps, time_grid=time_grid)
+    result = solver.solve(exact_average_velocity_fn, x1, Integration(steps=steps, time_grid=time_grid))
     assert result.nfe == steps
     torch.testing.assert_close(result.x, FLOW.flow_map(x1, 1.0, 0.0), rtol=0, atol=1e-12)
-    part = solver.solve(exact_average_velocity_fn, x1, t_start=0.8, t_end=0.3, steps=steps, time_grid=time_grid)
+    part = solver.solve(
+        exact_average_velocity_fn, x1, Integration(t_start=0.8, t_end=0.3, steps=steps, time_grid=time_grid)
+    )
     torch.testing.assert_close(part.x, FLOW.flow_map(x1, 0.8, 0.3), rtol=0, atol=1e-12)
 
 
@@ -153,13 +151,13 @@ def test_one_and_two_step_sampling_match_the_data_unlike_one_euler_step():
     x1 = torch.randn(n, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
     mean_se, cov_se = covariance_standard_errors(n)
     for steps in (1, 2):
-        x0 = registry.get_solver("meanflow").solve(exact_average_velocity_fn, x1, steps=steps).x
+        x0 = registry.get_solver("meanflow").solve(exact_average_velocity_fn, x1, Integration(steps=steps)).x
         assert ((x0.mean(0) - MEAN).abs() < 4 * mean_se).all(), (steps, x0.mean(0))
         assert ((torch.cov(x0.T) - COV).abs() < 4 * cov_se).all(), (steps, torch.cov(x0.T))
-    euler = registry.get_solver("euler").solve(FLOW.velocity, x1, steps=1).x
+    euler = registry.get_solver("euler").solve(FLOW.velocity, x1, Integration(steps=1)).x
     torch.testing.assert_close(euler, MEAN.expand_as(euler))  # collapsed onto the mean: covariance 0
     assert ((torch.cov(euler.T) - COV).abs() / cov_se).max() > 50
-    euler2 = registry.get_solver("euler").solve(FLOW.velocity, x1, steps=2).x
+    euler2 = registry.get_solver("euler").solve(FLOW.velocity, x1, Integration(steps=2)).x
     assert ((torch.cov(euler2.T) - COV).abs() / cov_se).max() > 10  # still far off at 2 steps
 
 
@@ -174,7 +172,7 @@ def test_meanflow_solver_calls_velocity_with_r_and_conditioning():
 
     x1 = torch.randn(4, 3, dtype=F64)
     result = registry.get_solver("meanflow").solve(
-        velocity, x1, steps=4, time_grid="cosine", conditioning={"label": token}
+        velocity, x1, Integration(steps=4, time_grid="cosine"), conditioning={"label": token}
     )
     grid = make_time_grid("cosine", 4, 1.0, 0.0).tolist()
     assert calls == list(zip(grid[:-1], grid[1:], strict=True)) and result.nfe == 4
@@ -185,8 +183,8 @@ def test_meanflow_solver_save_at_registry_and_direction():
     assert "meanflow" in registry.solvers() and solver.description
     assert (solver.adaptive, solver.order, solver.evals_per_step, solver.needs_interval) == (False, None, 1, True)
     x1 = torch.randn(6, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
-    plain = solver.solve(exact_average_velocity_fn, x1, steps=4)
-    saved = solver.solve(exact_average_velocity_fn, x1, steps=4, save_at=[0.5, 0.0, 0.6, 1.0])
+    plain = solver.solve(exact_average_velocity_fn, x1, Integration(steps=4))
+    saved = solver.solve(exact_average_velocity_fn, x1, Integration(steps=4, save_at=[0.5, 0.0, 0.6, 1.0]))
     assert saved.times.tolist() == [1.0, 0.6, 0.5, 0.0] and saved.trajectory.shape == (4, 6, 3)
     assert saved.nfe == plain.nfe == 4 and torch.equal(saved.x, plain.x)
     assert torch.equal(saved.trajectory[0], x1) and torch.equal(saved.trajectory[-1], saved.x)
@@ -194,9 +192,9 @@ def test_meanflow_solver_save_at_registry_and_direction():
     between = torch.lerp(FLOW.flow_map(x1, 1.0, 0.75), FLOW.flow_map(x1, 1.0, 0.5), 0.6)  # 0.6: interpolated
     torch.testing.assert_close(saved.trajectory[1], between)
     with pytest.raises(FMError, match="noise toward data"):
-        solver.solve(exact_average_velocity_fn, x1, t_start=0.0, t_end=1.0, steps=2)
+        solver.solve(exact_average_velocity_fn, x1, Integration(t_start=0.0, t_end=1.0, steps=2))
     with pytest.raises(FMError, match="outside"):
-        solver.solve(exact_average_velocity_fn, x1, steps=2, save_at=[1.5])
+        solver.solve(exact_average_velocity_fn, x1, Integration(steps=2, save_at=[1.5]))
 
 
 def test_guided_velocity_passes_r_through_and_guides_average_velocities():

@@ -16,38 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import MLP, assert_identical
+from helpers import moons as moons_of
 from PIL import Image
 
-from fmcli.checkpoint import load_checkpoint, read_checkpoint
 from fmcli.errors import FMError
-from fmcli.train import Callbacks, TrainingInterrupted, train
+from fmcli.io.checkpoint import load_checkpoint, read_checkpoint
+from fmcli.training.events import Callbacks, TrainingInterrupted
+from fmcli.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
-MLP = {"hidden": 32, "depth": 2}
 
 
 def moons(out: Path, **overrides) -> dict:
-    options = dict(
-        data="moons",
-        model=MLP,
-        batch_size=16,
-        steps=6,
-        warmup_steps=2,
-        out=str(out),
-        log_every=1000,
-        sample_every=0,
-        checkpoint_every=1000,
-    )
-    return options | overrides
-
-
-def assert_identical(a: Path, b: Path) -> None:
-    """Raw weights, EMA weights and AdamW state equal bit for bit."""
-    (ta, ma), (tb, mb) = read_checkpoint(a), read_checkpoint(b)
-    assert ma.step == mb.step
-    assert ta.keys() == tb.keys() and {name.split(".")[0] for name in ta} == {"model", "ema", "optim"}
-    different = [name for name in ta if not torch.equal(ta[name], tb[name])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    return moons_of(out, **({"steps": 6} | overrides))
 
 
 def test_constant_schedule_n_then_n_more_equals_2n(tmp_path):

@@ -13,13 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from test_resume import assert_identical
+from helpers import MLP, assert_identical, assert_one_line_error, fm
 
-from fmcli.checkpoint import load_checkpoint, read_checkpoint
-from fmcli.train import train
+from fmcli.io.checkpoint import load_checkpoint, read_checkpoint
+from fmcli.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
-MLP = {"hidden": 32, "depth": 2}
 TOTAL = 100_000  # never reached: the run is interrupted a few steps in
 
 # `python -m fmcli` with one addition: before a step checkpoint is renamed into place (the atomic write's
@@ -147,3 +146,32 @@ def test_second_sigint_while_checkpointing_aborts_without_a_partial_file(tmp_pat
     for checkpoint in run.glob("step-*.safetensors"):  # and whatever is there is whole
         read_checkpoint(checkpoint)
     assert not (run / "last.safetensors").exists()
+
+
+def test_a_run_folder_in_use_refuses_a_second_trainer_and_a_killed_ones_lock_does_not_block(tmp_path):
+    """Two `fm train --resume` of one run (a requeued cluster job beside a live one) must not both write into it:
+    the second is refused in one line naming the first's process. A trainer killed with SIGKILL leaves its lock
+    file behind, and the next resume still works (the kernel dropped the lock with the process)."""
+    run = tmp_path / "run"
+    train({"data": "moons", "model": MLP, "steps": 2, "batch_size": 16, "warmup_steps": 1, "out": str(run),
+           "sample_every": 0, "lr_schedule": "constant"})  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "FM_LOAD_PLUGINS": ""}
+    command = [sys.executable, "-m", "fmcli", "train", "--resume", str(run), "--steps", "1000000"]
+    live = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while f"pid {live.pid} " not in ((run / ".lock").read_text() if (run / ".lock").exists() else ""):
+            assert live.poll() is None, live.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the live trainer never took the run folder's lock"
+            time.sleep(0.01)
+        refused = fm("train", "--resume", run, "--steps", "5")
+        assert_one_line_error(refused, f"run folder {run} is in use by pid {live.pid}", f"fm train --resume {run}")
+        before = sorted(p.name for p in run.iterdir())
+    finally:
+        live.kill()
+        live.communicate(timeout=60)
+    assert sorted(p.name for p in run.iterdir()) == before  # the refused trainer wrote nothing
+    assert (run / ".lock").exists()  # the killed process's lock file is still there ...
+    again = fm("train", "--resume", run, "--steps", "3")
+    assert again.exit_code == 0, again.output  # ... and blocks nobody
+    assert read_checkpoint(run / "last.safetensors")[1].step == 3

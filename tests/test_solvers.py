@@ -15,9 +15,9 @@ from scipy.integrate import solve_ivp
 
 from fmcli import registry
 from fmcli.errors import FMError
-from fmcli.gaussian_flow import GaussianFlow
-from fmcli.solvers.base import needs_interval
-from fmcli.solvers.grids import TIME_GRIDS, make_time_grid
+from fmcli.flow.gaussian import GaussianFlow
+from fmcli.sampling.solvers.base import Integration, needs_interval
+from fmcli.sampling.solvers.grids import TIME_GRIDS, make_time_grid
 
 BUILTIN_SOLVERS = (
     "euler",
@@ -101,7 +101,10 @@ def observed_order(solver, steps=(10, 20, 40, 80), t_start=1.0, t_end=0.0, time_
     x = start_points()
     exact = linear_exact(x, t_start, t_end)
     errors = [
-        (solver.solve(linear_velocity, x, t_start=t_start, t_end=t_end, steps=n, time_grid=time_grid).x - exact)
+        (
+            solver.solve(linear_velocity, x, Integration(t_start=t_start, t_end=t_end, steps=n, time_grid=time_grid)).x
+            - exact
+        )
         .abs()
         .max()
         .item()
@@ -145,7 +148,7 @@ def check_gaussian_samples(solver, n=5000, steps=100):
     """N(0, I) noise -> samples whose mean and covariance match the data's within sampling error."""
     flow = GaussianFlow(GAUSS_MEAN, GAUSS_COV)
     x1 = gaussian_noise(n)
-    x0 = solver.solve(flow.velocity, x1, t_start=1.0, t_end=0.0, steps=steps).x
+    x0 = solver.solve(flow.velocity, x1, Integration(t_start=1.0, t_end=0.0, steps=steps)).x
     # Standard errors: mean_i: sqrt(S_ii / n); cov_ij: sqrt((S_ii S_jj + S_ij^2) / n).
     var = torch.diag(GAUSS_COV)
     mean_se = (var / n).sqrt()
@@ -158,7 +161,7 @@ def check_gaussian_samples(solver, n=5000, steps=100):
 def gaussian_transport_error(solver, steps, n=500):
     flow = GaussianFlow(GAUSS_MEAN, GAUSS_COV)
     x1 = gaussian_noise(n, seed=1)
-    x0 = solver.solve(flow.velocity, x1, steps=steps).x
+    x0 = solver.solve(flow.velocity, x1, Integration(steps=steps)).x
     return (x0 - gaussian_exact_transport(x1)).abs().max().item()
 
 
@@ -191,7 +194,9 @@ def test_fixed_step_order_of_convergence(name, direction, time_grid):
 def test_linear_ode_both_directions(name, direction):
     solver = registry.get_solver(name)
     x = start_points()
-    result = solver.solve(linear_velocity, x, t_start=direction[0], t_end=direction[1], steps=100, rtol=1e-6, atol=1e-6)
+    result = solver.solve(
+        linear_velocity, x, Integration(t_start=direction[0], t_end=direction[1], steps=100, rtol=1e-6, atol=1e-6)
+    )
     error = (result.x - linear_exact(x, *direction)).abs().max().item()
     tolerance = adaptive_tolerance(solver, 1e-6) if solver.adaptive else fixed_step_tolerance(solver, 100)
     assert error < tolerance
@@ -204,13 +209,17 @@ def test_nonlinear_ode_matches_tight_reference(name):
     reference = nonlinear_reference(x, 1.0, 0.0)
     if solver.adaptive:
         loose, tight = 1e-4, 1e-6
-        error = (solver.solve(nonlinear_velocity, x, rtol=tight, atol=tight).x - reference).abs().max().item()
+        error = (
+            (solver.solve(nonlinear_velocity, x, Integration(rtol=tight, atol=tight)).x - reference).abs().max().item()
+        )
         assert error < adaptive_tolerance(solver, tight)
         # Error control is real: a looser tolerance gives a larger error.
-        loose_error = (solver.solve(nonlinear_velocity, x, rtol=loose, atol=loose).x - reference).abs().max().item()
+        loose_error = (
+            (solver.solve(nonlinear_velocity, x, Integration(rtol=loose, atol=loose)).x - reference).abs().max().item()
+        )
         assert loose_error > error
     else:
-        error = (solver.solve(nonlinear_velocity, x, steps=100).x - reference).abs().max().item()
+        error = (solver.solve(nonlinear_velocity, x, Integration(steps=100)).x - reference).abs().max().item()
         assert error < fixed_step_tolerance(solver, 100)
 
 
@@ -234,8 +243,10 @@ def test_gaussian_transport_error_shrinks_with_more_steps(name):
 def test_batch_equals_samples_one_at_a_time(name):
     solver = registry.get_solver(name)
     x = start_points(5)
-    batch = solver.solve(nonlinear_velocity, x, steps=30, rtol=1e-5, atol=1e-5).x
-    singles = torch.cat([solver.solve(nonlinear_velocity, row[None], steps=30, rtol=1e-5, atol=1e-5).x for row in x])
+    batch = solver.solve(nonlinear_velocity, x, Integration(steps=30, rtol=1e-5, atol=1e-5)).x
+    singles = torch.cat(
+        [solver.solve(nonlinear_velocity, row[None], Integration(steps=30, rtol=1e-5, atol=1e-5)).x for row in x]
+    )
     # Fixed steps: the same arithmetic. Adaptive: one step size for the batch, equal within tolerance.
     tolerance = 2 * adaptive_tolerance(solver, 1e-5) if solver.adaptive else 1e-12
     assert (batch - singles).abs().max().item() < tolerance
@@ -257,9 +268,9 @@ def test_save_at_trajectory(name, direction):
         return velocity
 
     options = dict(t_start=t_start, t_end=t_end, steps=50, rtol=1e-6, atol=1e-6)
-    plain = solver.solve(counted("plain"), x, **options)
+    plain = solver.solve(counted("plain"), x, Integration(**options))
     requested = [0.35, t_end, 0.7, t_start]  # unsorted on purpose
-    saved = solver.solve(counted("saved"), x, save_at=requested, **options)
+    saved = solver.solve(counted("saved"), x, Integration(save_at=requested, **options))
 
     assert saved.times.tolist() == sorted(requested, reverse=t_start > t_end)
     assert saved.trajectory.shape == (4, *x.shape)
@@ -281,7 +292,7 @@ def test_save_at_trajectory(name, direction):
 @pytest.mark.parametrize("name", ALL)
 def test_save_at_outside_the_interval_is_refused(name):
     with pytest.raises(FMError, match="outside"):
-        registry.get_solver(name).solve(linear_velocity, start_points(), steps=4, save_at=[0.5, 1.5])
+        registry.get_solver(name).solve(linear_velocity, start_points(), Integration(steps=4, save_at=[0.5, 1.5]))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -296,7 +307,7 @@ def test_conditioning_reaches_the_velocity_untouched(name):
         return linear_velocity(x, t)
 
     result = registry.get_solver(name).solve(
-        velocity, start_points(), steps=5, conditioning={"label": token, "scale": guidance}
+        velocity, start_points(), Integration(steps=5), conditioning={"label": token, "scale": guidance}
     )
     assert len(seen) == result.nfe > 0
     assert all(0.0 <= t <= 1.0 for t in seen)
@@ -312,7 +323,7 @@ def test_reported_nfe_counts_every_evaluation(name):
         return linear_velocity(x, t)
 
     steps = 7
-    result = solver.solve(velocity, start_points(), steps=steps)
+    result = solver.solve(velocity, start_points(), Integration(steps=steps))
     assert result.nfe == len(calls)
     if not solver.adaptive:
         expected = EXPECTED_NFE.get(name, lambda n: n * solver.evals_per_step)(steps)
@@ -328,9 +339,9 @@ def test_float32_state_gets_float32_times_and_stays_float32():
 
     for name in ALL:
         solver = registry.get_solver(name)
-        result = solver.solve(velocity, x, steps=10)
+        result = solver.solve(velocity, x, Integration(steps=10))
         assert result.x.dtype == torch.float32, name
-        in_float64 = solver.solve(linear_velocity, start_points(), steps=10).x
+        in_float64 = solver.solve(linear_velocity, start_points(), Integration(steps=10)).x
         assert (result.x.double() - in_float64).abs().max().item() < 1e-3, name  # float32 rounding only
 
 
@@ -368,7 +379,7 @@ def test_non_uniform_grid_helps_where_the_velocity_changes_fastest():
     exact = gaussian_exact_transport(x1, GAUSS_MEAN, cov)
     rk4 = registry.get_solver("rk4")
     errors = {
-        grid: (rk4.solve(flow.velocity, x1, steps=10, time_grid=grid).x - exact).norm(dim=1).mean().item()
+        grid: (rk4.solve(flow.velocity, x1, Integration(steps=10, time_grid=grid)).x - exact).norm(dim=1).mean().item()
         for grid in TIME_GRIDS
     }
     for grid in TIME_GRIDS:
@@ -380,13 +391,13 @@ def test_unknown_time_grid_and_bad_steps_are_refused():
     with pytest.raises(FMError, match="time grid"):
         make_time_grid("linear-ish", 10, 1.0, 0.0)
     with pytest.raises(FMError, match="steps"):
-        registry.get_solver("euler").solve(linear_velocity, start_points(), steps=0)
+        registry.get_solver("euler").solve(linear_velocity, start_points(), Integration(steps=0))
 
 
 def test_rk45_and_dopri5_agree():
     """Same Dormand-Prince tableau, on scipy (float64, CPU) and on torch: same answer within tolerance."""
     x = start_points()
-    rk45 = registry.get_solver("rk45").solve(nonlinear_velocity, x, rtol=1e-7, atol=1e-7)
-    dopri5 = registry.get_solver("dopri5").solve(nonlinear_velocity, x, rtol=1e-7, atol=1e-7)
+    rk45 = registry.get_solver("rk45").solve(nonlinear_velocity, x, Integration(rtol=1e-7, atol=1e-7))
+    dopri5 = registry.get_solver("dopri5").solve(nonlinear_velocity, x, Integration(rtol=1e-7, atol=1e-7))
     assert (rk45.x - dopri5.x).abs().max().item() < 2 * DEFAULT_ADAPTIVE_ERROR_FACTOR * 1e-7
     assert math.isclose(rk45.nfe, dopri5.nfe, rel_tol=0.5)

@@ -7,24 +7,15 @@
 import re
 
 import pytest
-from typer.testing import CliRunner
+from helpers import fm_ok as fm
 
 from fmcli import registry
-from fmcli.cli import app
-
-runner = CliRunner()
 
 
 @pytest.fixture(params=[80, 120])
 def width(request, monkeypatch):
     monkeypatch.setenv("COLUMNS", str(request.param))  # rich reads it when output is not a terminal
     return request.param
-
-
-def fm(*args) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def test_fm_plugins_has_one_unbroken_row_per_registered_item(width):

@@ -13,33 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import moons
 
-import fmcli.train as train_module
-from fmcli.batches import BatchOrder
-from fmcli.checkpoint import read_checkpoint, split_prefix
-from fmcli.config import TrainConfig, read_toml, resolve
 from fmcli.errors import FMError
-from fmcli.optim import lr_at
-from fmcli.train import train
+from fmcli.io.checkpoint import read_checkpoint, split_prefix
+from fmcli.training.batches import BatchOrder
+from fmcli.training.config import TrainConfig, read_toml, resolve
+from fmcli.training.loop import train
+from fmcli.training.objectives import FlowMatching, LossOutput
+from fmcli.training.optim import lr_at
 
 REPO = Path(__file__).resolve().parents[1]
-MLP = {"hidden": 32, "depth": 2}
 TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": []}
-
-
-def moons(out: Path, **overrides) -> dict:
-    options = dict(
-        data="moons",
-        model=MLP,
-        batch_size=16,
-        steps=4,
-        warmup_steps=2,
-        out=str(out),
-        log_every=1000,
-        sample_every=0,
-        checkpoint_every=1000,
-    )
-    return options | overrides
 
 
 def mnist(out: Path, **overrides) -> dict:
@@ -75,7 +60,7 @@ def test_keeps_the_newest_checkpoints_and_last_points_to_the_newest(tmp_path):
     assert {name.split(".", 1)[0] for name in tensors} == {"model", "ema", "optim"}
     assert {int(float(t)) for name, t in tensors.items() if name.endswith(".step")} == {5}
     assert meta.train_config == json.loads((run / "config.json").read_text())
-    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp files
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".") and p.name != ".lock"]  # no temp files
     assert not (tmp_path / "quiet").exists()
     train(moons(tmp_path / "quiet", steps=2, sample_every=0))
     assert not (tmp_path / "quiet" / "samples").exists()  # --sample-every 0: no grids at all
@@ -91,7 +76,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     # os.replace fails after the temp file is complete; fsync fails while it is being written.
-    monkeypatch.setattr(f"fmcli.files.os.{failing}", broken)
+    monkeypatch.setattr(f"fmcli.io.files.os.{failing}", broken)
     with pytest.raises(OSError, match="No space left"):
         train({"steps": 4}, resume=str(run))
     monkeypatch.undo()
@@ -99,7 +84,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert os.readlink(run / "last.safetensors") == "step-0000002.safetensors"
     assert (run / "step-0000002.safetensors").read_bytes() == before
     assert read_checkpoint(run / "last.safetensors")[1].step == 2
-    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # the temp file was removed
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp") or ".tmp-" in p.name]  # temp removed
     assert not (run / "step-0000003.safetensors").exists()
 
 
@@ -120,17 +105,18 @@ class NaNGradient(torch.autograd.Function):
 
 def poison(monkeypatch, bad_calls: set[int], kind: str) -> None:
     """Make the loss NaN (or its gradient NaN) on the given calls (one call per step here)."""
-    real = train_module.flow_matching_loss
+    real = FlowMatching.__call__
     calls = {"n": 0}
 
-    def loss(*args, **kwargs):
-        value = real(*args, **kwargs)
+    def loss(self, net, batch):
+        out = real(self, net, batch)
         calls["n"] += 1
         if calls["n"] - 1 in bad_calls:
-            return value * float("nan") if kind == "loss" else NaNGradient.apply(value)
-        return value
+            value = out.loss * float("nan") if kind == "loss" else NaNGradient.apply(out.loss)
+            return LossOutput(value, value.detach())
+        return out
 
-    monkeypatch.setattr(train_module, "flow_matching_loss", loss)
+    monkeypatch.setattr(FlowMatching, "__call__", loss)
 
 
 @pytest.mark.parametrize("kind", ["loss", "gradient"])

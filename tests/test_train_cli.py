@@ -6,25 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, fm
 from PIL import Image
-from typer.testing import CliRunner
 
-from fmcli.cli import app
-from fmcli.train import train
-
-runner = CliRunner()
-
-
-def fm(*args) -> object:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    assert fragment in lines[0], lines[0]
+from fmcli.training.loop import train
 
 
 def write_pngs(folder: Path, count: int, size: int) -> None:

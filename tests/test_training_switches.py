@@ -7,19 +7,23 @@ The network is the ``recording-mlp`` / ``recording-unet`` model plugin (tests/re
 """
 
 import itertools
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import grad_norms, max_difference, weights
+from helpers import moons as moons_of
 
-import fmcli.batches
-from fmcli.checkpoint import read_checkpoint, split_prefix
-from fmcli.train import train
+import fmcli.training.batches
+from fmcli.training.loop import train
 
 # The minibatch-OT pairing (defined in fmcli.flow), looked up where the batch sampler looks it up.
-OT_PAIRING_HOME = fmcli.batches
+OT_PAIRING_HOME = fmcli.training.batches
+
+
+def moons(out: Path, **overrides) -> dict:
+    return moons_of(out, **({"model": MLP, "batch_size": 32, "steps": 2, "log_every": 1} | overrides))
 
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -49,36 +53,8 @@ TINY_UNET = {
 }
 
 
-def moons(out: Path, **overrides) -> dict:
-    options = dict(
-        data="moons",
-        model=MLP,
-        batch_size=32,
-        steps=2,
-        warmup_steps=2,
-        out=str(out),
-        log_every=1,
-        sample_every=0,
-        checkpoint_every=1000,
-    )
-    return options | overrides
-
-
 def mnist(out: Path, **overrides) -> dict:
     return moons(out, data="mnist-mini", model=TINY_UNET, batch_size=16) | overrides
-
-
-def grad_norms(run: Path) -> list[float]:
-    return [json.loads(line)["grad_norm"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(checkpoint: Path, group: str = "model") -> dict[str, torch.Tensor]:
-    return split_prefix(read_checkpoint(checkpoint)[0], group)
-
-
-def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
 def take_calls(recorder) -> list:

@@ -5,32 +5,17 @@ non-zero exit, before any model, noise or data is built.
 """
 
 import dataclasses
+import json
 import resource
-import typing
 
+import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import assert_one_line_error, fm
 
-from fmcli.checkpoint import read_checkpoint, save_checkpoint
-from fmcli.cli import app
 from fmcli.cli._common import SAMPLING_OPTIONS
 from fmcli.errors import FMError
-from fmcli.sampling import SamplingOptions
-
-runner = CliRunner()
-
-
-def fm(*args) -> typing.Any:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+from fmcli.io.checkpoint import read_checkpoint, save_checkpoint
+from fmcli.sampling.options import SamplingOptions
 
 
 def forged(tiny_checkpoint, tmp_path, *, model=None, data=None):
@@ -64,15 +49,19 @@ def test_a_checkpoint_that_lies_about_its_model_is_refused_before_allocating(
 ):
     path = forged(tiny_checkpoint, tmp_path, **edit)
     before = peak_rss_mb()
-    one_line_error(fm("sample", path, "--num", "4", "--steps", "1", "--out", tmp_path / "x.png"), *fragments)
+    assert_one_line_error(fm("sample", path, "--num", "4", "--steps", "1", "--out", tmp_path / "x.png"), *fragments)
     # The 200,000-channel U-Net would need ~600 GB and the 100,000^2 image 40 GB: nothing near that was touched.
     assert peak_rss_mb() - before < 500
     assert not (tmp_path / "x.png").exists()
 
 
 def test_sample_and_info_still_read_an_honest_checkpoint(tiny_checkpoint, tmp_path):
-    assert fm("sample", tiny_checkpoint, "--num", "2", "--steps", "1", "--out", tmp_path / "x.png").exit_code == 0
-    assert fm("info", tiny_checkpoint).exit_code == 0
+    """The checks above refuse lies, not honest files: the same commands on the unedited checkpoint work."""
+    result = fm("sample", tiny_checkpoint, "--num", "2", "--steps", "1", "--out", tmp_path / "x.npz")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npz")["images"].shape == (2, 28, 28, 1)
+    info = json.loads(fm("info", tiny_checkpoint, "--json").output)
+    assert info["step"] == 3 and info["data"]["shape"] == [1, 28, 28] and info["model_config"]["name"] == "unet"
 
 
 @pytest.mark.parametrize(
@@ -88,24 +77,24 @@ def test_sample_and_info_still_read_an_honest_checkpoint(tiny_checkpoint, tmp_pa
 )
 def test_sampling_options_are_refused_where_declared_by_every_command(tiny_checkpoint, tmp_path, args, fragments):
     for command, out in (("sample", "x.png"), ("animate", "x.gif")):
-        one_line_error(fm(command, tiny_checkpoint, *args, "--out", tmp_path / out), *fragments)
+        assert_one_line_error(fm(command, tiny_checkpoint, *args, "--out", tmp_path / out), *fragments)
         assert not (tmp_path / out).exists()
     if "--steps" not in args:  # fm eval's --steps is a list (for sweeps), checked on its own
-        one_line_error(fm("eval", tiny_checkpoint, *args, "--num", "200"), *fragments)
+        assert_one_line_error(fm("eval", tiny_checkpoint, *args, "--num", "200"), *fragments)
 
 
 @pytest.mark.parametrize("size", ["-3", "0", "7", "5000"])
 def test_image_size_out_of_range_is_one_line_and_writes_nothing(tmp_path, monkeypatch, size):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pictures").mkdir()
-    one_line_error(fm("train", "./pictures", "--image-size", size), "--image-size must be between 8 and 1024")
+    assert_one_line_error(fm("train", "./pictures", "--image-size", size), "--image-size must be between 8 and 1024")
     assert not (tmp_path / "runs").exists()
 
 
 def test_eval_refuses_too_few_samples_before_any_work(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("FM_CACHE_DIR", str(tmp_path / "cache"))
-    one_line_error(fm("eval", tiny_checkpoint, "--num", "1"), "--num must be at least 2")
-    one_line_error(
+    assert_one_line_error(fm("eval", tiny_checkpoint, "--num", "1"), "--num must be at least 2")
+    assert_one_line_error(
         fm("eval", tiny_checkpoint, "--num", "50", "--extractor", "classifier"), "needs at least 129 samples"
     )
     assert not (tmp_path / "cache").exists()  # no classifier was trained, no reference features computed
@@ -123,3 +112,20 @@ def test_sampling_options_validate_for_library_users_too():
         SamplingOptions(solver="huen")
     with pytest.raises(FMError, match="--rtol"):
         SamplingOptions(rtol=0.0)
+
+
+def test_a_header_that_claims_exabytes_is_one_line_everywhere(tmp_path):
+    """A safetensors file whose 8-byte length field claims 2^62 bytes: every command reads the header through
+    the same bounded reader and says the same line, instead of a MemoryError from reading what it claims."""
+    path = tmp_path / "lies.safetensors"
+    path.write_bytes((2**62).to_bytes(8, "little") + b'{"__metadata__": {}}' + b"\0" * 64)
+    message = "is not a readable safetensors checkpoint"
+    for args in (
+        ["sample", path, "--num", "2", "--out", tmp_path / "x.png"],
+        ["train", "--resume", path, "--steps", "5"],
+        ["info", path],
+        ["distill", path, "--out", tmp_path / "student"],
+    ):
+        line = assert_one_line_error(fm(*args), message, "header length")
+        assert "MemoryError" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lies.safetensors"]  # nothing written

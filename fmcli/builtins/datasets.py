@@ -14,6 +14,9 @@ TOYS = {  # name -> description; the samplers are fmcli.data.toys.TOYS
 }
 
 
+NAMES = ("mnist", "mnist-mini", *TOYS)  # for --help, which never loads plugins
+
+
 @hookimpl
 def fm_register_datasets(register):
     register(

@@ -10,7 +10,7 @@ def fm_register_loggers(register):
         LoggerSpec(
             name="jsonl",
             description="metrics.jsonl in the run folder, one JSON record per log step (always on)",
-            open=lazy_callable("fmcli.loggers:JsonlLogger"),
+            open=lazy_callable("fmcli.training.loggers:JsonlLogger"),
         )
     )
     register(
@@ -18,7 +18,7 @@ def fm_register_loggers(register):
             name="tensorboard",
             description="TensorBoard event files in the run folder: loss, learning rate, gradient norm, images/s "
             "and sample grids (tensorboard --logdir runs/); needs pip install 'fmcli[tensorboard]'",
-            open=lazy_callable("fmcli.loggers:TensorBoardLogger"),
+            open=lazy_callable("fmcli.training.loggers:TensorBoardLogger"),
             requires="tensorboard",
             install="pip install 'fmcli[tensorboard]'",
         )

@@ -1,13 +1,17 @@
-"""The ``fm`` command: one module per command, each a thin wrapper over a plain core function."""
+"""The ``fm`` command: one module per command, each a thin Typer wrapper that validates its options and calls a
+plain function of the core; ``_common`` (one-line errors, progress, the sampling options declared once) and
+``_training`` (the training options, generated from ``TrainConfig``) are shared.
+
+May import everything in fmcli; the core never imports this room (nor Typer or rich). Command modules import
+their core lazily, inside the command, so ``fm --help`` and shell completion never import torch.
+"""
 
 import time
 
 import typer
 
 from fmcli import __version__
-from fmcli.cli import animate, data, distill, eval, info, plugins, sample, train
-
-STARTED: float | None = None  # when main() began: `fm train --max-time` counts torch's import too
+from fmcli.cli import _common, animate, data, distill, eval, info, plugins, sample, train
 
 app = typer.Typer(
     name="fm",
@@ -42,9 +46,8 @@ def _root(
 
 
 def main() -> None:
-    global STARTED
-    STARTED = time.perf_counter()
-    from fmcli.memory import keep_freed_memory
+    _common.STARTED = time.perf_counter()
+    from fmcli.cli.memory import keep_freed_memory
 
     keep_freed_memory()  # ctypes only, no torch: the CPU computes instead of faulting in fresh pages
     app()

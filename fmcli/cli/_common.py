@@ -22,8 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fmcli import registry
 from fmcli.errors import FMError
-from fmcli.solvers.grids import TIME_GRIDS
+from fmcli.sampling.solvers.grids import TIME_GRIDS
 
+STARTED: float | None = None  # when main() began: `fm train --max-time` counts torch's import too
 console = Console()  # results (tables) on stdout
 err_console = Console(stderr=True, soft_wrap=True)  # progress and messages on stderr; a message is one line
 
@@ -85,21 +86,22 @@ def parse_int_list(text: str, option: str) -> list[int]:
     return parse_list(text, option, int)
 
 
-def registered_names(table: Callable[[], dict]) -> str:
-    """Registered names for --help text (a broken plugin must not break --help itself)."""
-    try:
-        return ", ".join(table())
-    except Exception:  # noqa: BLE001 - the command itself reports plugin errors properly
-        return "see `fm plugins`"
+def builtin_names(kind: str) -> str:
+    """fm's own solvers or data sets, for --help texts. Help never loads plugins (a plugin's import is its own
+    code, torch perhaps, and a broken one must not break --help); completion and `fm plugins` list them too."""
+    from fmcli.builtins import BUILTIN_NAMES
+
+    return ", ".join(BUILTIN_NAMES[kind])
 
 
 def solver_help() -> str:
-    return f"ODE solver: {registered_names(registry.solvers)}."
+    return f"ODE solver: {builtin_names('solvers')}, or a plugin's (`fm plugins` lists all)."
 
 
 def dataset_help() -> str:
     return (
-        f"A registered data set ({registered_names(registry.datasets)}) or a folder of images (sub-folders = classes)."
+        f"A data set ({builtin_names('datasets')}, or a plugin's: `fm plugins`) or a folder of images "
+        "(sub-folders = classes)."
     )
 
 
@@ -135,10 +137,10 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "steps": (
         Annotated[
-            Optional[int],
+            Optional[str],
             typer.Option(
                 help="Steps of a fixed-step solver (NFE = steps x evaluations per step; adaptive solvers choose "
-                "their own). [default: 20; 4 with the meanflow sampler]",
+                "their own); fm eval --sweep takes a list, e.g. 2,5,10. [default: 20; 4 with the meanflow sampler]",
                 show_default=False,
             ),
         ],
@@ -167,10 +169,14 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def sampling_options(*, exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> Callable:
+def sampling_options(
+    *, exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None, step_lists: bool = False
+) -> Callable:
     """Decorate a Typer command that takes ``sampling: SamplingOptions``: the command gets one option per
     entry of ``SAMPLING_OPTIONS`` (except ``exclude``; ``defaults`` overrides defaults) in place of that
-    parameter, and is called with the validated ``SamplingOptions`` they make."""
+    parameter, and is called with the validated ``SamplingOptions`` they make. ``--steps`` takes one number;
+    with ``step_lists`` a comma-separated list, which the command also receives as ``step_counts`` (the
+    options then carry its first value)."""
     defaults = defaults or {}
 
     def decorate(command: Callable) -> Callable:
@@ -189,15 +195,21 @@ def sampling_options(*, exclude: tuple[str, ...] = (), defaults: dict[str, Any] 
         for parameter in signature.parameters.values():  # the options go where ``sampling`` was
             if parameter.name == "sampling":
                 parameters += options
-            else:
+            elif parameter.name != "step_counts":
                 parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            from fmcli.sampling import SamplingOptions
+            from fmcli.sampling.options import SamplingOptions
 
             chosen = {name: kwargs.pop(name) for name in names}
-            return command(sampling=SamplingOptions(**chosen), **kwargs)
+            counts = parse_int_list(chosen["steps"], "--steps") if chosen.get("steps") is not None else [None]
+            if len(counts) > 1 and not step_lists:
+                raise FMError(f"--steps takes one number (got {chosen['steps']!r})")
+            if "steps" in chosen:
+                chosen["steps"] = counts[0]
+            extra = {"step_counts": counts} if step_lists else {}
+            return command(sampling=SamplingOptions(**chosen), **extra, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}

@@ -91,7 +91,9 @@ def animate_command(
 
       fm animate runs/toy/last.safetensors --out flow.gif
     """
-    from fmcli.animate import (
+    from fmcli.device import resolve_device
+    from fmcli.io.checkpoint import load_checkpoint
+    from fmcli.sampling.animate import (
         DEFAULT_FRAMES,
         AnimationSettings,
         check_settings,
@@ -99,9 +101,7 @@ def animate_command(
         render_animation,
         write_animation,
     )
-    from fmcli.checkpoint import load_checkpoint
-    from fmcli.device import resolve_device
-    from fmcli.sampling import parse_classes
+    from fmcli.sampling.guidance import parse_classes
 
     kind = output_kind(out)
     settings = AnimationSettings(
@@ -115,7 +115,7 @@ def animate_command(
     )
     check_settings(settings)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
-    sampling = sampling.for_model(loaded)  # the checkpoint's own solver and steps where none were given
+    sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
     points = loaded.meta.data["kind"] == "points"
     if class_ == "all":
         per_class = num if num is not None else 8

@@ -5,68 +5,42 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmcli.cli._common import cli_errors, parse_list
-from fmcli.cli.train import (
-    BatchSize,
-    CheckpointEvery,
-    ConfigFile,
-    Device,
-    EmaDecay,
-    GradAccum,
-    GradCheckpoint,
-    IntervalFraction,
-    JsonOutput,
-    Keep,
-    LogEvery,
-    LogTo,
-    Lr,
-    MaxTime,
-    Out,
-    Precision,
-    SampleEvery,
-    Seed,
-    SkipNonfinite,
-    Steps,
-    TimeMean,
-    TimeSampling,
-    TimeStd,
-    TrainCfg,
-    WarmupSteps,
-    WeightingPower,
-    run_training,
-)
+from fmcli.cli._common import cli_errors
+from fmcli.cli._training import run_training, train_options
+from fmcli.cli.train import ConfigFile, JsonOutput
 from fmcli.errors import FMError
+
+# What the teacher decides (its data and classes) or distillation fixes (the objective); every other training
+# option applies, with distillation's own defaults (fmcli.training.distill.DISTILL_DEFAULTS).
+FROM_THE_TEACHER = (
+    "data_dir",
+    "image_size",
+    "channels",
+    "conditional",
+    "hflip",
+    "cache",
+    "label_dropout",
+    "objective",
+    "coupling",
+    "compile",
+)
+DEFAULTS = {
+    "steps": "30% of the teacher's steps",
+    "batch_size": "the teacher's",
+    "lr": "5e-4",
+    "warmup_steps": "20",
+    "sample_every": "0",
+    "train_cfg": "the teacher's sampling guidance (2 with label dropout, else 1)",
+}
 
 
 @cli_errors
+@train_options(exclude=FROM_THE_TEACHER, model=False, default_text=DEFAULTS)
 def distill_command(
     teacher: Annotated[
         Optional[Path], typer.Argument(help="The flow checkpoint (or run folder) to distill. Omit with --resume.")
     ] = None,
-    out: Out = None,
-    steps: Steps = None,
-    max_time: MaxTime = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    warmup_steps: WarmupSteps = None,
-    ema_decay: EmaDecay = None,
-    train_cfg: TrainCfg = None,
-    interval_fraction: IntervalFraction = None,
-    weighting_power: WeightingPower = None,
-    time_sampling: TimeSampling = None,
-    time_mean: TimeMean = None,
-    time_std: TimeStd = None,
-    seed: Seed = None,
-    device: Device = None,
-    precision: Precision = None,
-    grad_checkpoint: GradCheckpoint = None,
-    grad_accum: GradAccum = None,
-    log_every: LogEvery = None,
-    log_to: LogTo = None,
-    sample_every: SampleEvery = None,
-    checkpoint_every: CheckpointEvery = None,
-    keep: Keep = None,
-    skip_nonfinite: SkipNonfinite = None,
+    overrides: dict | None = None,
     config: ConfigFile = None,
     resume: Annotated[
         Optional[str], typer.Option(help="Continue a distillation run: its folder or a checkpoint.")
@@ -92,18 +66,9 @@ def distill_command(
 
       fm distill --resume runs/demo-1step --steps 600
     """
-    from fmcli.budget import parse_duration
-    from fmcli.distill import distill_overrides
+    from fmcli.training.distill import distill_overrides
 
-    lengths = dict(steps=steps, max_time=parse_duration(max_time) if max_time is not None else None)
-    options = dict(
-        out=str(out) if out else None, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
-        train_cfg=train_cfg, interval_fraction=interval_fraction, weighting_power=weighting_power,
-        time_sampling=time_sampling, time_mean=time_mean, time_std=time_std, seed=seed, device=device,
-        precision=precision, grad_checkpoint=grad_checkpoint, grad_accum=grad_accum, log_every=log_every,
-        sample_every=sample_every, checkpoint_every=checkpoint_every, keep=keep, skip_nonfinite=skip_nonfinite,
-        log_to=parse_list(log_to, "--log-to") if log_to is not None else None, **lengths,
-    )  # fmt: skip
+    options = dict(overrides or {})
     if resume is not None:
         if teacher is not None:
             raise FMError("give a teacher to start a distillation, or --resume RUN to continue one, not both")
@@ -111,5 +76,6 @@ def distill_command(
         return
     if teacher is None:
         raise FMError("give the flow checkpoint to distill (a .safetensors file or a run folder), or --resume RUN")
-    run_training(distill_overrides(teacher, options), config=config, resume=None, allow_change=False,
-                 json_output=json_output)  # fmt: skip
+    run_training(
+        distill_overrides(teacher, options), config=config, resume=None, allow_change=False, json_output=json_output
+    )

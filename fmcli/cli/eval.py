@@ -1,6 +1,5 @@
 """``fm eval``: sample quality (FID, KID, precision/recall), class accuracy, likelihood, solver sweeps."""
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,7 +41,7 @@ class _StageProgress:
 
 
 @cli_errors
-@sampling_options(exclude=("steps",), defaults={"cfg": 1.0})
+@sampling_options(defaults={"cfg": 1.0}, step_lists=True)
 def eval_command(
     checkpoint: Annotated[
         Optional[Path],
@@ -80,17 +79,8 @@ def eval_command(
     k: Annotated[int, typer.Option(help="Neighbours defining the k-NN manifolds of precision/recall.")] = 3,
     kid_subsets: Annotated[int, typer.Option(help="Random subsets KID is averaged over (its ± is their std).")] = 100,
     kid_subset_size: Annotated[int, typer.Option(help="Samples per KID subset (capped at the sample count).")] = 1000,
-    steps: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "Steps of a fixed-step solver (NFE = steps x evaluations per step); with --sweep a list, "
-                "e.g. 2,5,10,20. [default: 20; 4 with the meanflow sampler]"
-            ),
-            show_default=False,
-        ),
-    ] = None,
     sampling=None,
+    step_counts: list | None = None,
     weights: WeightsOption = "ema",
     device: DeviceOption = "auto",
     real: Annotated[
@@ -159,11 +149,11 @@ def eval_command(
       fm eval runs/cifar --extractor inception --inception-weights pt_inception-2015-12-05-6726825d.pth --json
     """
     from fmcli.eval.nll import NLLOptions
-    from fmcli.eval.run import EvalOptions, evaluate_checkpoint, evaluate_real
+    from fmcli.eval.real import evaluate_real
+    from fmcli.eval.run import EvalOptions, evaluate_checkpoint
     from fmcli.eval.sweep import sweep
 
-    step_counts = parse_list(steps, "--steps", int) if steps is not None else [None]
-    if sweep_solvers and steps is None:
+    if sweep_solvers and step_counts == [None]:
         raise FMError("--sweep needs --steps, the step counts to compare, e.g. --steps 2,5,10,20")
     if not sweep_solvers and len(step_counts) != 1:
         raise FMError("--steps takes one number (a list only with --sweep)")
@@ -182,7 +172,7 @@ def eval_command(
         k=k,
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size,
-        sampling=replace(sampling, steps=step_counts[0]),
+        sampling=sampling,
         weights=weights,
         device=device,
         data=data,
@@ -191,7 +181,9 @@ def eval_command(
         inception_weights=inception_weights,
         download=not offline,
         class_histogram=class_histogram,
-        nll=NLLOptions(samples=nll_samples, solver=nll_solver, steps=nll_steps, probes=probes) if nll else None,
+        nll=NLLOptions.from_sampling(sampling, samples=nll_samples, solver=nll_solver, steps=nll_steps, probes=probes)
+        if nll
+        else None,
     )
     with progress_bar() as bar:
         progress = _StageProgress(bar)

@@ -23,14 +23,14 @@ def info_command(
     """
     import math
 
-    from fmcli.checkpoint import read_header
-    from fmcli.sampling import FEW_STEP_DEFAULT, FLOW_DEFAULT
+    from fmcli.io.checkpoint import read_header
+    from fmcli.sampling.options import default_sampler
 
     shapes, meta = read_header(checkpoint)  # the header alone: a few kB, whatever the file's size
     groups = sorted({name.split(".", 1)[0] for name in shapes})
     parameters = sum(math.prod(shape) for name, shape in shapes.items() if name.startswith("ema."))
     trained = meta.train_config or {}
-    solver, steps = FEW_STEP_DEFAULT if meta.model_config.get("interval") else FLOW_DEFAULT
+    solver, steps = default_sampler(meta)
     payload = {
         "path": str(checkpoint),
         "format_version": meta.format_version,

@@ -47,11 +47,12 @@ def sample_command(
 
       fm sample runs/demo --class 3 --cfg 2 --solver dopri5 --out three.npz
     """
-    from fmcli.checkpoint import load_checkpoint
     from fmcli.data.base import to_uint8
     from fmcli.device import resolve_device
-    from fmcli.images import output_format, write_samples
-    from fmcli.sampling import generate, parse_classes
+    from fmcli.io.checkpoint import load_checkpoint
+    from fmcli.io.images import output_format, write_samples
+    from fmcli.sampling.generate import generate
+    from fmcli.sampling.guidance import parse_classes
 
     fmt = output_format(out, format)
     if fmt == "folder" and out.exists() and any(out.iterdir()):
@@ -59,7 +60,7 @@ def sample_command(
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
-    sampling = sampling.for_model(loaded)  # the checkpoint's own solver and steps where none were given
+    sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
     classes = parse_classes(class_, num, loaded.meta.class_names)
     if fmt == "folder":
         out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ the other entries of the same folder and options are deleted.
 
 Atomicity: rows are streamed to a temporary file in the cache folder (never one giant bytes
 object); header and metadata are written last, then fsync, rename, fsync of the folder (as
-``fmcli.checkpoint.atomic_write_bytes``). A crash or a full disk leaves at most a temporary file,
+``fmcli.io.checkpoint.atomic_write_bytes``). A crash or a full disk leaves at most a temporary file,
 which is removed (by the writer on error, or by the next builder of that folder).
 
 Corruption: every open checks the magic, the header checksum, the zero padding, that the file size
@@ -57,7 +57,6 @@ indexes its own rows reads only those pages. Do not pickle the mapped tensor to 
 ``map_cache`` there, or load the folder again in each process (a cache hit costs a ``stat`` per file).
 """
 
-import errno
 import hashlib
 import json
 import multiprocessing
@@ -70,7 +69,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,15 +80,9 @@ import torch
 from fmcli import __version__
 from fmcli.data import decode
 from fmcli.data.base import ArrayDataset, LoadOptions
-from fmcli.data.folder import MAX_LISTED_SKIPS, FolderListing, check_folder, list_folder, none_readable
+from fmcli.data.listing import MAX_LISTED_SKIPS, FolderListing, check_folder, list_folder, none_readable
 from fmcli.errors import FMError
-from fmcli.eval.features import default_cache_dir
-from fmcli.files import fsync_dir
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; concurrent builders then rely on the atomic rename alone
-    fcntl = None
+from fmcli.io.files import default_cache_dir, exclusive_lock, fsync_dir
 
 FORMAT_VERSION = 1
 MAGIC = b"FMFOLDER"
@@ -576,21 +569,9 @@ def build(
         raise
 
 
-@contextmanager
-def build_lock(folder: Path, fid: str) -> Iterator[bool]:
+def build_lock(folder: Path, fid: str):
     """Exclusive lock for building one folder's entry; yields whether it is a real lock."""
-    with open(folder / f"{fid}.lock", "a+b") as handle:
-        try:
-            if fcntl is None:
-                raise OSError(errno.ENOSYS, "no flock")
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        except OSError:  # no flock here (Windows, some network file systems): atomic renames still keep it sound
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(folder / f"{fid}.lock")
 
 
 def prune(folder: Path, fid: str, keep: Path, locked: bool) -> None:

@@ -27,14 +27,13 @@ Rules:
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from fmcli.data import decode
+from fmcli.data import cache, decode
 from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.data.decode import (  # noqa: F401 - re-exported: this module's names since the first release
     DEFAULT_IMAGE_SIZE,
@@ -45,10 +44,14 @@ from fmcli.data.decode import (  # noqa: F401 - re-exported: this module's names
     resize_and_crop,
     to_gray_or_rgb,
 )
-from fmcli.errors import FMError
-
-MIN_IMAGE_SIZE = 8
-MAX_LISTED_SKIPS = 5
+from fmcli.data.listing import (  # noqa: F401 - re-exported: this module's names since the first release
+    MAX_LISTED_SKIPS,
+    MIN_IMAGE_SIZE,
+    FolderListing,
+    check_folder,
+    list_folder,
+    none_readable,
+)
 
 
 def read_all(paths: list[Path], size: int) -> list[Image.Image | str]:
@@ -56,55 +59,6 @@ def read_all(paths: list[Path], size: int) -> list[Image.Image | str]:
     workers = min(8, os.cpu_count() or 1, max(1, len(paths)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda p: decode.read_image(p, size), paths))
-
-
-@dataclass
-class FolderListing:
-    """What is in a folder before anything is decoded: the classes and their files, in label order."""
-
-    root: Path
-    groups: list[tuple[str, list[Path]]]  # (class name, sorted files); one ("", files) group when unlabelled
-    labelled: bool
-    ignored: list[Path]  # images at the top level next to class folders (not loaded, only counted)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [p for _, files in self.groups for p in files]
-
-
-def check_folder(path: str | Path, options: LoadOptions) -> tuple[Path, int]:
-    """The folder (``~`` expanded) and the image size, or the one-line error that says what is wrong."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise FMError(f"no folder at {path}: give an existing folder of images or a data set name")
-    if not root.is_dir():
-        raise FMError(f"{path} is a file, not a folder: give a folder of images or a data set name")
-    if options.channels not in (None, 1, 3):
-        raise FMError(f"channels must be 1 or 3, not {options.channels}")
-    size = options.image_size or DEFAULT_IMAGE_SIZE
-    if size < MIN_IMAGE_SIZE:
-        raise FMError(f"image size must be at least {MIN_IMAGE_SIZE} pixels for a folder of images (got {size})")
-    return root, size
-
-
-def list_folder(root: Path, path: str | Path | None = None) -> FolderListing:
-    """The classes and image files under ``root`` (see the module docstring); errors when there is no image."""
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if class_dirs:
-        groups = [(d.name, image_files(d)) for d in class_dirs]
-        ignored = sorted(f for f in root.iterdir() if f.is_file() and is_image_name(f.name))
-    else:
-        groups = [("", image_files(root))]
-        ignored = []
-    listing = FolderListing(root=root, groups=groups, labelled=bool(class_dirs), ignored=ignored)
-    if not listing.paths:
-        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise FMError(f"no image files under {path or root} (looked recursively for {kinds})")
-    return listing
-
-
-def none_readable(path: str | Path, count: int, first_skipped: str) -> FMError:
-    return FMError(f"none of the {count} image files under {path} could be read (e.g. {first_skipped})")
 
 
 def load_folder(
@@ -120,8 +74,6 @@ def load_folder(
     listing = list_folder(root, path)
     warning = None
     if options.cache:
-        from fmcli.data import cache  # the cache imports this module
-
         try:
             return cache.load_cached(path, listing, size, options, progress)
         except cache.CacheUnavailable as error:  # e.g. a read-only home or a full disk: still train, say so once

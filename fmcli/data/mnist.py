@@ -27,6 +27,7 @@ import torch
 from fmcli.data.base import ArrayDataset, LoadOptions, resize_images, set_channels
 from fmcli.data.idx import maybe_gunzip, parse_idx, read_bytes
 from fmcli.errors import FMError
+from fmcli.io.files import default_cache_dir
 
 SPLIT_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -52,8 +53,7 @@ IMAGE_SIZE = 28
 
 def cache_dir() -> Path:
     """Where downloaded files go: ``$FM_CACHE_DIR/mnist`` or ``~/.cache/fmcli/mnist``."""
-    root = os.environ.get("FM_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "fmcli") / "mnist"
+    return default_cache_dir() / "mnist"
 
 
 def search_dirs(data_dir: Path | None) -> list[Path]:

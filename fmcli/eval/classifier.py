@@ -25,7 +25,7 @@ from fmcli.data.base import ArrayDataset, to_model_space
 from fmcli.data.resolve import content_hash
 from fmcli.errors import FMError
 from fmcli.eval.features import ExtractorContext, Progress, cache_name
-from fmcli.files import atomic_write_bytes
+from fmcli.io.files import atomic_write_bytes
 
 FEATURE_DIM = 128
 FORMAT = "fmcli-classifier"

@@ -13,7 +13,6 @@ Built in:
                 ``fmcli[inception]`` extra), 2048-d, for figures comparable to papers.
 """
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fmcli.data.base import ArrayDataset
+from fmcli.io.files import default_cache_dir
 
 # progress(stage, done, total): core code reports work through this, never by printing.
 Progress = Callable[[str, int, int], None]
@@ -57,12 +57,6 @@ class ExtractorContext:
     @property
     def cache(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else default_cache_dir()
-
-
-def default_cache_dir() -> Path:
-    """``$FM_CACHE_DIR`` or ``~/.cache/fmcli``: trained classifiers, weights, reference statistics."""
-    root = os.environ.get("FM_CACHE_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "fmcli"
 
 
 def default_extractor(shape: tuple[int, ...]) -> str:

@@ -26,38 +26,43 @@ an upper bound on the discrete model's code length (Theis et al. 2016).
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fmcli.errors import FMError
-from fmcli.registry import get_solver
-
-if TYPE_CHECKING:  # the run module imports this one
-    from fmcli.eval.run import EvalContext
+from fmcli.sampling.guidance import guided_velocity
+from fmcli.sampling.solvers import get_solver
+from fmcli.sampling.solvers.base import Integration
 
 EXACT_DIVERGENCE_MAX_DIM = 16
+LIKELIHOOD = Integration(t_start=0.0, t_end=1.0, steps=20)  # dopri5 ignores the steps; 1e-5 tolerances
 
 
 @dataclass(frozen=True)
 class NLLOptions:
-    """``fm eval --nll``: how many test items, and how to solve the likelihood ODE (data t = 0 -> noise t = 1)."""
+    """``fm eval --nll``: how many test items, and how to solve the likelihood ODE (data t = 0 -> noise t = 1):
+    the solver and the same ``Integration`` spec every solve takes."""
 
     samples: int = 500
     solver: str = "dopri5"
-    steps: int = 20
-    rtol: float = 1e-5
-    atol: float = 1e-5
+    integration: Integration = LIKELIHOOD
     probes: int = 1  # Hutchinson probes per item (images); the spread is reported
     batch_size: int = 100
 
     def __post_init__(self) -> None:
         get_solver(self.solver)
-        if min(self.samples, self.steps, self.probes, self.batch_size) < 1:
-            raise FMError("--nll-samples, --nll-steps and --probes must be at least 1")
-        if not (0 < self.rtol < 1 and 0 < self.atol < 1):
-            raise FMError("the likelihood tolerances must lie between 0 and 1, exclusive")
+        if min(self.samples, self.probes, self.batch_size) < 1:
+            raise FMError("--nll-samples and --probes must be at least 1")
+        if (self.integration.t_start, self.integration.t_end) != (0.0, 1.0):
+            raise FMError("the likelihood integrates from data (t = 0) to noise (t = 1)")
+
+    @classmethod
+    def from_sampling(cls, sampling, *, samples: int, solver: str, steps: int, probes: int) -> "NLLOptions":
+        """The likelihood solve with the sampling options' time grid and tolerances, from t = 0 to t = 1."""
+        integration = sampling.integration().with_(t_start=0.0, t_end=1.0, steps=steps)
+        return cls(samples=samples, solver=solver, integration=integration, probes=probes)
 
 
 def standard_normal_log_prob(x: Tensor) -> Tensor:
@@ -100,9 +105,7 @@ def log_likelihood(
     x0: Tensor,
     *,
     solver: str = "dopri5",
-    steps: int = 20,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    integration: Integration = LIKELIHOOD,
     divergence: str = "auto",
     probes: int = 1,
     seed: int = 0,
@@ -135,7 +138,7 @@ def log_likelihood(
         return torch.cat([v.detach().reshape(-1, dim), div.detach().unsqueeze(1).to(state.dtype)], dim=1)
 
     start = torch.cat([x.reshape(-1, dim), torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-    result = get_solver(solver).solve(augmented, start, t_start=0.0, t_end=1.0, steps=steps, rtol=rtol, atol=atol)
+    result = get_solver(solver).solve(augmented, start, integration)
     x1, integral = result.x[:, :dim], result.x[:, dim]
     log_prob = (standard_normal_log_prob(x1) + integral.double()).cpu().reshape(repeats, batch)
     probe_std = log_prob.std(0) if repeats > 1 else None
@@ -162,38 +165,32 @@ def bits_per_dim(log_prob: Tensor, dim: int, *, dequantised_8bit: bool) -> Tenso
     return nats / (dim * math.log(2.0))
 
 
-def evaluate_nll(ctx: "EvalContext") -> dict:
-    """Negative log-likelihood of test items: bits/dim for dequantised 8-bit images, nats for points.
-
-    Conditional models are scored given each item's true class (no guidance).
-    """
-    from fmcli.sampling import guided_velocity
-
-    options, data = ctx.options.nll, ctx.data
+def evaluate_nll(loaded, data, options: NLLOptions, *, seed: int, device: torch.device, progress=None) -> dict:
+    """Negative log-likelihood of test items of ``data`` (an ``fmcli.eval.run.EvalData``): bits/dim for
+    dequantised 8-bit images, nats for points. Conditional models are scored given each item's true class
+    (no guidance)."""
     if "test" not in data.splits:
         raise FMError(f"--nll needs a test split, and data set {data.name!r} has none")
     test = data.load("test")
     count = min(options.samples, len(test))
-    seed = ctx.options.sampling.seed
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(test), generator=generator)[:count]
     dim = math.prod(test.shape)
     images = test.kind == "image"
-    velocity = guided_velocity(ctx.loaded.model, 1.0, null_class=ctx.num_classes)
-    conditional = ctx.num_classes > 0 and test.labels is not None
+    num_classes = loaded.meta.num_classes
+    velocity = guided_velocity(loaded.model, 1.0, null_class=num_classes)
+    conditional = num_classes > 0 and test.labels is not None
     log_probs, probe_stds, nfe, divergence = [], [], 0, "exact"
     start = time.perf_counter()
     for first in range(0, count, options.batch_size):
         index = chosen[first : first + options.batch_size]
         x = dequantise(test.data[index], generator) if images else test.data[index].double()
-        conditioning = {"y": test.labels[index].to(ctx.device)} if conditional else {}
+        conditioning = {"y": test.labels[index].to(device)} if conditional else {}
         result = log_likelihood(
             velocity,
-            x.float().to(ctx.device),
+            x.float().to(device),
             solver=options.solver,
-            steps=options.steps,
-            rtol=options.rtol,
-            atol=options.atol,
+            integration=options.integration,
             probes=options.probes,
             seed=seed + first,
             conditioning=conditioning,
@@ -202,8 +199,8 @@ def evaluate_nll(ctx: "EvalContext") -> dict:
         if result.probe_std is not None:
             probe_stds.append(result.probe_std)
         nfe, divergence = max(nfe, result.nfe), result.divergence
-        if ctx.progress:
-            ctx.progress("likelihood", min(first + options.batch_size, count), count)
+        if progress:
+            progress("likelihood", min(first + options.batch_size, count), count)
     log_prob = torch.cat(log_probs)
     bpd = bits_per_dim(log_prob, dim, dequantised_8bit=images)
     report = {
@@ -217,8 +214,8 @@ def evaluate_nll(ctx: "EvalContext") -> dict:
         "divergence": divergence,
         "probes": options.probes if divergence == "hutchinson" else None,
         "solver": options.solver,
-        "steps": options.steps,
-        "rtol": options.rtol,
+        "steps": options.integration.steps,
+        "rtol": options.integration.rtol,
         "nfe": nfe,
         "seconds": round(time.perf_counter() - start, 3),
     }

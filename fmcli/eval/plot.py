@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from fmcli.files import atomic_write_bytes
-from fmcli.images import PALETTE, png_bytes
+from fmcli.io.files import atomic_write_bytes
+from fmcli.io.images import PALETTE, png_bytes
 
 
 def _font(size: int):

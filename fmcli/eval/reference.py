@@ -20,7 +20,7 @@ from fmcli.data.base import ArrayDataset
 from fmcli.data.resolve import content_hash
 from fmcli.eval.features import FeatureExtractor, Progress, cache_name, extract_features
 from fmcli.eval.metrics import FeatureStats, feature_statistics
-from fmcli.files import atomic_write_bytes
+from fmcli.io.files import atomic_write_bytes
 
 
 @dataclass

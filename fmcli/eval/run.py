@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from fmcli import registry
-from fmcli.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
 from fmcli.data.base import ArrayDataset, LoadOptions
 from fmcli.data.resolve import load_data, registered_dataset
 from fmcli.device import resolve_device
@@ -39,9 +38,12 @@ from fmcli.eval.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from fmcli.eval.nll import NLLOptions
+from fmcli.eval.nll import NLLOptions, evaluate_nll
 from fmcli.eval.reference import ReferenceFeatures, reference_features
-from fmcli.sampling import SampleResult, SamplingOptions, balanced_classes, generate
+from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
+from fmcli.sampling.generate import SampleResult, generate
+from fmcli.sampling.guidance import balanced_classes
+from fmcli.sampling.options import SamplingOptions
 
 METRICS = ("fid", "kid", "pr")
 
@@ -316,7 +318,7 @@ class EvalContext:
 
     def sample_and_score(self, sampling: SamplingOptions) -> tuple[SampleResult, Tensor | None, dict, dict]:
         """Samples with ``sampling``, their features, and (logits, sampling summary, metrics)."""
-        sampling = sampling.for_model(self.loaded)
+        sampling = sampling.for_model(self.loaded.meta)
         result = self.sample(sampling, self.requested_classes(), f"sampling ({sampling.solver})")
         features, logits = extract_features(
             self.extractor, result.samples, device=self.device, progress=self.progress, stage="features of samples"
@@ -350,8 +352,6 @@ def prepare(checkpoint: Path, options: EvalOptions, progress: Progress | None) -
 
 def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, progress: Progress | None = None) -> dict:
     """Sample from a checkpoint and score the samples against the test split (and optionally the NLL)."""
-    from fmcli.eval.nll import evaluate_nll
-
     ctx = prepare(checkpoint, options, progress)
     result, logits, sampling, metrics = ctx.sample_and_score(options.sampling)
     report = report_skeleton(
@@ -380,7 +380,9 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, progress: Progre
             if options.class_histogram and ctx.loaded.meta.label_dropout > 0:
                 report["class_histogram"] = _unconditional_histogram(ctx, classifier, names)
     if options.nll is not None:
-        report["nll"] = evaluate_nll(ctx)
+        report["nll"] = evaluate_nll(
+            ctx.loaded, ctx.data, options.nll, seed=options.sampling.seed, device=ctx.device, progress=ctx.progress
+        )
     return report
 
 
@@ -409,59 +411,3 @@ def _unconditional_histogram(ctx: EvalContext, classifier: FeatureExtractor, nam
         "nfe": result.nfe,
         "seconds": round(result.seconds, 3),
     }
-
-
-# --- the floor: real data ------------------------------------------------------------------------
-
-
-def real_choice(labels: Tensor | None, count: int, size: int, seed: int) -> Tensor:
-    """``count`` item indices, seeded: equal numbers per class when labelled (as a conditional model's
-    samples are drawn), so the floor and the model are scored on the same class balance."""
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
-    if labels is None:
-        return order[:count]
-    shuffled = labels[order]
-    classes = int(labels.max()) + 1
-    wanted = torch.bincount(balanced_classes(count, classes), minlength=classes)
-    chosen = [order[shuffled == c][: int(wanted[c])] for c in range(classes)]
-    return torch.cat(chosen)
-
-
-def evaluate_real(data_name: str, options: EvalOptions, progress: Progress | None = None) -> dict:
-    """Real TRAIN images (``options.num_samples`` of them, equal numbers per class when labelled) scored
-    against the test split: the best figures a model could hope for at this sample count."""
-    device = resolve_device(options.device)
-    data = eval_data(data_name, options)
-    if "test" not in data.splits:
-        raise FMError(f"data set {data.name!r} has no test split to score against")
-    extractor = load_extractor(options.extractor, data, options, device, progress)
-    train = data.load("train")
-    count = min(options.num_samples, len(train))
-    check_sample_count(count, extractor.name, extractor.dim, options.metrics)
-    reference = reference_features(
-        extractor, data.load("test"), cache=options.cache_dir or default_cache_dir(), device=device, progress=progress
-    )
-    chosen = real_choice(train.labels, count, len(train), options.sampling.seed)
-    features, logits = extract_features(
-        extractor, train.data[chosen], device=device, progress=progress, stage="features of train images"
-    )
-    report = report_skeleton(
-        data,
-        device,
-        extractor,
-        reference,
-        options,
-        real=True,
-        sampling={"num_samples": count, "source": "train split", "nfe": 0, "seconds": 0.0},
-        metrics=score(reference, features, options),
-    )
-    if logits is not None and train.labels is not None:
-        names = data.class_names(extractor.num_classes)
-        report["conditional"] = accuracy_report(
-            logits,
-            train.labels[chosen],
-            names,
-            extractor,
-            note="classifier accuracy on real train images (labels as the 'requested' class)",
-        )
-    return report

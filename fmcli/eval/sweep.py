@@ -14,7 +14,7 @@ from fmcli.errors import FMError
 from fmcli.eval.features import Progress
 from fmcli.eval.plot import plot_metric_vs_nfe
 from fmcli.eval.run import EvalOptions, extractor_report, prepare
-from fmcli.files import atomic_write_bytes
+from fmcli.io.files import atomic_write_bytes
 
 
 def sweep(

@@ -2,6 +2,14 @@
 
 Every model is built from a plain JSON-serialisable config dict (stored in checkpoints):
 ``{"name": "unet", ...keyword arguments of the class...}``.
+
+    unet.py        the U-Net (time + class conditioning, optional attention, MeanFlow's interval input)
+    mlp.py         a residual MLP for 2-D points
+    presets.py     the default config per image size and device, and a FLOP counter
+    forward_ad.py  forward-mode (jvp) rules that keep MeanFlow's target cheap
+
+May import: torch, ``fmcli.registry`` (models are looked up by name), ``fmcli.specs``, ``fmcli.errors``.
+Nothing here trains or samples.
 """
 
 from typing import Any

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from torch import Tensor
 
-from fmcli.solvers.fixed import FixedStepSolver, StepFn
+from fmcli.sampling.solvers.fixed import FixedStepSolver, StepFn
 
 
 class AdamsBashforth2Solver(FixedStepSolver):

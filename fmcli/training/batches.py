@@ -6,14 +6,14 @@ the same GLOBAL batch (indices, t, noise, label dropout) and keeps its own slice
 B/N do the maths of one process at B.
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from fmcli.config import TrainConfig
 from fmcli.data.base import to_model_space
-from fmcli.flow import broadcast_time, ot_pairing, sample_interval, sample_time
+from fmcli.flow.coupling import ot_pairing
+from fmcli.flow.path import broadcast_time
+from fmcli.training.config import TrainConfig
+from fmcli.training.objectives import Batch, Objective
 
 
 def step_seed(seed: int, step: int, salt: int) -> int:
@@ -42,15 +42,6 @@ class BatchOrder:
         return chunk
 
 
-@dataclass
-class Batch:
-    x0: Tensor  # data, model space
-    x1: Tensor  # noise N(0, I), paired with x0
-    t: Tensor  # [B] times in (0, 1)
-    labels: Tensor | None  # [B] class indices, ``num_classes`` (the null class) where dropped
-    r: Tensor | None = None  # [B] interval starts r <= t (MeanFlow), None for flow matching
-
-
 class BatchSampler:
     """Draws this rank's slice of the global batch of any step, from (seed, step) alone."""
 
@@ -61,12 +52,14 @@ class BatchSampler:
         num_classes: int,
         kind: str,
         config: TrainConfig,
+        objective: Objective,
         rank: int,
         world_size: int,
         device: torch.device,
     ):
         self.inputs, self.labels, self.num_classes, self.kind = inputs, labels, num_classes, kind
-        self.config, self.rank, self.world_size, self.device = config, rank, world_size, device
+        self.config, self.objective = config, objective
+        self.rank, self.world_size, self.device = rank, world_size, device
         self.order = BatchOrder(len(inputs), config.batch_size, config.seed)
 
     def draw(self, step: int) -> Batch:
@@ -77,11 +70,7 @@ class BatchSampler:
         index = self.order.indices(step)
         batch = len(index)
         generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, step, 1))
-        times = dict(method=config.time_sampling, mean=config.time_mean, std=config.time_std, generator=generator)
-        if config.objective == "meanflow":
-            r, t = sample_interval(batch, equal_fraction=1 - config.interval_fraction, device=device, **times)
-        else:
-            r, t = None, sample_time(batch, device=device, **times)
+        t, r = self.objective.draw_times(batch, generator, device)
         x1 = torch.randn((batch, *self.inputs.shape[1:]), generator=generator, device=device)
         labels = None
         if self.labels is not None:

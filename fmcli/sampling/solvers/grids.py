@@ -8,7 +8,7 @@ and then ordered in the direction of integration (from t_start to t_end). The en
 set exactly, and the grid is strictly monotone.
 
 Which end should be dense? In our convention t = 0 is DATA and t = 1 is noise. For Gaussian
-data N(mu, Sigma) the exact velocity (``fmcli.gaussian_flow``) has, along an eigen-direction of
+data N(mu, Sigma) the exact velocity (``fmcli.flow.gaussian``) has, along an eigen-direction of
 variance s^2, the gain (t - (1 - t) s^2) / ((1 - t)^2 s^2 + t^2): smooth near t = 1, but for
 small s (images have many low-variance directions) it swings from about 1/t to -1 within t ~ s
 of t = 0. The learned velocity of an image model likewise changes fastest near the data end.

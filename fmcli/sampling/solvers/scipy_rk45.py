@@ -1,6 +1,6 @@
 """``rk45``: scipy's adaptive Dormand-Prince RK45, the way the original blog sampled.
 
-It exists for fidelity with the blog's results. ``dopri5`` (``fmcli.solvers.torchdiffeq_solvers``)
+It exists for fidelity with the blog's results. ``dopri5`` (``fmcli.sampling.solvers.adaptive``)
 uses the same Butcher tableau but stays on the model's device, so prefer it for speed.
 
 How the batch is solved: the whole batch [B, ...] is flattened into ONE state vector of length
@@ -15,25 +15,16 @@ Trajectories: ``save_at`` times are passed to solve_ivp as ``t_eval``, which sci
 its dense output (4th-order interpolation) without changing the steps; one solve.
 """
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from fmcli.errors import FMError
-from fmcli.solvers.base import (
-    CountingVelocity,
-    SolveResult,
-    VelocityFn,
-    check_interval,
-    sorted_save_times,
-)
+from fmcli.sampling.solvers.base import CountingVelocity, Integration, Solver
 
 
-class ScipyRK45Solver:
+class ScipyRK45Solver(Solver):
     name = "rk45"
     description = (
         "scipy solve_ivp RK45 (Dormand-Prince 5(4)), adaptive, on the CPU in float64; "
@@ -42,26 +33,10 @@ class ScipyRK45Solver:
     )
     adaptive = True
     order = 5
-    evals_per_step = None
 
-    def solve(
-        self,
-        velocity: VelocityFn,
-        x: Tensor,
-        *,
-        t_start: float = 1.0,
-        t_end: float = 0.0,
-        steps: int = 20,
-        time_grid: str = "uniform",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        save_at: Sequence[float] | None = None,
-        conditioning: dict[str, Any] | None = None,
-    ) -> SolveResult:
-        """Integrate from t_start to t_end with error control (``steps`` and ``time_grid`` unused)."""
-        check_interval(t_start, t_end)
-        save_times = sorted_save_times(save_at, t_start, t_end)
-        f = CountingVelocity(velocity, conditioning)
+    def run(self, f: CountingVelocity, x: Tensor, integration: Integration):
+        """Integrate from t_start to t_end with error control (steps and time grid unused)."""
+        t_start, t_end, save_times = integration.t_start, integration.t_end, integration.save_times()
         shape, dtype, device = x.shape, x.dtype, x.device
 
         def rhs(t: float, y: np.ndarray) -> np.ndarray:
@@ -71,7 +46,9 @@ class ScipyRK45Solver:
         # Output times: the requested ones, then t_end (the final state), without repeats.
         t_eval = sorted(set((save_times or []) + [t_end]), reverse=t_start > t_end)
         y0 = x.detach().to("cpu", torch.float64).numpy().ravel()
-        sol = solve_ivp(rhs, (t_start, t_end), y0, method="RK45", t_eval=t_eval, rtol=rtol, atol=atol)
+        sol = solve_ivp(
+            rhs, (t_start, t_end), y0, method="RK45", t_eval=t_eval, rtol=integration.rtol, atol=integration.atol
+        )
         if sol.status != 0:
             raise FMError(f"rk45 failed: {sol.message} (try dopri5, or looser --rtol/--atol)")
 
@@ -83,7 +60,6 @@ class ScipyRK45Solver:
 
         final = state_at(t_end).to(device)
         if save_times is None:
-            return SolveResult(x=final, nfe=f.nfe)
-        times = torch.tensor(save_times, dtype=torch.float64)
+            return final, None, None
         trajectory = torch.stack([state_at(s).to("cpu") for s in save_times])
-        return SolveResult(x=final, nfe=f.nfe, times=times, trajectory=trajectory)
+        return final, torch.tensor(save_times, dtype=torch.float64), trajectory

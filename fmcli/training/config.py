@@ -11,61 +11,149 @@ from pathlib import Path
 
 import tomllib
 
-from fmcli.budget import parse_duration
 from fmcli.errors import FMError
+from fmcli.training.budget import parse_duration
 
 
-@dataclass
+def option(
+    default=None,
+    help: str = "",
+    *,
+    factory=None,
+    default_text: str | None = None,
+    cli: bool = True,
+    flag: str | None = None,
+    parse: str | None = None,
+):
+    """A TrainConfig field with its command-line help: ``fm train``, ``fm distill`` and ``--config`` TOML all read
+    their options from these fields (``fmcli.cli._common.train_options``), so a new option is one field here.
+
+    default_text: the "[default: ...]" shown in --help when the plain default would mislead (data-set defaults);
+    cli: False for fields no command-line option sets (``model``: its own options; ``teacher``: fm distill's);
+    flag: an option declaration other than ``--name`` (``--unconditional``, or "--x/--no-x" for booleans);
+    parse: how the option's text becomes the value: "duration" (90s, 10m) or "list" (comma-separated).
+    """
+    metadata = {"help": help, "default_text": default_text, "cli": cli, "flag": flag, "parse": parse}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """Every option of a training run. Frozen: a run's options change only by building a new config."""
+
     # data
-    data: str = "mnist-mini"  # registered data set name, or a folder of images
-    data_dir: str | None = None  # where data files live (else $FM_DATA_DIR)
-    image_size: int | None = None  # resize + centre-crop (folders default to 32)
-    channels: int | None = None  # force 1 or 3 channels
-    conditional: bool = True  # use class labels when the data has them
-    hflip: bool = False  # random horizontal flips (image folders default to on; see dataset_defaults)
-    cache: bool = True  # image folders: decode once into $FM_CACHE_DIR and map it (False: decode into RAM)
+    data: str = option(
+        "mnist-mini", "A registered data set or a folder of images (sub-folders = classes).", cli=False
+    )  # the command's argument
+    data_dir: str | None = option(None, "Folder holding data files such as MNIST's IDX files (else $FM_DATA_DIR).")
+    image_size: int | None = option(
+        None, "Resize and centre-crop images to this size, 8 to 1024.", default_text="32 for folders"
+    )
+    channels: int | None = option(None, "Force 1 (grayscale) or 3 (RGB) channels.", default_text="from the images")
+    conditional: bool = option(True, "Ignore class labels even if the data has them.", flag="--unconditional")
+    hflip: bool = option(
+        False,
+        "Random horizontal flips of training images, from (seed, step) so resume stays exact.",
+        default_text="on for image folders, off for digits and data sets that are not mirror-symmetric",
+    )
+    cache: bool = option(
+        True,
+        "Image folders: decode once into a memory-mapped file under $FM_CACHE_DIR and map it on later runs (RAM use "
+        "stays small), or decode every run into RAM.",
+    )
     # length
-    steps: int | None = None  # optimizer steps (default: DEFAULT_STEPS)
-    epochs: float | None = None  # alternative to --steps
-    max_time: float | None = None  # seconds: alternative to --steps, fixed after timing the first steps
-    batch_size: int = 128  # global batch of one optimizer step (split over GPUs and --grad-accum)
+    steps: int | None = option(
+        None, "Optimizer steps.", default_text="the data set's own, e.g. 1600 for mnist-mini; else 2000"
+    )
+    epochs: float | None = option(None, "Train for this many passes over the data instead of --steps.")
+    max_time: float | None = option(
+        None,
+        "Train for this long instead of --steps (90s, 10m, 2h, 1h30m): the first steps are timed, then the number "
+        "of steps that fits is fixed and printed.",
+        parse="duration",
+    )
+    batch_size: int = option(
+        128, "Global batch per optimizer step (split across GPUs and --grad-accum).", default_text="128; mnist-mini 16"
+    )
     # optimisation
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    lr_schedule: str = "cosine"  # cosine | constant (after linear warm-up)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    lr: float = option(2e-3, "Peak learning rate of AdamW.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup_steps: int = option(200, "Linear learning-rate warm-up steps.")
+    lr_schedule: str = option("cosine", "After linear warm-up: cosine or constant.")
+    grad_clip: float = option(1.0, "Clip the gradient norm to this.")
+    ema_decay: float = option(0.999, "EMA decay of the weights used for sampling.")
     # flow matching
-    label_dropout: float = 0.1  # probability of training on the null class (enables --cfg)
-    time_sampling: str = "uniform"  # uniform | logit-normal
-    time_mean: float = 0.0
-    time_std: float = 1.0
-    coupling: str = "independent"  # independent | ot (minibatch optimal transport)
+    label_dropout: float = option(0.1, "Probability of training a label as the null class; enables `fm sample --cfg`.")
+    time_sampling: str = option(
+        "uniform",
+        "Training times t: uniform or logit-normal.",
+        default_text="uniform; logit-normal for --objective meanflow",
+    )
+    time_mean: float = option(0.0, "Mean of the logit-normal time distribution.", default_text="0; -0.4 for meanflow")
+    time_std: float = option(1.0, "Std of the logit-normal time distribution.")
+    coupling: str = option(
+        "independent", "Pair data and noise independently or by minibatch optimal transport (ot: straighter paths)."
+    )
     # objective
-    objective: str = "fm"  # fm (instantaneous velocity) | meanflow (average velocity: 1-4 step sampling)
-    interval_fraction: float = 0.25  # meanflow: share of samples with r < t (the others learn u(x, t, t) = v)
-    weighting_power: float = 1.0  # meanflow: adaptive loss weight 1 / (||error||^2 + 1e-3)^p (0: plain L2)
-    train_cfg: float = 1.0  # meanflow: classifier-free guidance folded into the target (sample at cfg 1)
-    teacher: str | None = None  # distillation: the flow checkpoint whose velocity replaces x1 - x0
-    # model overrides (None: the preset for the data)
-    model: dict = field(default_factory=dict)
+    objective: str = option(
+        "fm",
+        "fm: flow matching (sample with ODE solvers, 10-40 NFE); meanflow: average velocities over \\[r, t] "
+        "(MeanFlow), sampled in 1-4 steps.",
+    )
+    interval_fraction: float = option(
+        0.25, "meanflow: share of samples trained on an interval r < t (the rest learn u(x, t, t) = v)."
+    )
+    weighting_power: float = option(
+        1.0, "meanflow: adaptive loss weight 1 / (||error||^2 + 1e-3)^p; 0 is the plain squared error."
+    )
+    train_cfg: float = option(
+        1.0,
+        "meanflow / distill: classifier-free guidance of this scale folded into the training target, so samples are "
+        "guided at --cfg 1 with no extra evaluations.",
+        default_text="1 for meanflow; the teacher's sampling default (2 with label dropout) for fm distill",
+    )
+    teacher: str | None = option(None, "distillation: the flow checkpoint whose velocity replaces x1 - x0.", cli=False)
+    # model overrides (empty: the preset for the data); the command line sets them through MODEL_OPTIONS
+    model: dict = option(factory=dict, help="Model config overrides, e.g. {base_channels = 16}.", cli=False)
     # machinery
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    compile: bool = False
-    grad_checkpoint: bool = False
-    grad_accum: int = 1
+    seed: int = option(0, "Seed of data order, times, noise and initialisation.")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.")
+    precision: str = option("fp32", "fp32, bf16 or fp16 (autocast; fp16 adds a grad scaler).")
+    compile: bool = option(False, "torch.compile the model (not with --objective meanflow).")
+    grad_checkpoint: bool = option(False, "Recompute activations in backward to save memory.")
+    grad_accum: int = option(1, "Split each batch into this many micro-batches.")
     # output
-    out: str | None = None
-    log_every: int = 100
-    log_to: list = field(default_factory=list)  # loggers besides metrics.jsonl, e.g. ["tensorboard"]
-    sample_every: int = 1000  # 0: no sample grids at all
-    checkpoint_every: int = 1000
-    keep: int = 3
-    skip_nonfinite: bool = False
+    out: str | None = option(None, "Run folder (never overwritten).", default_text="runs/<data>")
+    log_every: int = option(100, "Log the loss every N steps (metrics.jsonl).")
+    log_to: list = option(
+        factory=list,
+        help="Also log to these, comma-separated: tensorboard (pip install 'fmcli[tensorboard]'), or a plugin's "
+        "logger (`fm plugins` lists them). metrics.jsonl is always written.",
+        parse="list",
+        default_text="none",
+    )
+    sample_every: int = option(1000, "Save a sample grid every N steps and at the end (0: never).")
+    checkpoint_every: int = option(1000, "Write a checkpoint every N steps.")
+    keep: int = option(3, "Keep the newest N step checkpoints.")
+    skip_nonfinite: bool = option(
+        False, "Skip steps with a NaN/inf loss instead of stopping.", flag="--skip-nonfinite/--stop-nonfinite"
+    )
+
+
+# Options that shape the model: `fm train --base-channels 16` lands in TrainConfig.model as {"base_channels": 16}.
+# option name -> (the model config key, its help, how to parse the text: "int", "int_list" or "resolutions")
+MODEL_OPTIONS = {
+    "base_channels": ("base_channels", "U-Net width (channels of the first level).", "int"),
+    "channel_mults": ("channel_mults", "U-Net channel multiplier per level, e.g. 1,2,2.", "int_list"),
+    "res_blocks": ("num_res_blocks", "Residual blocks per U-Net level.", "int"),
+    "attention": (
+        "attention_resolutions",
+        "Resolutions with self-attention, e.g. 7 or 8,16 ('none' for none).",
+        "resolutions",
+    ),
+}
 
 
 DEFAULT_STEPS = 2000
@@ -78,7 +166,7 @@ CHOICES = {
     "precision": ("fp32", "bf16", "fp16"),
     "objective": ("fm", "meanflow"),
 }
-# MeanFlow's time distribution of (r, t): logit-normal(-0.4, 1), as in the paper (see fmcli.flow.sample_interval).
+# MeanFlow's time distribution of (r, t): logit-normal(-0.4, 1), as in the paper (fmcli.flow.meanflow.sample_interval).
 OBJECTIVE_DEFAULTS = {"meanflow": {"time_sampling": "logit-normal", "time_mean": -0.4, "time_std": 1.0}}
 # Keys that define what is trained: never changeable on resume.
 STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher")
@@ -204,11 +292,6 @@ def validate(config: TrainConfig) -> None:
         raise FMError(f"--train-cfg must be at least 1, where 1 is no guidance (got {config.train_cfg})")
     if config.objective == "fm" and (config.train_cfg != 1 or config.teacher):
         raise FMError("--train-cfg and a teacher need --objective meanflow (fm distill sets it)")
-    if config.objective == "meanflow" and config.compile:
-        raise FMError(
-            "--compile does not work with --objective meanflow (torch.func.jvp through a compiled "
-            "model); drop --compile"
-        )
     if config.channels not in (None, 1, 3):
         raise FMError(f"--channels must be 1 (grayscale) or 3 (RGB), not {config.channels}")
 

@@ -90,3 +90,22 @@ class StepTimer:
                 periodic += (total - 1) // sample_every * costs.grid
             more = max(0, math.floor((left - periodic) / seconds_per_step))
         return step + more
+
+
+def end_costs(seconds_per_step: float, model, items_per_step: int, preview_images: int, sample_every: int) -> EndCosts:
+    """A checkpoint write (about 200 MB/s for weights, EMA and two AdamW moments) and a preview grid (heun 10:
+    20 forward passes of ``preview_images``, each ~1/3 of a training pass per item)."""
+    from fmcli.sampling.generate import PREVIEW
+
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    checkpoint = 0.05 + state_bytes * 4 / 200e6
+    passes = PREVIEW.steps * 2  # a MeanFlow model's preview costs less
+    grid = preview_images * passes * seconds_per_step / (3 * items_per_step) if sample_every else 0.0
+    return EndCosts(checkpoint=checkpoint, grid=grid)
+
+
+def plan_message(what: str, seconds_per_step: float, left: float, epoch: float) -> str:
+    return (
+        f"{what} at {seconds_per_step:.3g} s/step (timed over the first steps): training ends in about "
+        f"{format_duration(left)} ({format_duration(epoch)} per epoch)"
+    )

@@ -1,7 +1,7 @@
 """Fixed-step Runge-Kutta solvers: euler, midpoint, heun, rk4.
 
-Each step goes from t to t + h on a grid from ``fmcli.solvers.grids`` (h < 0 when sampling,
-1 -> 0). With f(x, t) = v(x, t, **conditioning):
+Each step goes from t to t + h on the integration's time grid (a named grid from ``grids.py``, or
+explicit times; h < 0 when sampling, 1 -> 0). With f(x, t) = v(x, t, **conditioning):
 
     euler     x + h f(x, t)                                              order 1, 1 NFE/step
     midpoint  x + h f(x + h/2 f(x, t), t + h/2)                          order 2, 2 NFE/step
@@ -17,22 +17,14 @@ anywhere on a straight path, which is what flow matching learns; costs no extra 
 Saved states are kept on the CPU.
 """
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from fmcli.solvers.base import (
-    CountingVelocity,
-    SolveResult,
-    VelocityFn,
-    check_interval,
-    sorted_save_times,
-)
-from fmcli.solvers.grids import make_time_grid
+from fmcli.sampling.solvers.base import CountingVelocity, Integration, Solver
 
-StepFn = Callable[[Tensor, float], Tensor]  # f(x, t) -> velocity
+StepFn = Callable[..., Tensor]  # f(x, t) -> velocity (a CountingVelocity)
 
 
 class LinearTrajectory:
@@ -64,18 +56,12 @@ class LinearTrajectory:
         return times, torch.stack(self.states) if self.states else None
 
 
-class FixedStepSolver:
+class FixedStepSolver(Solver):
     """Base class: integrate on a time grid, one ``step`` per grid interval.
 
     Subclasses define ``step`` (one-step methods) or override ``integrate`` (multistep methods,
     like the Adams-Bashforth plugin) and set name, description, order, evals_per_step.
     """
-
-    name: str = ""
-    description: str = ""
-    adaptive: bool = False
-    order: int | None = None
-    evals_per_step: int | None = None
 
     def step(self, f: StepFn, x: Tensor, t: float, h: float) -> Tensor:
         raise NotImplementedError
@@ -86,31 +72,15 @@ class FixedStepSolver:
             x = self.step(f, x, t, t_next - t)
             yield x
 
-    def solve(
-        self,
-        velocity: VelocityFn,
-        x: Tensor,
-        *,
-        t_start: float = 1.0,
-        t_end: float = 0.0,
-        steps: int = 20,
-        time_grid: str = "uniform",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        save_at: Sequence[float] | None = None,
-        conditioning: dict[str, Any] | None = None,
-    ) -> SolveResult:
-        """Integrate dx/dt = velocity from t_start to t_end in ``steps`` steps (rtol/atol unused)."""
-        check_interval(t_start, t_end)
-        grid = make_time_grid(time_grid, steps, t_start, t_end).tolist()
-        f = CountingVelocity(velocity, conditioning)
-        trajectory = LinearTrajectory(sorted_save_times(save_at, t_start, t_end))
+    def run(self, f: CountingVelocity, x: Tensor, integration: Integration):
+        """``integration.steps`` steps on its time grid (rtol/atol unused); save_at states interpolated."""
+        grid = integration.grid()
+        trajectory = LinearTrajectory(integration.save_times())
         t_prev, x_prev = grid[0], x
         for t_next, x_next in zip(grid[1:], self.integrate(f, x, grid), strict=True):
             trajectory.segment(t_prev, x_prev, t_next, x_next)
             t_prev, x_prev = t_next, x_next
-        times, states = trajectory.result()
-        return SolveResult(x=x_prev, nfe=f.nfe, times=times, trajectory=states)
+        return (x_prev, *trajectory.result())
 
 
 class EulerSolver(FixedStepSolver):

@@ -1,6 +1,6 @@
 """Saving and restoring training state: weights, EMA weights, AdamW moments, step and counters.
 
-Everything goes into ONE safetensors checkpoint (``fmcli.checkpoint``): tensors ``model.*``,
+Everything goes into ONE safetensors checkpoint (``fmcli.io.checkpoint``): tensors ``model.*``,
 ``ema.*`` and ``optim.<param index>.<slot>``; AdamW's param groups, the grad scaler and the
 counters go into the metadata (``extra``). No RNG state is saved: everything random in step k
 is drawn from generators seeded by (seed, k), so the step number is all resume needs.
@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmcli.checkpoint import FORMAT_VERSION, CheckpointMeta, save_checkpoint, split_prefix
-from fmcli.config import TrainConfig
 from fmcli.data.base import ArrayDataset
 from fmcli.errors import FMError
+from fmcli.io.checkpoint import FORMAT_VERSION, CheckpointMeta, save_checkpoint, split_prefix
+from fmcli.training.config import TrainConfig
 
 
 @dataclass

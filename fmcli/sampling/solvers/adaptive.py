@@ -16,29 +16,18 @@ the adaptive solvers fill them from their dense-output interpolant without chang
 steps, so a trajectory costs no extra evaluation. The final state is not interpolated: the
 last step is made to end exactly at t_end. Saved states are moved to the CPU.
 
-torchdiffeq's fixed-step methods (euler, midpoint, rk4) are not registered: ``fmcli.solvers.fixed``
+torchdiffeq's fixed-step methods (euler, midpoint, rk4) are not registered: ``fmcli.sampling.solvers.fixed``
 has them, with our time grids.
 """
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
-from torch import Tensor
 from torchdiffeq import odeint
 
-from fmcli.solvers.base import (
-    CountingVelocity,
-    SolveResult,
-    VelocityFn,
-    check_interval,
-    sorted_save_times,
-)
+from fmcli.sampling.solvers.base import CountingVelocity, Integration, Solver
 
 
-class TorchdiffeqSolver:
+class TorchdiffeqSolver(Solver):
     adaptive = True
-    evals_per_step = None
 
     def __init__(self, method: str, order: int, summary: str):
         self.name = method
@@ -48,24 +37,9 @@ class TorchdiffeqSolver:
             f"{summary}, adaptive (torchdiffeq '{method}') on the model's device; --rtol/--atol (default 1e-5/1e-5)."
         )
 
-    def solve(
-        self,
-        velocity: VelocityFn,
-        x: Tensor,
-        *,
-        t_start: float = 1.0,
-        t_end: float = 0.0,
-        steps: int = 20,
-        time_grid: str = "uniform",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        save_at: Sequence[float] | None = None,
-        conditioning: dict[str, Any] | None = None,
-    ) -> SolveResult:
-        """Integrate from t_start to t_end with error control (``steps`` and ``time_grid`` unused)."""
-        check_interval(t_start, t_end)
-        save_times = sorted_save_times(save_at, t_start, t_end)
-        f = CountingVelocity(velocity, conditioning)
+    def run(self, f: CountingVelocity, x, integration: Integration):
+        """Integrate from t_start to t_end with error control (steps and time grid unused)."""
+        t_start, t_end, save_times = integration.t_start, integration.t_end, integration.save_times()
         # odeint wants strictly monotone times that begin at t_start; output[i] is the state at times[i].
         times = sorted(set([t_start, t_end] + (save_times or [])), reverse=t_start > t_end)
         time_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
@@ -73,14 +47,19 @@ class TorchdiffeqSolver:
         # torchdiffeq steps past the last time and interpolates back; ``step_t`` makes the last step
         # land exactly on t_end instead (same NFE, and e.g. 400x less error for dopri8 on a rotation).
         options = {"step_t": t[-1:]}
-        states = odeint(lambda s, y: f(y, s), x, t, rtol=rtol, atol=atol, method=self.method, options=options)
-        final = states[-1]
-        if save_times is None:
-            return SolveResult(x=final, nfe=f.nfe)
-        trajectory = torch.stack([states[times.index(s)].detach().to("cpu") for s in save_times])
-        return SolveResult(
-            x=final, nfe=f.nfe, times=torch.tensor(save_times, dtype=torch.float64), trajectory=trajectory
+        states = odeint(
+            lambda s, y: f(y, s),
+            x,
+            t,
+            rtol=integration.rtol,
+            atol=integration.atol,
+            method=self.method,
+            options=options,
         )
+        if save_times is None:
+            return states[-1], None, None
+        trajectory = torch.stack([states[times.index(s)].detach().to("cpu") for s in save_times])
+        return states[-1], torch.tensor(save_times, dtype=torch.float64), trajectory
 
 
 TORCHDIFFEQ_SOLVERS: tuple[TorchdiffeqSolver, ...] = (

@@ -1,15 +1,25 @@
-"""Run folders: where a new run goes, which run ``--resume`` continues, and the newest-checkpoint link.
+"""Run folders: where a new run goes, which run ``--resume`` continues, the newest-checkpoint link, the lock.
 
 A run folder holds ``step-NNNNNNN.safetensors`` checkpoints (the newest ``--keep``), ``last.safetensors``
-(a relative symlink to the newest), ``config.json``, ``metrics.jsonl`` and ``samples/``. An existing
-run is never overwritten: a new run without ``--out`` gets ``runs/<data>-2``, ``-3``, ...
+(a relative symlink to the newest), ``config.json``, ``metrics.jsonl``, ``samples/`` and ``.lock``. An
+existing run is never overwritten: a new run without ``--out`` gets ``runs/<data>-2``, ``-3``, ...
+
+While a trainer works in a folder it holds ``.lock`` (``fmcli.io.files.exclusive_lock``): a second
+``fm train --resume`` of the same run (a requeued cluster job beside a live one) is refused in one line
+that names the process holding it. The kernel drops the lock when its process dies, however it dies, so
+a killed run never blocks the next one.
 """
 
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fmcli.errors import FMError
-from fmcli.files import atomic_symlink
+from fmcli.io.files import LockHeld, atomic_symlink, exclusive_lock
 
+LOCK = ".lock"
 LAST = "last.safetensors"
 
 
@@ -63,3 +73,33 @@ def publish_checkpoint(run_dir: Path, path: Path, keep: int) -> None:
     for stale in sorted(Path(run_dir).glob("step-*.safetensors"))[:-keep]:
         if stale != path:
             stale.unlink(missing_ok=True)
+
+
+@contextmanager
+def lock_run(run_dir: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Create ``run_dir`` if needed and hold its lock for the ``with`` block (``enabled``: rank 0 only).
+
+    A folder this call created is removed again when the block fails before anything was written into it, so a
+    run refused for bad input leaves nothing behind.
+    """
+    if not enabled:
+        yield
+        return
+    run_dir = Path(run_dir)
+    created = run_dir  # the outermost folder this call creates (runs/ itself, for a first run)
+    while not created.parent.exists():
+        created = created.parent
+    created = None if run_dir.exists() else created
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(run_dir / LOCK, wait=False, holder="fm " + " ".join(sys.argv[1:])):
+            yield
+    except LockHeld as held:
+        raise FMError(
+            f"run folder {run_dir} is in use by {held.owner or 'another process'}; wait for it to "
+            "finish or stop it, or train into another --out"
+        ) from None
+    except BaseException:
+        if created is not None and {path.name for path in run_dir.iterdir()} <= {LOCK}:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

@@ -46,13 +46,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from fmcli.checkpoint import LoadedModel
 from fmcli.data.base import LoadOptions, to_uint8
+from fmcli.data.resolve import load_data
 from fmcli.errors import FMError
-from fmcli.files import atomic_write_bytes
-from fmcli.flow import predicted_data
-from fmcli.images import PlotFrame, encode_filmstrip, encode_gif, grid_image, side_by_side, with_caption
-from fmcli.sampling import SamplingOptions, generate, guided_velocity
+from fmcli.flow.path import predicted_data
+from fmcli.io.checkpoint import LoadedModel
+from fmcli.io.files import atomic_write_bytes
+from fmcli.io.images import PlotFrame, encode_filmstrip, encode_gif, grid_image, side_by_side, with_caption
+from fmcli.sampling.generate import generate
+from fmcli.sampling.guidance import guided_velocity
+from fmcli.sampling.options import SamplingOptions
 
 SHOW_MODES = ("x", "x0", "both")
 FORMATS = {".gif": "gif", ".png": "png"}
@@ -161,12 +164,10 @@ def time_label(t: float, frames: int) -> str:
 
 def load_background(meta_data: dict, train_config: dict, seed: int) -> np.ndarray | None:
     """Up to BACKGROUND_POINTS training points of the checkpoint's data set, or None when it can't be loaded."""
-    from fmcli.data.resolve import load_data
-
     try:
         options = LoadOptions(split="train", data_dir=train_config.get("data_dir"), download=False)
         data = load_data(str(meta_data["name"]), options).data.float()
-    except Exception:  # a plugin data set that is gone, a missing file: the plot is fine without it
+    except (FMError, OSError):  # a plugin data set that is gone, a missing file: the plot is fine without it
         return None
     if data.dim() != 2 or data.shape[1] != 2:
         return None

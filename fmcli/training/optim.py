@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from fmcli.config import TrainConfig
+from fmcli.training.config import TrainConfig
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:

@@ -74,10 +74,13 @@ def check_loggers(names: list[str]) -> list:
 
 
 class Loggers:
-    """metrics.jsonl plus the loggers named by --log-to (rank 0 only)."""
+    """metrics.jsonl plus the loggers named by --log-to; opened on rank 0 only (elsewhere every call does nothing)."""
 
-    def __init__(self, specs: list, run_dir: Path, config):
-        self.loggers = [spec.open(run_dir, config) for spec in specs]
+    def __init__(self, specs: list):
+        self.specs, self.loggers = specs, []
+
+    def open(self, run_dir: Path, config) -> None:
+        self.loggers = [spec.open(run_dir, config) for spec in self.specs]
 
     def log(self, record: dict) -> None:
         for logger in self.loggers:
@@ -90,3 +93,4 @@ class Loggers:
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
+        self.loggers = []

@@ -1,6 +1,6 @@
 """Pictures: PNG grids, folders of PNGs, .npz arrays, 2-D plots, captioned frames, GIFs and filmstrips.
 
-Everything here turns tensors into bytes; files are written atomically (``fmcli.files``).
+Everything here turns tensors into bytes; files are written atomically (``fmcli.io.files``).
 """
 
 import functools
@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from fmcli.errors import FMError
-from fmcli.files import atomic_write_bytes
+from fmcli.io.files import atomic_write_bytes
 
 OUTPUT_FORMATS = ("png", "folder", "npz")
 PALETTE = [

@@ -1,0 +1,62 @@
+"""MeanFlow (Geng et al. 2025): the average velocity over an interval, in fm's convention (t = 0 data, t = 1 noise).
+
+For r <= t,
+
+    u(x_t, r, t) = 1/(t - r) * integral_r^t v(x_s, s) ds     (along the ODE trajectory through x_t),
+
+so one step x_r = x_t - (t - r) u(x_t, r, t) is exact and x0 = x1 - u(x1, 0, 1) samples in one step
+(``fmcli.sampling.solvers.meanflow``). Differentiating (t - r) u = integral_r^t v in t gives the identity
+
+    u = v - (t - r) du/dt,     du/dt = (du/dx) v + du/dt|_x     (total derivative along the flow),
+
+whose right side, with v a velocity (x1 - x0, or a teacher's) and du/dt a Jacobian-vector product, is the
+regression target of ``fmcli.training.objectives.MeanFlow``.
+"""
+
+import torch
+from torch import Tensor
+
+from fmcli.flow.path import broadcast_time, sample_time
+from fmcli.models.forward_ad import detached_tangents
+
+
+def sample_interval(
+    batch_size: int,
+    *,
+    equal_fraction: float = 0.75,
+    method: str = "logit-normal",
+    mean: float = -0.4,
+    std: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """MeanFlow's training intervals (r, t), r <= t, each [batch_size].
+
+    Two times are drawn by ``sample_time(method, mean, std)``; t is the larger, r the smaller. A random
+    share ``equal_fraction`` of the samples then gets r = t: plain flow matching, which teaches the
+    instantaneous velocity u(x, t, t) = v(x, t). Defaults: the paper's ImageNet setting (75% r = t,
+    logit-normal(-0.4, 1)); they are for measurement to settle here.
+    """
+    if not 0.0 <= equal_fraction <= 1.0:
+        raise ValueError(f"equal_fraction must be in [0, 1], got {equal_fraction}")
+    options = dict(method=method, mean=mean, std=std, generator=generator, device=device)
+    a, b = sample_time(batch_size, **options), sample_time(batch_size, **options)
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    equal = torch.rand(batch_size, generator=generator, device=device) < equal_fraction
+    return torch.where(equal, t, r), t
+
+
+def meanflow_target(u_fn, x_t: Tensor, r: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """u = u_fn(x_t, r, t) and the MeanFlow target stopgrad(v - (t - r) du/dt).
+
+    du/dt = (du/dx) v + 0 * du/dr + 1 * du/dt is the derivative along the flow (x moves with velocity v,
+    r stays, t advances): one forward-mode pass, ``torch.func.jvp`` with tangent (v, 0, 1), whose primal
+    output is u itself, so the network runs once. u keeps its graph to the parameters (backpropagate
+    the loss through it); the target is detached, so the U-Net's layers need not record their tangents
+    for backward (``detached_tangents``: less memory). r, t: [B] (or 0-dim); v has x_t's shape.
+    """
+    tangents = (v.to(x_t.dtype), torch.zeros_like(r), torch.ones_like(t))
+    with detached_tangents():
+        u, du_dt = torch.func.jvp(u_fn, (x_t, r, t), tangents)
+    target = v - broadcast_time(t - r, x_t) * du_dt
+    return u, target.detach()

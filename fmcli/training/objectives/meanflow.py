@@ -1,0 +1,140 @@
+"""MeanFlow's objective: the average velocity u(x_t, r, t) over [r, t], trained through its identity.
+
+With Delta = u(x_t, r, t) - stopgrad(v - (t - r) du/dt) and the per-sample L = ||Delta||^2 (summed over the
+data dimensions), the loss is the batch mean of stopgrad(w) L with the adaptive weight
+w = 1 / (L + eps)^p (p = 1, the paper's, gives the gradient of log(L + eps); p = 0 the plain L2).
+
+What v is, the "target velocity", is a small object of its own:
+
+    ConditionalVelocity   x1 - x0. The target is linear in v, so its mean given x_t is the target built from
+                          the marginal v* (for which the identity holds), as in flow matching.
+    SelfGuidedVelocity    S (x1 - x0) + (1 - S) u(x_t, t, t | null): classifier-free guidance of scale S folded
+                          into the target with the model's own unconditional velocity (the paper's).
+    TeacherVelocity       a trained flow's guided v_T(x_t, t) = v_u + S (v_c - v_u): distillation.
+
+Samples with r = t have the target v itself ((t - r) du/dt = 0): they get a plain forward pass, and only
+the others go through the jvp. The network therefore sees the batch in two parts, which changes nothing
+for networks whose samples do not interact (no batch norm).
+"""
+
+import torch
+from torch import Tensor
+
+from fmcli.flow.meanflow import meanflow_target, sample_interval
+from fmcli.flow.path import broadcast_time, interpolate, target_velocity
+from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution
+
+
+class ConditionalVelocity:
+    """v = x1 - x0."""
+
+    def __call__(self, net, batch: Batch, xt: Tensor) -> Tensor:
+        return target_velocity(batch.x0, batch.x1)
+
+
+class SelfGuidedVelocity:
+    """v = S (x1 - x0) + (1 - S) u(x_t, t, t | null); samples trained on the null class keep x1 - x0."""
+
+    def __init__(self, scale: float, num_classes: int):
+        self.scale, self.num_classes = scale, num_classes
+
+    @torch.no_grad()
+    def __call__(self, net, batch: Batch, xt: Tensor) -> Tensor:
+        null = torch.full_like(batch.labels, self.num_classes)
+        unconditional = net(xt, batch.t, y=null, r=batch.t)
+        plain = target_velocity(batch.x0, batch.x1)
+        guided = self.scale * plain + (1 - self.scale) * unconditional
+        return torch.where(broadcast_time(batch.labels == self.num_classes, xt), plain, guided)
+
+
+class TeacherVelocity:
+    """v = the teacher's velocity at x_t, guided with scale S (v_u + S (v_c - v_u)) when labelled."""
+
+    def __init__(self, teacher: torch.nn.Module, scale: float, num_classes: int):
+        from fmcli.sampling.guidance import guided_velocity
+
+        self.teacher = teacher
+        self.guided = guided_velocity(teacher, scale, num_classes)
+
+    @torch.no_grad()
+    def __call__(self, net, batch: Batch, xt: Tensor) -> Tensor:
+        if batch.labels is None:
+            return self.teacher(xt, batch.t)
+        return self.guided(xt, batch.t, batch.labels)
+
+
+class MeanFlow(Objective):
+    name = "meanflow"
+    interval = True
+    uses_ddp = False  # torch.func.jvp cannot run through DDP's wrapper: gradients are averaged after backward
+    compiles = False  # nor through a compiled module
+
+    def __init__(
+        self,
+        times: TimeDistribution,
+        *,
+        interval_fraction: float = 0.25,
+        weighting_power: float = 1.0,
+        target=None,
+        eps: float = 1e-3,
+    ):
+        self.times, self.interval_fraction, self.weighting_power, self.eps = (
+            times,
+            interval_fraction,
+            weighting_power,
+            eps,
+        )
+        self.target = target or ConditionalVelocity()
+
+    def draw_times(self, batch_size, generator, device):
+        t_dist = self.times
+        r, t = sample_interval(
+            batch_size,
+            equal_fraction=1 - self.interval_fraction,
+            method=t_dist.method,
+            mean=t_dist.mean,
+            std=t_dist.std,
+            generator=generator,
+            device=device,
+        )
+        return t, r
+
+    def __call__(self, net, batch: Batch) -> LossOutput:
+        xt = interpolate(batch.x0, batch.x1, batch.t)
+        v = self.target(net, batch, xt).detach().to(xt.dtype)
+        r, t = batch.r, batch.t
+        equal = r == t
+        plain, jvp = equal.nonzero().squeeze(1), (~equal).nonzero().squeeze(1)
+        errors = []
+        if plain.numel():
+            u = net(xt[plain], t[plain], r=r[plain], **_take(batch.conditioning, plain, len(t)))
+            errors.append(u.float() - v[plain].float())
+        if jvp.numel():
+            cond = _take(batch.conditioning, jvp, len(t))
+            u, target = meanflow_target(lambda x, r, t: net(x, t, r=r, **cond), xt[jvp], r[jvp], t[jvp], v[jvp])
+            errors.append(u.float() - target.float())
+        error = torch.cat([e.flatten(1) for e in errors])
+        per_sample = error.pow(2).sum(1)
+        weight = (per_sample.detach() + self.eps).pow(-self.weighting_power)
+        return LossOutput(loss=(weight * per_sample).mean(), logged=error.detach().pow(2).mean())
+
+
+def _take(conditioning: dict, index: Tensor, batch_size: int) -> dict:
+    """The conditioning of the samples ``index``: per-sample tensors (first dimension = batch) are indexed."""
+    return {
+        key: value[index] if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch_size else value
+        for key, value in conditioning.items()
+    }
+
+
+def make_meanflow(config, times: TimeDistribution, num_classes: int, teacher=None) -> MeanFlow:
+    """MeanFlow against x1 - x0, a teacher's guided velocity, or x1 - x0 with guidance folded in (--train-cfg)."""
+    if teacher is not None:
+        target = TeacherVelocity(teacher.model, config.train_cfg, num_classes)
+    elif config.train_cfg != 1:
+        target = SelfGuidedVelocity(config.train_cfg, num_classes)
+    else:
+        target = ConditionalVelocity()
+    return MeanFlow(
+        times, interval_fraction=config.interval_fraction, weighting_power=config.weighting_power, target=target
+    )
