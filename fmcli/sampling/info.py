@@ -1,0 +1,32 @@
+"""What a checkpoint holds, as one dictionary: ``fm info`` prints it, ``fm serve`` shows it, the API returns it.
+
+Reads only the safetensors header, so it is instant on any size.
+"""
+
+import math
+from pathlib import Path
+
+from fmcli.io.checkpoint import read_header
+from fmcli.sampling.options import default_sampler
+
+
+def checkpoint_info(path: Path) -> dict:
+    """Format, step, parameters, objective, guidance, teacher, default sampler, data, model and training config."""
+    shapes, meta = read_header(path)
+    trained = meta.train_config or {}
+    solver, steps = default_sampler(meta)
+    return {
+        "path": str(path),
+        "format_version": meta.format_version,
+        "step": meta.step,
+        "parameters": sum(math.prod(shape) for name, shape in shapes.items() if name.startswith("ema.")),
+        "tensor_groups": sorted({name.split(".", 1)[0] for name in shapes}),
+        "objective": trained.get("objective", "fm"),
+        "training_guidance": trained.get("train_cfg", 1.0),
+        "teacher": trained.get("teacher"),
+        "default_sampling": {"solver": solver, "steps": steps},
+        "data": meta.data,
+        "model_config": meta.model_config,
+        "label_dropout": meta.label_dropout,
+        "train_config": meta.train_config,
+    }
