@@ -90,3 +90,11 @@ def recorder():
     finally:
         pm.unregister(plugin)
         registry.reset()
+
+
+@pytest.fixture
+def half_precision_cpu(monkeypatch):
+    """Pretend this CPU does bf16 and fp16 natively, so the autocast plumbing can be tested on any CPU (fm refuses
+    --precision bf16/fp16 on a CPU that would only emulate them)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: True)

@@ -17,6 +17,7 @@ from fmcli.hookspecs import hookimpl
 from fmcli.models import ModelSpec
 from fmcli.models.mlp import MLPVelocity
 from fmcli.models.unet import UNet
+from fmcli.training.setup import PROBING
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Recorder:
 
 
 def _record(recorder: Recorder, x: Tensor, t, y: Tensor | None, out: Tensor) -> None:
+    if PROBING.get():  # the trainer timing its first batch before step 0: not a training step
+        return
     t = torch.as_tensor(t)
     recorder.calls.append(
         Call(
@@ -80,7 +83,8 @@ class RecordingUNet(UNet):
             conv.register_forward_hook(self._count_conv)
 
     def _count_conv(self, module, inputs, output) -> None:
-        self.recorder.conv_calls += 1
+        if not PROBING.get():
+            self.recorder.conv_calls += 1
 
     def forward(self, x, t, y=None):
         out = super().forward(x, t, y)

@@ -197,7 +197,7 @@ def test_meanflow_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tm
 
 
 @pytest.mark.parametrize("extra", [{"grad_checkpoint": True}, {"precision": "bf16"}])
-def test_meanflow_trains_with_memory_savers_and_reduced_precision(tmp_path, extra):
+def test_meanflow_trains_with_memory_savers_and_reduced_precision(tmp_path, extra, half_precision_cpu):
     options = dict(data="mnist-mini", model=TINY_UNET, batch_size=8, steps=2, warmup_steps=1, out=str(tmp_path / "r"),
                    sample_every=0, log_every=1, objective="meanflow", interval_fraction=1.0)  # fmt: skip
     train(options | extra)

@@ -374,7 +374,8 @@ def test_models_without_the_interval_input_are_todays_models():
     assert unet.config == unet_config and mlp.config == mlp_config and "interval" not in unet.config
     for config, model in ((unet_config, unet), (mlp_config, mlp)):
         with_interval = build_model(config | {"interval": True})
-        assert with_interval.config == config | {"interval": True}
+        # an interval model records its interval scale; one built from a 0.1 config (no key) gets 0.1's 1000
+        assert with_interval.config == config | {"interval": True, "interval_scale": 1000.0}
         added = set(with_interval.state_dict()) - set(model.state_dict())
         assert added and all(key.startswith("embedding.interval_mlp.") for key in added)
         assert set(model.state_dict()) < set(with_interval.state_dict())

@@ -22,6 +22,7 @@ from fmcli.training.config import TrainConfig, read_toml, resolve
 from fmcli.training.loop import train
 from fmcli.training.objectives import FlowMatching, LossOutput
 from fmcli.training.optim import lr_at
+from fmcli.training.setup import PROBE_PASSES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": []}
@@ -103,8 +104,9 @@ class NaNGradient(torch.autograd.Function):
         return grad * float("nan")
 
 
-def poison(monkeypatch, bad_calls: set[int], kind: str) -> None:
-    """Make the loss NaN (or its gradient NaN) on the given calls (one call per step here)."""
+def poison(monkeypatch, bad_steps: set[int], kind: str) -> None:
+    """Make the loss NaN (or its gradient NaN) on the given steps (one call per step, after the plan's probe)."""
+    bad_calls = {PROBE_PASSES + step for step in bad_steps}
     real = FlowMatching.__call__
     calls = {"n": 0}
 
@@ -158,7 +160,7 @@ def test_the_first_step_non_finite_says_no_checkpoint_yet(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("precision, make", [("bf16", mnist), ("fp16", moons)])  # CPU fp16 convolutions are slow
-def test_reduced_precision_trains_with_a_finite_loss(tmp_path, precision, make):
+def test_reduced_precision_trains_with_a_finite_loss(tmp_path, precision, make, half_precision_cpu):
     """Autocast on the CPU too; fp16 adds a grad scaler (torch.amp.GradScaler("cpu") exists)."""
     result = train(make(tmp_path / precision, steps=2, precision=precision, log_every=1))
     records = [json.loads(line) for line in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]

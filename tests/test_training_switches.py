@@ -123,7 +123,9 @@ def test_without_grad_checkpoint_every_convolution_runs_once(tmp_path, recorder)
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
-def test_precision_runs_the_forward_under_autocast_of_that_dtype(tmp_path, recorder, precision, dtype):
+def test_precision_runs_the_forward_under_autocast_of_that_dtype(
+    tmp_path, recorder, precision, dtype, half_precision_cpu
+):
     """bf16/fp16: every training forward runs under CPU autocast of that dtype (the network's output has it);
     fp32: no autocast, float32 output."""
     train(moons(tmp_path / precision, precision=precision))
@@ -189,8 +191,9 @@ def test_training_with_ot_coupling_pairs_noise_by_the_optimal_permutation(tmp_pa
     assert pairings == [] and len(take_calls(recorder)) == 2
     train(moons(tmp_path / "ot", coupling="ot"))
     calls = recorder.training_calls()
-    assert len(pairings) == len(calls) == 2
-    for (x0, x1, permutation), call in zip(pairings, calls, strict=True):
+    assert len(pairings) == 3 and len(calls) == 2  # the plan's probe drew step 0's batch once more, first
+    assert all(torch.equal(a, b) for a, b in zip(pairings[0], pairings[1], strict=True))
+    for (x0, x1, permutation), call in zip(pairings[1:], calls, strict=True):
         assert not torch.equal(permutation, torch.arange(32))  # 32 random pairs are never already optimal
         t = call.t[:, None]
         assert torch.allclose(call.x, (1 - t) * x0 + t * x1[permutation], atol=1e-6)

@@ -117,7 +117,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JS
 CFG_HELP = (
     "Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
     "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch). "
-    "[default: 2 for fm sample/animate with --class on a model trained with label dropout; else 1, and "
+    "\\[default: 2 for fm sample/animate with --class on a model trained with label dropout; else 1, and "
     "always 1 in fm eval so FID measures the model itself]"
 )
 
@@ -128,7 +128,7 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
         Annotated[
             Optional[str],
             typer.Option(
-                help=f"{solver_help()} [default: heun; meanflow for models trained for few-step sampling]",
+                help=f"{solver_help()} \\[default: heun; meanflow for models trained for few-step sampling]",
                 autocompletion=registry.completer(registry.solvers),
                 show_default=False,
             ),
@@ -140,7 +140,7 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
             Optional[str],
             typer.Option(
                 help="Steps of a fixed-step solver (NFE = steps x evaluations per step; adaptive solvers choose "
-                "their own); fm eval --sweep takes a list, e.g. 2,5,10. [default: 20; 4 with the meanflow sampler]",
+                "their own); fm eval --sweep takes a list, e.g. 2,5,10. \\[default: 20; 4 with the meanflow sampler]",
                 show_default=False,
             ),
         ],

@@ -42,7 +42,8 @@ def _option_for(field, default_text: str | None) -> tuple[Any, Callable[[Any], A
     """(the Typer annotation, text -> value) of one TrainConfig field. Every option defaults to None: not given."""
     meta, kind = field.metadata, _base_type(field.type)
     name = "--" + field.name.replace("_", "-")
-    help_text = f"{meta['help']} [default: {_default_text(field, default_text)}]"
+    shown = _default_text(field, default_text or meta["default_text"])
+    help_text = f"{meta['help']} \\[default: {shown}]"  # escaped: rich markup would take [default: ...] for a tag
     if meta["parse"] == "duration":
         return Annotated[Optional[str], typer.Option(name, help=help_text, show_default=False)], parse_duration
     if meta["parse"] == "list":

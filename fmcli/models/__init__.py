@@ -4,6 +4,7 @@ Every model is built from a plain JSON-serialisable config dict (stored in check
 ``{"name": "unet", ...keyword arguments of the class...}``.
 
     unet.py        the U-Net (time + class conditioning, optional attention, MeanFlow's interval input)
+    embedding.py   the time, class and interval embeddings both networks share
     mlp.py         a residual MLP for 2-D points
     presets.py     the default config per image size and device, and a FLOP counter
     forward_ad.py  forward-mode (jvp) rules that keep MeanFlow's target cheap

@@ -8,7 +8,8 @@ rows, the last one the null class, added to the time embedding; y=None means the
     repeat depth times:   h = h + Linear(SiLU(Linear(SiLU(h)) + Linear(emb)))
     v = Linear(SiLU(h))
 
-``interval=True`` adds the MeanFlow interval input r (see ``fmcli.models.unet.TimeClassEmbedding``):
+``interval=True`` adds the MeanFlow interval input r (see ``fmcli.models.unet.TimeClassEmbedding``, and its
+``interval_scale``):
 forward(x, t, y, r) is then the average velocity over [r, t], and r = None (= t) the instantaneous one.
 
 The embedding is injected into every block (not only the input): on 2-D data the velocity
@@ -18,7 +19,13 @@ field changes sharply with t, and a single input bias washes out after a few lay
 from torch import Tensor, nn
 
 from fmcli.errors import FMError
-from fmcli.models.unet import TimeClassEmbedding, is_compiling, prepare_interval, prepare_time_and_labels
+from fmcli.models.embedding import (
+    TIME_SCALE,
+    TimeClassEmbedding,
+    is_compiling,
+    prepare_interval,
+    prepare_time_and_labels,
+)
 
 
 class _Block(nn.Module):
@@ -38,7 +45,14 @@ class MLPVelocity(nn.Module):
     interval (MeanFlow's interval input r; kept in ``config`` only when True)."""
 
     def __init__(
-        self, *, dim: int = 2, hidden: int = 256, depth: int = 4, num_classes: int = 0, interval: bool = False
+        self,
+        *,
+        dim: int = 2,
+        hidden: int = 256,
+        depth: int = 4,
+        num_classes: int = 0,
+        interval: bool = False,
+        interval_scale: float = TIME_SCALE,
     ) -> None:
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 1:
@@ -47,9 +61,9 @@ class MLPVelocity(nn.Module):
             raise FMError(f"num_classes must be 0 (unconditional) or positive, got {num_classes}")
         self.config = {"name": "mlp", "dim": dim, "hidden": hidden, "depth": depth, "num_classes": num_classes}
         if interval:
-            self.config["interval"] = True
+            self.config |= {"interval": True, "interval_scale": float(interval_scale)}
         self.dim, self.num_classes, self.interval = dim, num_classes, bool(interval)
-        self.embedding = TimeClassEmbedding(min(hidden, 128), hidden, num_classes, interval=self.interval)
+        self.embedding = TimeClassEmbedding(min(hidden, 128), hidden, num_classes, self.interval, interval_scale)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))

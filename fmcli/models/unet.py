@@ -27,138 +27,22 @@ h = GroupNorm(h) * (1 + scale) + shift: a multiplicative gate lets t switch feat
 found it clearly better for the same cost.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from fmcli.errors import FMError
+from fmcli.models.embedding import (  # noqa: F401 - NO_INTERVAL_INPUT, is_compiling: this module's names in 0.1
+    NO_INTERVAL_INPUT,
+    TIME_SCALE,
+    TimeClassEmbedding,
+    is_compiling,
+    prepare_interval,
+    prepare_time_and_labels,
+    zero_init,
+)
 from fmcli.models.forward_ad import Conv2d, GroupNorm, in_forward_ad
-
-TIME_SCALE = 1000.0
-
-
-# --- time and class conditioning (shared with the MLP) -------------------------------------
-
-
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """[B] times -> [B, dim]: cos(1000 t w_k), sin(1000 t w_k), w_k = max_period^(-k / (dim/2)).
-
-    The factor 1000 (``TIME_SCALE``): these frequencies were designed for integer diffusion
-    steps 0..1000; on raw t in [0, 1] the slow half of them would barely change and the
-    network could hardly tell t = 0.2 from t = 0.3.
-    """
-    # float32 unless t is float64: float64 models exist for exact derivative checks (MeanFlow's JVP).
-    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
-    args = (TIME_SCALE * t.to(dtype))[:, None] * freqs[None, :]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    if dim % 2:  # odd width: pad with a zero column
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-class TimeClassEmbedding(nn.Module):
-    """emb(t, y) = MLP(sinusoid(1000 t)) + E[y]; E has num_classes + 1 rows, the last one the null class.
-
-    With ``interval=True``: emb(t, y, d) = MLP(sinusoid(1000 t)) + E[y] + MLP_d(sinusoid(1000 d)), d = t - r the
-    length of the interval [r, t] the average velocity is taken over. MLP_d's last layer starts at zero, so a
-    fresh interval model computes exactly what the same weights compute without the interval input, for any r.
-    Why t - r and not r: every plain flow-matching sample (r = t) then feeds the same d = 0, whatever t, so
-    "d = 0" is one well-trained input meaning "instantaneous velocity" (u(x, t, t) = v(x, t)); MeanFlow's
-    ablation found (t, t - r) the best of the pairs it tried.
-    """
-
-    def __init__(self, freq_dim: int, dim: int, num_classes: int, interval: bool = False) -> None:
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.class_embedding = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
-        # Created only for interval models: the state dict of every other model keeps its keys.
-        self.interval_mlp = (
-            nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), zero_init(nn.Linear(dim, dim))) if interval else None
-        )
-
-    def forward(self, t: Tensor, y: Tensor | None, interval: Tensor | None = None) -> Tensor:
-        """t [B], y [B] or None, interval = t - r [B] (interval models only) -> [B, dim]."""
-        weight_dtype = self.time_mlp[0].weight.dtype
-        emb = self.time_mlp(sinusoidal_embedding(t, self.freq_dim).to(weight_dtype))
-        if self.class_embedding is not None:
-            emb = emb + self.class_embedding(y)
-        if self.interval_mlp is not None:
-            emb = emb + self.interval_mlp(sinusoidal_embedding(interval, self.freq_dim).to(weight_dtype))
-        return emb
-
-
-def prepare_time_and_labels(
-    t: Tensor | float, y: Tensor | None, batch_size: int, num_classes: int, device: torch.device, validate: bool
-) -> tuple[Tensor, Tensor | None]:
-    """Broadcast t (a number, 0-dim or [B]) to [B]; for a conditional model map y=None to the null class.
-
-    Raises FMError for a wrong t shape, labels given to an unconditional model, or labels
-    outside [0, num_classes]. ``validate=False`` (under torch.compile) skips the checks, so
-    no data-dependent Python branch is traced.
-    """
-    if not isinstance(t, Tensor):
-        t = torch.tensor(float(t), device=device)
-    if validate:
-        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch_size)):
-            raise FMError(f"t must be a scalar or have shape [{batch_size}] (one time per sample), got {list(t.shape)}")
-        if y is not None and num_classes == 0:
-            raise FMError(
-                "this model is unconditional: pass no class labels (y=None), or train a class-conditional model"
-            )
-        if y is not None:
-            if y.dim() != 1 or y.shape[0] != batch_size:
-                raise FMError(f"class labels y must have shape [{batch_size}], got {list(y.shape)}")
-            if y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise FMError(f"class labels y must be integers, got {y.dtype}")
-            if bool(((y < 0) | (y > num_classes)).any()):  # one host sync; skipped under compile
-                raise FMError(
-                    f"class labels y must be in [0, {num_classes}] ({num_classes} is the null class), "
-                    f"got values from {int(y.min())} to {int(y.max())}"
-                )
-    t = t.reshape(-1).expand(batch_size)
-    if num_classes > 0 and y is None:
-        y = torch.full((batch_size,), num_classes, dtype=torch.long, device=device)
-    return t, y
-
-
-NO_INTERVAL_INPUT = "this model has no interval input; it was not trained for few-step sampling"
-
-
-def prepare_interval(
-    r: Tensor | float | None, t: Tensor, batch_size: int, has_interval: bool, device: torch.device, validate: bool
-) -> Tensor | None:
-    """The interval length t - r per sample [B], for t already broadcast to [B]; None for a model without it.
-
-    r is a number, 0-dim or [B], like t; r = None means r = t (length 0: the instantaneous velocity).
-    Raises FMError for r given to a model without the interval input, a wrong shape, or r > t: the
-    average velocity u(x, r, t) is trained for r <= t only (sampling runs from t = 1 down to r = 0).
-    """
-    if not has_interval:
-        if r is not None:
-            raise FMError(NO_INTERVAL_INPUT)
-        return None
-    if r is None:
-        return torch.zeros_like(t)
-    if not isinstance(r, Tensor):
-        r = torch.tensor(float(r), device=device, dtype=t.dtype)
-    if validate and (r.dim() > 1 or (r.dim() == 1 and r.shape[0] not in (1, batch_size))):
-        raise FMError(f"r must be a scalar or have shape [{batch_size}] (one time per sample), got {list(r.shape)}")
-    r = r.reshape(-1).expand(batch_size)
-    if validate and bool((r > t).any()):  # one host sync; skipped under compile
-        raise FMError("the interval start r must not exceed t (the average velocity over [r, t] is trained for r <= t)")
-    return t - r
-
-
-def is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
 
 # --- building blocks ------------------------------------------------------------------------
 
@@ -169,13 +53,6 @@ def group_norm(channels: int, num_groups: int) -> GroupNorm:
     while channels % groups:
         groups -= 1
     return GroupNorm(groups, channels)
-
-
-def zero_init(module: nn.Module) -> nn.Module:
-    """Start a residual branch at zero, so each block begins as the identity (stable early training)."""
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
 
 
 class ResBlock(nn.Module):
@@ -255,6 +132,8 @@ class UNet(nn.Module):
         interval: also take the interval start r (``forward(x, t, y, r=r)``) and predict the average velocity
             over [r, t] (MeanFlow). Kept in ``config`` only when True, so every other config, and the models
             built from existing checkpoints, stay exactly as they were.
+        interval_scale: the factor on the interval length before its sinusoids (see ``TimeClassEmbedding``);
+            in ``config`` only for interval models. The default 1000 is what checkpoints without it were built with.
     """
 
     def __init__(
@@ -270,6 +149,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_groups: int = 32,
         interval: bool = False,
+        interval_scale: float = TIME_SCALE,
     ) -> None:
         super().__init__()
         channel_mults = [int(m) for m in channel_mults]
@@ -298,13 +178,13 @@ class UNet(nn.Module):
             "num_groups": num_groups,
         }
         if interval:
-            self.config["interval"] = True
+            self.config |= {"interval": True, "interval_scale": float(interval_scale)}
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.interval = bool(interval)
         self.grad_checkpointing = False
 
         emb_dim = 4 * base_channels
-        self.embedding = TimeClassEmbedding(base_channels, emb_dim, num_classes, interval=self.interval)
+        self.embedding = TimeClassEmbedding(base_channels, emb_dim, num_classes, self.interval, interval_scale)
         self.conv_in = Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(in_ch: int, out_ch: int) -> ResBlock:

@@ -17,7 +17,7 @@ from fmcli.errors import FMError
 from fmcli.io.checkpoint import LoadedModel
 from fmcli.io.files import atomic_write_bytes
 from fmcli.io.images import grid_image, png_bytes, scatter_image
-from fmcli.models.unet import NO_INTERVAL_INPUT
+from fmcli.models.embedding import NO_INTERVAL_INPUT
 from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity
 from fmcli.sampling.options import SamplingOptions
 from fmcli.sampling.solvers import get_solver

@@ -70,7 +70,8 @@ class BatchSampler:
         index = self.order.indices(step)
         batch = len(index)
         generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, step, 1))
-        t, r = self.objective.draw_times(batch, generator, device)
+        times = self.objective.draw_times(batch, generator, device)
+        t, r = times.t, times.r
         x1 = torch.randn((batch, *self.inputs.shape[1:]), generator=generator, device=device)
         labels = None
         if self.labels is not None:
@@ -91,4 +92,5 @@ class BatchSampler:
             x1 = x1[ot_pairing(x0, x1)]
             x0 = x0[mine]
         x1 = x1[mine]
-        return Batch(x0, x1, t[mine], None if labels is None else labels[mine], None if r is None else r[mine])
+        mine_of = lambda value: None if value is None else value[mine]  # noqa: E731
+        return Batch(x0, x1, t[mine], mine_of(labels), mine_of(r), mine_of(times.pool))

@@ -20,6 +20,8 @@ CALIBRATION_STEPS = 100  # at most; fewer when the warm-up is shorter or the bud
 # At most this share of the budget is spent measuring. A few seconds were not enough on a shared
 # machine: 20 steps (10 s) once predicted 0.45 s/step for a run that went on at 0.57.
 CALIBRATION_SHARE = 0.1
+MIN_STEPS = 20  # a --max-time that fits fewer steps trains nothing worth keeping: the plan says so and stops
+LONG_ON_CPU = 3600.0  # seconds: beyond this a CPU plan also says what --max-time would give instead
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -109,3 +111,43 @@ def plan_message(what: str, seconds_per_step: float, left: float, epoch: float) 
         f"{what} at {seconds_per_step:.3g} s/step (timed over the first steps): training ends in about "
         f"{format_duration(left)} ({format_duration(epoch)} per epoch)"
     )
+
+
+def budgeted_steps(budget: float, elapsed: float, seconds_per_step: float, warmup_steps: int | None,
+                   device: str) -> int:  # fmt: skip
+    """The steps a --max-time ``budget`` fits after ``elapsed`` seconds at ``seconds_per_step``; one line saying how
+    much time it needs when that is too few to train anything worth keeping (or less than the warm-up)."""
+    steps = fits(budget - elapsed, seconds_per_step)
+    needed = max(MIN_STEPS, (warmup_steps or 0) + 1)
+    if steps < needed:
+        at_least = format_duration(needed * seconds_per_step + elapsed)
+        raise FMError(
+            f"--max-time {format_duration(budget)} fits about {steps} steps at {seconds_per_step:.3g} s/step on "
+            f"{device} (the run needs at least {needed}, its warm-up included); give at least --max-time "
+            f"{at_least}, or --steps"
+        )
+    return steps
+
+
+def fits(budget_left: float, seconds_per_step: float) -> int:
+    """Steps that fit in ``budget_left`` seconds (before the end's checkpoint and grid are counted)."""
+    return max(0, math.floor(budget_left / seconds_per_step))
+
+
+def plan_before(steps: int, seconds_per_step: float, steps_per_epoch: float, device: str) -> str:
+    """What the run will cost, said before it starts (from a few probe passes): steps, epochs and time; on a
+    CPU, when that is more than an hour, what ``--max-time 10m`` and ``1h`` would train instead."""
+    seconds = steps * seconds_per_step
+    text = (
+        f"plan: {steps:,} steps ({steps / steps_per_epoch:.3g} epochs) at about {seconds_per_step:.3g} s/step on "
+        f"{device}: about {format_duration(seconds)}"
+    )
+    if device == "cpu" and seconds > LONG_ON_CPU:
+        options = [(600, "10m"), (3600, "1h")]
+        instead = ", ".join(
+            f"--max-time {name} trains about {fits(limit, seconds_per_step):,} steps "
+            f"({fits(limit, seconds_per_step) / steps_per_epoch:.2g} epochs)"
+            for limit, name in options
+        )
+        text += f"; that is more than an hour on this CPU: {instead}"
+    return text

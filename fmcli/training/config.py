@@ -75,12 +75,21 @@ class TrainConfig:
         parse="duration",
     )
     batch_size: int = option(
-        128, "Global batch per optimizer step (split across GPUs and --grad-accum).", default_text="128; mnist-mini 16"
+        128,
+        "Global batch per optimizer step (split across GPUs and --grad-accum).",
+        default_text="per data set and device, as measured: mnist-mini 16; image folders and mnist have a CPU and a "
+        "GPU default (config.json records the choice and why); else 128",
     )
     # optimisation
-    lr: float = option(2e-3, "Peak learning rate of AdamW.")
+    lr: float = option(
+        2e-3, "Peak learning rate of AdamW.", default_text="2e-3; image folders and mnist: per device, as --batch-size"
+    )
     weight_decay: float = option(0.0, "AdamW weight decay.")
-    warmup_steps: int = option(200, "Linear learning-rate warm-up steps.")
+    warmup_steps: int | None = option(
+        None,
+        "Linear learning-rate warm-up steps.",
+        default_text="10% of the planned steps, at most 200, however the length is given",
+    )
     lr_schedule: str = option("cosine", "After linear warm-up: cosine or constant.")
     grad_clip: float = option(1.0, "Clip the gradient norm to this.")
     ema_decay: float = option(0.999, "EMA decay of the weights used for sampling.")
@@ -115,6 +124,34 @@ class TrainConfig:
         default_text="1 for meanflow; the teacher's sampling default (2 with label dropout) for fm distill",
     )
     teacher: str | None = option(None, "distillation: the flow checkpoint whose velocity replaces x1 - x0.", cli=False)
+    interval_sampling: str = option(
+        "pair",
+        "meanflow: how intervals r < t are drawn: pair (two times, sorted: the paper's; long intervals are rare) or "
+        "length (t, then r uniform in [0, t]: long jumps as often as short ones).",
+    )
+    grid_fraction: float = option(
+        0.0,
+        "meanflow: share of the r < t samples placed exactly on the jumps of the sampler's 1-, 2- and 4-step grids.",
+    )
+    interval_scale: float = option(
+        1.0,
+        "meanflow: the factor on the interval length t - r before its sinusoidal embedding (1: raw times, as the "
+        "published code; 0.1's models used 1000, the factor on t).",
+    )
+    pool: int = option(
+        0,
+        "distill: solve the teacher for this many noise draws first and regress the student's jumps on the exact "
+        "ones (its cost counts in the run's time); 0: none.",
+    )
+    pool_fraction: float = option(0.5, "distill: share of each batch taken from the pool (with --pool).")
+    pool_solver: str = option("heun", "distill: the solver of the pool's teacher solves.")
+    pool_steps: int = option(8, "distill: steps of the pool's solver (a multiple of 4: every grid time exact).")
+    diagnose_every: int = option(
+        0,
+        "Log diagnostics every N steps (metrics.jsonl, TensorBoard): for few-step models the error of the one-step "
+        "jumps from t = 1 against the flow, beside a single Euler step's; 0: never.",
+        default_text="0; 100 for fm distill",
+    )
     # model overrides (empty: the preset for the data); the command line sets them through MODEL_OPTIONS
     model: dict = option(factory=dict, help="Model config overrides, e.g. {base_channels = 16}.", cli=False)
     # machinery
@@ -137,6 +174,11 @@ class TrainConfig:
     sample_every: int = option(1000, "Save a sample grid every N steps and at the end (0: never).")
     checkpoint_every: int = option(1000, "Write a checkpoint every N steps.")
     keep: int = option(3, "Keep the newest N step checkpoints.")
+    decisions: dict = option(
+        factory=dict,
+        help="What fm chose for options the user left unset, and why (written to config.json).",
+        cli=False,
+    )
     skip_nonfinite: bool = option(
         False, "Skip steps with a NaN/inf loss instead of stopping.", flag="--skip-nonfinite/--stop-nonfinite"
     )
@@ -165,13 +207,16 @@ CHOICES = {
     "coupling": ("independent", "ot"),
     "precision": ("fp32", "bf16", "fp16"),
     "objective": ("fm", "meanflow"),
+    "interval_sampling": ("pair", "length"),
 }
 # MeanFlow's time distribution of (r, t): logit-normal(-0.4, 1), as in the paper (fmcli.flow.meanflow.sample_interval).
 OBJECTIVE_DEFAULTS = {"meanflow": {"time_sampling": "logit-normal", "time_mean": -0.4, "time_std": 1.0}}
 # Keys that define what is trained: never changeable on resume.
-STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher")
+STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher", "interval_scale")
 # Keys that may change freely on resume (length, cadence, machinery).
 FREE_ON_RESUME = (
+    "decisions",
+    "diagnose_every",
     "steps",
     "epochs",
     "max_time",
@@ -209,22 +254,37 @@ def read_toml(path: Path) -> dict:
     return values
 
 
-def resolve(overrides: dict, config_file: Path | None = None, base: dict | None = None) -> TrainConfig:
-    """Defaults (or ``base``, a resumed run's config) < TOML file < explicit overrides."""
+def resolve(
+    overrides: dict, config_file: Path | None = None, base: dict | None = None, device_type: str = "cpu"
+) -> TrainConfig:
+    """Defaults (or ``base``, a resumed run's config) < TOML file < explicit overrides.
+
+    The defaults come in layers: fm's own, the data set's (``dataset_defaults``), the device's
+    (``device_defaults``: what won on a CPU is not what suits a GPU) and the objective's. What a default layer
+    chose for an option the user left unset is recorded, with why, in ``decisions`` (config.json).
+    """
     values = asdict(TrainConfig())
     file_values = read_toml(config_file) if config_file is not None else {}
     explicit = {key: value for key, value in overrides.items() if value is not None}
     data = explicit.get("data") or file_values.get("data") or (base or {}).get("data") or values["data"]
     objective = explicit.get("objective") or file_values.get("objective") or (base or {}).get("objective") or "fm"
     if base is not None:  # a run saved before an option existed trained with that option's plain default
-        base = asdict(TrainConfig()) | base
-    layers = [dataset_defaults(data), OBJECTIVE_DEFAULTS.get(objective, {}), base or {}, file_values, explicit]
+        base = saved_with_defaults(base)
+    defaults = [dataset_defaults(data), device_defaults(data, device_type), objective_defaults(objective)]
+    decisions = dict((base or {}).get("decisions") or {})
+    for layer, why in defaults:
+        decisions |= {key: why for key in layer if key in values}
+    layers = [layer for layer, _ in defaults] + [base or {}, file_values, explicit]
     for layer in layers:
         # --steps, --epochs and --max-time are three ways to say one thing: a layer that gives one drops the others.
         given = [key for key in LENGTH_KEYS if layer.get(key) is not None]
         if given:
             values.update({key: None for key in LENGTH_KEYS if key not in given})
         values.update({key: value for key, value in layer.items() if key in values})
+    for key in list(decisions):
+        if key in file_values or key in explicit:  # the user's value won: nothing was decided for them
+            decisions.pop(key)
+    values["decisions"] = decisions
     if isinstance(values["max_time"], str):  # "10m" in a TOML file
         values["max_time"] = parse_duration(values["max_time"])
     config = TrainConfig(**values)
@@ -232,14 +292,48 @@ def resolve(overrides: dict, config_file: Path | None = None, base: dict | None 
     return config
 
 
-def dataset_defaults(data: str) -> dict:
+def dataset_defaults(data: str) -> tuple[dict, str]:
     """The registered data set's own training defaults; image folders: horizontal flips on."""
     from fmcli.data.resolve import registered_dataset
 
     spec = registered_dataset(data)
     if spec is None:  # a folder of photos, icons, faces...: mirror images are as likely as the originals
-        return {"hflip": True}
-    return {"hflip": spec.flip_invariant} | dict(spec.train_defaults)
+        return {"hflip": True}, "image folders: a mirror image is as likely as the image"
+    return {"hflip": spec.flip_invariant} | dict(spec.train_defaults), f"the {spec.name} data set's own default"
+
+
+# Batch size and learning rate of image folders and full MNIST, per device. CPU: the winner of the RGB search
+# (bench/demo_search.py --rgb: FID and accuracy after 10 minutes of 2 cores; README "How the CPU defaults were
+# chosen"). GPU: not measured by fm (no GPU was lent); the batch and learning rate of published recipes for
+# U-Nets of the CUDA presets' size (DDPM's CIFAR-10 network, TorchCFM's CIFAR-10 example: batch 128, lr 2e-4).
+DEVICE_DEFAULTS = {
+    ("folder", "cpu"): ({"batch_size": 128, "lr": 2e-3}, "CPU default for image folders (bench/demo_search.py --rgb)"),
+    ("folder", "gpu"): (
+        {"batch_size": 128, "lr": 2e-4},
+        "GPU default for image folders: DDPM/TorchCFM CIFAR-10 recipe (not measured by fm)",
+    ),  # fmt: skip
+    ("mnist", "cpu"): (
+        {"batch_size": 16, "lr": 2e-3},
+        "CPU default for MNIST: batch 16 won the demo search (bench/demo_search.py) on 2 cores",
+    ),  # fmt: skip
+    ("mnist", "gpu"): ({"batch_size": 128, "lr": 2e-3}, "GPU default for MNIST: fm 0.1's (not measured on a GPU)"),
+}
+
+
+def device_defaults(data: str, device_type: str) -> tuple[dict, str]:
+    """Batch size and learning rate for image folders and full MNIST on this kind of device (``DEVICE_DEFAULTS``)."""
+    from fmcli.data.resolve import registered_dataset
+
+    spec = registered_dataset(data)
+    kind = "folder" if spec is None else spec.name if spec.name == "mnist" else None
+    if kind is None:
+        return {}, ""
+    values, why = DEVICE_DEFAULTS[(kind, "cpu" if device_type == "cpu" else "gpu")]
+    return dict(values), why
+
+
+def objective_defaults(objective: str) -> tuple[dict, str]:
+    return OBJECTIVE_DEFAULTS.get(objective, {}), f"the {objective} objective's default (the MeanFlow paper's)"
 
 
 def validate(config: TrainConfig) -> None:
@@ -260,7 +354,7 @@ def validate(config: TrainConfig) -> None:
             raise FMError(f"--{key.replace('_', '-')} must be at least 1 (got {value})")
     if config.sample_every < 0:
         raise FMError(f"--sample-every must be 0 (no sample grids) or positive (got {config.sample_every})")
-    if config.warmup_steps < 0:
+    if config.warmup_steps is not None and config.warmup_steps < 0:
         raise FMError(f"--warmup-steps must be 0 or positive (got {config.warmup_steps})")
     if config.steps is not None and config.steps < 1:
         raise FMError(f"--steps must be at least 1 (got {config.steps})")
@@ -284,8 +378,13 @@ def validate(config: TrainConfig) -> None:
         raise FMError(
             f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels (got {config.image_size})"
         )
-    if not 0 <= config.interval_fraction <= 1:
-        raise FMError(f"--interval-fraction must be in [0, 1] (got {config.interval_fraction})")
+    for key in ("interval_fraction", "grid_fraction", "pool_fraction"):
+        if not 0 <= getattr(config, key) <= 1:
+            raise FMError(f"--{key.replace('_', '-')} must be in [0, 1] (got {getattr(config, key)})")
+    if not (math.isfinite(config.interval_scale) and config.interval_scale > 0):
+        raise FMError(f"--interval-scale must be positive (got {config.interval_scale})")
+    if config.pool < 0 or config.pool_steps < 1 or config.diagnose_every < 0:
+        raise FMError("--pool and --diagnose-every must be 0 or positive, --pool-steps at least 1")
     if config.weighting_power < 0:
         raise FMError(f"--weighting-power must be 0 or positive (got {config.weighting_power})")
     if not (math.isfinite(config.train_cfg) and config.train_cfg >= 1):
@@ -296,9 +395,15 @@ def validate(config: TrainConfig) -> None:
         raise FMError(f"--channels must be 1 (grayscale) or 3 (RGB), not {config.channels}")
 
 
+def saved_with_defaults(saved: dict) -> dict:
+    """A saved run's config with the options it predates at the value it trained with: their defaults, except the
+    interval scale, which was 1000 before it was an option."""
+    return asdict(TrainConfig()) | {"interval_scale": 1000.0} | saved
+
+
 def check_resume(saved: dict, wanted: TrainConfig, allow_change: bool) -> None:
     """Refuse to continue a run as something else; hyper-parameters change only when allowed."""
-    current = asdict(wanted)
+    saved, current = saved_with_defaults(saved), asdict(wanted)
     structural = [key for key in STRUCTURAL if saved.get(key) != current.get(key)]
     if structural:
         details = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in structural)

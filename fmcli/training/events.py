@@ -4,11 +4,14 @@ The core never prints: the CLI (or a notebook) passes ``Callbacks``; Ctrl-C and 
 loop reads after each step (``stop_signals``), so a run always stops on a written checkpoint.
 """
 
+import math
 import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from fmcli.errors import FMError
 
 
 class TrainingInterrupted(Exception):
@@ -17,6 +20,15 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int, checkpoint: Path, run_dir: Path, signum: int):
         super().__init__(f"interrupted at step {step}")
         self.step, self.checkpoint, self.run_dir, self.signum = step, checkpoint, run_dir, signum
+
+
+def non_finite_error(loss: float, step: int, last_good: Path | None) -> FMError:
+    """What a NaN or infinite step says: where it happened, the last good checkpoint, and what to try."""
+    where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
+    what = "loss" if not math.isfinite(loss) else "gradient"
+    return FMError(
+        f"non-finite {what} at step {step}{where}. Lower --lr, use --precision fp32, or pass --skip-nonfinite"
+    )
 
 
 @dataclass

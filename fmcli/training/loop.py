@@ -19,27 +19,44 @@ from pathlib import Path
 import torch
 
 from fmcli.device import resolve_device
-from fmcli.errors import FMError
 from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, read_checkpoint, read_header
 from fmcli.io.files import atomic_write_bytes
 from fmcli.sampling.generate import preview_count, write_sample_grid
 from fmcli.training import distributed
 from fmcli.training.batches import BatchSampler, step_seed
-from fmcli.training.budget import EndCosts, StepTimer, end_costs, format_duration, plan_message
+from fmcli.training.budget import (
+    EndCosts,
+    StepTimer,
+    budgeted_steps,
+    end_costs,
+    format_duration,
+    plan_before,
+    plan_message,
+)
 from fmcli.training.config import TrainConfig, check_resume, resolve, to_json
-from fmcli.training.events import Callbacks, MetricsWindow, TrainingInterrupted, TrainResult, run_info, stop_signals
+from fmcli.training.events import (
+    Callbacks,
+    MetricsWindow,
+    TrainingInterrupted,
+    TrainResult,
+    non_finite_error,
+    run_info,
+    stop_signals,
+)
 from fmcli.training.loggers import Loggers, check_loggers
 from fmcli.training.objectives import make_objective
-from fmcli.training.optim import ema_decay_at, lr_at, update_ema
+from fmcli.training.optim import ema_decay_at, lr_at, planned_schedule, update_ema
 from fmcli.training.runs import checkpoint_name, lock_run, new_run_dir, publish_checkpoint, resume_target
 from fmcli.training.setup import (
     build_state,
     check_batch_split,
+    check_device_flags,
     check_training_guidance,
     load_teacher,
     load_training_data,
     place_data,
     planned_steps,
+    probe_seconds,
     uses_channels_last,
     wrap_for_forward,
 )
@@ -72,11 +89,12 @@ class Trainer:
         self.started = time.perf_counter() if started is None else started  # --max-time counts from here
         self.budget = config.max_time  # seconds of a --max-time run; the config says steps once planned
         check_batch_split(config, dist.world_size)
+        check_device_flags(config, device)
         self.data = load_training_data(config, self.cb.on_message if dist.is_main else None)
         self.num_classes = self.data.num_classes if (config.conditional and self.data.labels is not None) else 0
         self.data_meta = data_description(self.data, self.num_classes)
         self.teacher = load_teacher(config, self.data, self.num_classes, device)
-        self.objective = make_objective(config, self.num_classes, self.teacher)
+        self.objective = make_objective(config, self.num_classes, self.teacher, self.data.shape)
         check_training_guidance(config, self.num_classes, self.teacher)
         self.state, self.last_good = self._state(resume_from)
         self.forward_model = wrap_for_forward(self.state.model, self.objective, config, dist, device)
@@ -85,6 +103,11 @@ class Trainer:
         self.channels_last = uses_channels_last(device, self.data)
         self.stop_flag, self.stop_requested = {"signum": 0}, 0
         self.loggers = Loggers(check_loggers(config.log_to))  # opened by run(), on rank 0
+        self.probed = self._probe_seconds()  # s/step before the first step: the plan, and a budget's warm-up
+        planned = self._budgeted_total() if self.budget else self.total_steps
+        self.config = planned_schedule(self.config, planned)
+        per_epoch = max(1, len(self.data) // config.batch_size)
+        self.plan = plan_before(planned - self.state.step, self.probed, per_epoch, device.type)
 
     def _state(self, resume_from: Path | None) -> tuple[TrainState, Path | None]:
         """A fresh training state, or the resumed checkpoint's (its data checked first); and the last good file."""
@@ -96,6 +119,18 @@ class Trainer:
         check_same_data(checkpoint[1].data, self.data_meta, resume_from)
         restore_state(state, *checkpoint, resume_from, self.config.weight_decay)
         return state, Path(resume_from).resolve()
+
+    def _probe_seconds(self) -> float:
+        """Seconds per step from a few passes of the first batch (``setup.probe_seconds``), agreed by all ranks."""
+        batch = self.batches.draw(self.state.step)
+        seconds = probe_seconds(lambda: self._accumulate_gradients(batch), self.state.optimizer)
+        return distributed.all_max(self.dist, seconds, self.device)
+
+    def _budgeted_total(self) -> int:
+        """The steps a --max-time budget fits at the probed speed (the first steps refine it); too few: FMError."""
+        elapsed = time.perf_counter() - self.started
+        steps = budgeted_steps(self.budget, elapsed, self.probed, self.config.warmup_steps, self.device.type)
+        return self.state.step + steps
 
     def _batches(self) -> BatchSampler:
         """What each step trains on, with the data on the device when it fits."""
@@ -192,16 +227,7 @@ class Trainer:
 
     def _non_finite(self, loss_value: float) -> None:
         if not self.config.skip_nonfinite:
-            where = (
-                f"; the last good checkpoint is {self.last_good}"
-                if self.last_good
-                else "; no checkpoint was written yet"
-            )
-            what = "loss" if not math.isfinite(loss_value) else "gradient"
-            raise FMError(
-                f"non-finite {what} at step {self.state.step}{where}. Lower --lr, use --precision fp32, "
-                f"or pass --skip-nonfinite"
-            )
+            raise non_finite_error(loss_value, self.state.step, self.last_good)
         self.state.skipped += 1
 
     def log(self, window: MetricsWindow, grad_norm: float, lr: float, start_time: float) -> None:
@@ -223,6 +249,7 @@ class Trainer:
         config, state = self.config, self.state
         if self.dist.is_main:
             self.cb.on_start(self.total_steps, state.step, run_info(self))
+            self.cb.on_message(self.plan)
             self.loggers.open(self.run_dir, config)
         start_time, window, loss = time.perf_counter(), MetricsWindow(), float("nan")
         timer = StepTimer(
@@ -259,6 +286,8 @@ class Trainer:
             self.save()
         if config.sample_every and step % config.sample_every == 0 and not last:
             self.save_sample_grid()
+        if config.diagnose_every and (step % config.diagnose_every == 0 or last) and self.dist.is_main:
+            self.loggers.log({"step": step, **self.objective.diagnostics(self.state.ema.eval())})
 
     def _time(self, timer: StepTimer | None) -> StepTimer | None:
         """Time the first steps (all ranks agree, on the slowest rank's time); then plan, and stop timing."""
@@ -323,7 +352,7 @@ def train(
         with lock_run(run_dir, enabled=dist.is_main):
             trainer = Trainer(config, run_dir, callbacks, resume_from, dist, device, started)
             if dist.is_main:
-                atomic_write_bytes(run_dir / "config.json", to_json(config).encode())
+                atomic_write_bytes(run_dir / "config.json", to_json(trainer.config).encode())
             distributed.barrier(dist)
             return trainer.run()
     finally:
@@ -336,10 +365,13 @@ def _resolve_run(
     """(the resolved config, the run folder, the checkpoint to resume from or None)."""
     if resume is None:
         config = resolve(overrides, config_file)
+        config = resolve(overrides, config_file, device_type=resolve_device(config.device).type)
         run_dir = new_run_dir(config.out, config.data)  # every rank picks the same folder; created under the lock
         return replace(config, out=str(run_dir)), run_dir, None
     resume_from = resume_target(resume, overrides.get("out"))
     _, meta = read_header(resume_from)
-    config = resolve({**overrides, "out": str(resume_from.parent)}, config_file, base=meta.train_config)
+    layers = ({**overrides, "out": str(resume_from.parent)}, config_file)
+    config = resolve(*layers, base=meta.train_config)
+    config = resolve(*layers, base=meta.train_config, device_type=resolve_device(config.device).type)
     check_resume(meta.train_config, config, allow_change)
     return config, resume_from.parent, resume_from

@@ -1,6 +1,14 @@
-"""Optimisation pieces of training: AdamW, the learning-rate schedule and the EMA of the weights."""
+"""Optimisation pieces of training: AdamW, the learning-rate schedule and the EMA of the weights.
+
+Everything measured in steps scales with the run's planned length, however the length was given (``--steps``,
+``--epochs`` or ``--max-time``): the warm-up is ``WARMUP_SHARE`` of the planned steps, capped at
+``WARMUP_CAP`` (fm 0.1's fixed value), so a 300-step run warms up for 30 steps, not 200; the EMA's own warm-up,
+min(decay, (1 + step) / (10 + step)), averages over about the last tenth of the steps taken until the decay
+is reached, at any length. ``planned_schedule`` fixes the warm-up once the length is known and records why.
+"""
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -38,3 +46,16 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
+
+
+WARMUP_SHARE = 0.1  # of the planned steps
+WARMUP_CAP = 200
+
+
+def planned_schedule(config: TrainConfig, total_steps: int) -> TrainConfig:
+    """``config`` with its warm-up fixed for a run of ``total_steps`` (unless the user gave one), and why."""
+    if config.warmup_steps is not None:
+        return config
+    warmup = max(1, min(WARMUP_CAP, round(WARMUP_SHARE * total_steps)))
+    why = f"{WARMUP_SHARE:.0%} of the {total_steps:,} planned steps, at most {WARMUP_CAP}"
+    return replace(config, warmup_steps=warmup, decisions=config.decisions | {"warmup_steps": why})

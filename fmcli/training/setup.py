@@ -4,7 +4,10 @@ Each function raises ``FMError`` for input it cannot use, so a bad run fails bef
 """
 
 import math
+import shutil
+import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -21,6 +24,27 @@ from fmcli.training.distributed import DistInfo
 from fmcli.training.objectives import Objective
 from fmcli.training.optim import make_optimizer
 from fmcli.training.state import TrainState
+
+PROBE_PASSES = 3  # forward and backward passes timed before the first step (the first one is not counted)
+# True while those passes run: a network (or a test's recording one) can tell them from training steps.
+PROBING: ContextVar[bool] = ContextVar("fm_probing", default=False)
+
+
+def probe_seconds(step: Callable[[], object], optimizer: torch.optim.Optimizer, passes: int = PROBE_PASSES) -> float:
+    """Seconds per training step, timed over a few forward and backward passes (``step``) before training starts:
+    what the plan says, and what a --max-time run's warm-up is planned from. Changes nothing: no optimizer step,
+    the gradients are dropped. The first pass pays one-off costs (allocations) and is not counted."""
+    times, token = [], PROBING.set(True)
+    try:
+        for _ in range(passes):
+            start = time.perf_counter()
+            step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+    finally:
+        PROBING.reset(token)
+    timed = sorted(times[1:])
+    return timed[len(timed) // 2]
 
 
 def check_batch_split(config: TrainConfig, world_size: int) -> None:
@@ -91,11 +115,10 @@ def build_state(
     if resumed is not None:  # newer presets must not change a resumed model
         model_config = dict(resumed.model_config)
     elif teacher is not None:
-        model_config = {**teacher.meta.model_config, "interval": True}
+        model_config = teacher.meta.model_config | objective.model_extras | dict(config.model)
     else:
-        model_config = default_model_config(data.kind, data.shape, num_classes, device.type) | dict(config.model)
-        if objective.interval:
-            model_config["interval"] = True
+        preset = default_model_config(data.kind, data.shape, num_classes, device.type)
+        model_config = preset | objective.model_extras | dict(config.model)
     torch.manual_seed(config.seed)  # the initial weights depend on --seed only
     model = build_model(model_config).to(device)
     if teacher is not None and resumed is None:
@@ -113,6 +136,23 @@ def build_state(
         model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     return TrainState(model=model, ema=ema, optimizer=make_optimizer(model, config), scaler=scaler)
+
+
+def check_device_flags(config: TrainConfig, device: torch.device) -> None:
+    """Flags that contradict the device fail in one line before any training."""
+    if device.type == "cpu" and config.precision != "fp32":
+        native = {"bf16": torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
+                  "fp16": torch.cpu._is_amx_fp16_supported()}[config.precision]  # fmt: skip
+        if not native:
+            raise FMError(
+                f"--precision {config.precision}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no "
+                f"{config.precision} arithmetic, so autocast would emulate it, slower than fp32; use --precision fp32"
+            )
+    if config.compile and device.type == "cpu" and not any(map(shutil.which, ("c++", "g++", "clang++"))):
+        raise FMError("--compile on the CPU needs a C++ compiler (torch.compile builds kernels with it); "
+                      "install one (g++) or drop --compile")  # fmt: skip
+    if config.compile and device.type == "mps":
+        raise FMError("--compile does not support MPS in this torch; drop --compile")
 
 
 def uses_channels_last(device: torch.device, data: ArrayDataset) -> bool:

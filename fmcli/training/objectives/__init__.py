@@ -9,11 +9,12 @@ whether DDP's wrapper and ``torch.compile`` can carry its forward pass (``uses_d
     base.py           the interface, the batch it sees, the time distribution
     flow_matching.py  E || v(x_t, t) - (x1 - x0) ||^2
     meanflow.py       MeanFlow's average velocity with its targets (x1 - x0, self-guided, a teacher's)
+    pool.py           a teacher's solved jumps, exact targets for the sampler's grids (distillation)
 
 ``make_objective(config, num_classes, teacher)`` builds the one a training config asks for.
 """
 
-from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution
+from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution, Times
 from fmcli.training.objectives.flow_matching import FlowMatching
 from fmcli.training.objectives.meanflow import (
     ConditionalVelocity,
@@ -33,13 +34,15 @@ __all__ = [
     "SelfGuidedVelocity",
     "TeacherVelocity",
     "TimeDistribution",
+    "Times",
     "make_objective",
 ]
 
 
-def make_objective(config, num_classes: int, teacher=None) -> Objective:
-    """The objective of a ``TrainConfig``; ``teacher`` (a LoadedModel) makes a MeanFlow objective distil it."""
+def make_objective(config, num_classes: int, teacher=None, item_shape=None) -> Objective:
+    """The objective of a ``TrainConfig``; ``teacher`` (a LoadedModel) makes a MeanFlow objective distil it.
+    ``item_shape`` is the shape of one training item (MeanFlow's jump diagnostics draw noise of it)."""
     times = TimeDistribution(config.time_sampling, config.time_mean, config.time_std)
     if config.objective == "fm":
         return FlowMatching(times)
-    return make_meanflow(config, times, num_classes, teacher)
+    return make_meanflow(config, times, num_classes, teacher, item_shape)

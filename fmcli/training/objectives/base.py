@@ -17,15 +17,25 @@ class Batch:
     t: Tensor  # [B] times in (0, 1)
     labels: Tensor | None  # [B] class indices, ``num_classes`` (the null class) where dropped
     r: Tensor | None = None  # [B] interval starts r <= t (objectives with ``interval``), else None
+    pool: Tensor | None = None  # [B] rows an objective takes from its own pool (index), -1 elsewhere; None: none
 
     def __getitem__(self, part: slice) -> "Batch":
         """The micro-batch ``part`` (gradient accumulation)."""
         take = lambda value: None if value is None else value[part]  # noqa: E731
-        return Batch(self.x0[part], self.x1[part], self.t[part], take(self.labels), take(self.r))
+        return Batch(self.x0[part], self.x1[part], self.t[part], take(self.labels), take(self.r), take(self.pool))
 
     @property
     def conditioning(self) -> dict:
         return {} if self.labels is None else {"y": self.labels}
+
+
+@dataclass
+class Times:
+    """What an objective draws for a global batch before the noise: t, and r and pool rows if it uses them."""
+
+    t: Tensor  # [B]
+    r: Tensor | None = None  # [B] interval starts
+    pool: Tensor | None = None  # [B] pool row per sample, -1 for samples from the data
 
 
 @dataclass
@@ -53,6 +63,7 @@ class Objective:
 
     name: str = ""
     interval: bool = False  # the network takes MeanFlow's interval input r (model config "interval": true)
+    model_extras: dict = {}  # what the objective adds to the model config (the interval input and its scale)
     uses_ddp: bool = True  # the forward pass may run through DDP's wrapper (not so for torch.func.jvp)
     compiles: bool = True  # torch.compile may wrap the network
 

@@ -1,7 +1,7 @@
 """Conditional flow matching: regress v(x_t, t) on the straight path's velocity x1 - x0."""
 
 from fmcli.flow.path import interpolate, target_velocity
-from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution
+from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution, Times
 
 
 class FlowMatching(Objective):
@@ -12,8 +12,8 @@ class FlowMatching(Objective):
     def __init__(self, times: TimeDistribution = TimeDistribution()):
         self.times = times
 
-    def draw_times(self, batch_size, generator, device):
-        return self.times.sample(batch_size, generator, device), None
+    def draw_times(self, batch_size, generator, device) -> Times:
+        return Times(self.times.sample(batch_size, generator, device))
 
     def __call__(self, net, batch: Batch) -> LossOutput:
         v = net(interpolate(batch.x0, batch.x1, batch.t), batch.t, **batch.conditioning)

@@ -20,9 +20,12 @@ for networks whose samples do not interact (no batch norm).
 import torch
 from torch import Tensor
 
-from fmcli.flow.meanflow import meanflow_target, sample_interval
+from fmcli.errors import FMError
+from fmcli.flow.meanflow import GRID_PAIRS, meanflow_target, sample_interval
 from fmcli.flow.path import broadcast_time, interpolate, target_velocity
-from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution
+from fmcli.sampling.guidance import balanced_classes
+from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution, Times
+from fmcli.training.objectives.pool import TeacherPool
 
 
 class ConditionalVelocity:
@@ -53,7 +56,7 @@ class TeacherVelocity:
     def __init__(self, teacher: torch.nn.Module, scale: float, num_classes: int):
         from fmcli.sampling.guidance import guided_velocity
 
-        self.teacher = teacher
+        self.teacher = teacher  # the guided velocity is also the flow a pool and the jump diagnostics solve
         self.guided = guided_velocity(teacher, scale, num_classes)
 
     @torch.no_grad()
@@ -77,6 +80,11 @@ class MeanFlow(Objective):
         weighting_power: float = 1.0,
         target=None,
         eps: float = 1e-3,
+        interval_sampling: str = "pair",
+        grid_fraction: float = 0.0,
+        interval_scale: float = 1000.0,
+        pool: TeacherPool | None = None,
+        pool_fraction: float = 0.0,
     ):
         self.times, self.interval_fraction, self.weighting_power, self.eps = (
             times,
@@ -85,38 +93,72 @@ class MeanFlow(Objective):
             eps,
         )
         self.target = target or ConditionalVelocity()
+        self.interval_sampling, self.grid_fraction = interval_sampling, grid_fraction
+        self.model_extras = {"interval": True, "interval_scale": float(interval_scale)}
+        self.pool, self.pool_fraction = pool, pool_fraction if pool is not None else 0.0
+        self._diagnostics = None  # the jump reference, built on first use
 
-    def draw_times(self, batch_size, generator, device):
-        t_dist = self.times
-        r, t = sample_interval(
-            batch_size,
-            equal_fraction=1 - self.interval_fraction,
-            method=t_dist.method,
-            mean=t_dist.mean,
-            std=t_dist.std,
-            generator=generator,
-            device=device,
-        )
-        return t, r
+    def draw_times(self, batch_size, generator, device) -> Times:
+        """(r, t) as ``sample_interval`` draws them; then, with a pool, a share ``pool_fraction`` of the rows is
+        taken from the pool instead, each on a jump of the sampler's grids (drawn after everything else)."""
+        dist = self.times
+        r, t = sample_interval(batch_size, equal_fraction=1 - self.interval_fraction, method=dist.method,
+                               mean=dist.mean, std=dist.std, generator=generator, device=device,
+                               interval_sampling=self.interval_sampling, grid_fraction=self.grid_fraction)  # fmt: skip
+        if self.pool is None:
+            return Times(t, r)
+        chosen = torch.rand(batch_size, generator=generator, device=device) < self.pool_fraction
+        rows = torch.randint(len(self.pool), (batch_size,), generator=generator, device=device)
+        pairs = torch.tensor(GRID_PAIRS, device=device, dtype=t.dtype)
+        pair = pairs[torch.randint(len(GRID_PAIRS), (batch_size,), generator=generator, device=device)]
+        t, r = torch.where(chosen, pair[:, 0], t), torch.where(chosen, pair[:, 1], r)
+        return Times(t, r, torch.where(chosen, rows, torch.full_like(rows, -1)))
 
     def __call__(self, net, batch: Batch) -> LossOutput:
         xt = interpolate(batch.x0, batch.x1, batch.t)
         v = self.target(net, batch, xt).detach().to(xt.dtype)
-        r, t = batch.r, batch.t
-        equal = r == t
-        plain, jvp = equal.nonzero().squeeze(1), (~equal).nonzero().squeeze(1)
+        r, t, size = batch.r, batch.t, len(batch.t)
+        from_pool = batch.pool >= 0 if batch.pool is not None else torch.zeros_like(t, dtype=torch.bool)
+        equal = (r == t) & ~from_pool
+        plain, jvp = equal.nonzero().squeeze(1), (~equal & ~from_pool).nonzero().squeeze(1)
         errors = []
         if plain.numel():
-            u = net(xt[plain], t[plain], r=r[plain], **_take(batch.conditioning, plain, len(t)))
+            u = net(xt[plain], t[plain], r=r[plain], **_take(batch.conditioning, plain, size))
             errors.append(u.float() - v[plain].float())
         if jvp.numel():
-            cond = _take(batch.conditioning, jvp, len(t))
+            cond = _take(batch.conditioning, jvp, size)
             u, target = meanflow_target(lambda x, r, t: net(x, t, r=r, **cond), xt[jvp], r[jvp], t[jvp], v[jvp])
             errors.append(u.float() - target.float())
+        if from_pool.any():
+            rows = from_pool.nonzero().squeeze(1)
+            x_pool, exact, labels = self.pool.targets(batch.pool[rows], t[rows], r[rows])
+            u = net(x_pool.to(xt.dtype), t[rows], r=r[rows], **({} if labels is None else {"y": labels}))
+            errors.append(u.float() - exact.float())
         error = torch.cat([e.flatten(1) for e in errors])
         per_sample = error.pow(2).sum(1)
         weight = (per_sample.detach() + self.eps).pow(-self.weighting_power)
         return LossOutput(loss=(weight * per_sample).mean(), logged=error.detach().pow(2).mean())
+
+    def diagnostics(self, net) -> dict[str, float]:
+        """The jumps from t = 1 against the flow they stand for (``fmcli.sampling.jumps``): the teacher's guided
+        flow when distilling, else the model's own instantaneous velocity (re-solved each time, as it changes)."""
+        from fmcli.sampling.guidance import guided_velocity
+        from fmcli.sampling.jumps import jump_errors, jump_reference
+
+        device, num_classes = next(net.parameters()).device, int(net.config.get("num_classes", 0))
+        noise = torch.randn((DIAGNOSTIC_DRAWS, *self.item_shape), generator=torch.Generator().manual_seed(12345))
+        labels = balanced_classes(DIAGNOSTIC_DRAWS, num_classes).to(device) if num_classes else None
+        average = guided_velocity(net, 1.0, num_classes)
+        if isinstance(self.target, TeacherVelocity):
+            if self._diagnostics is None:
+                self._diagnostics = jump_reference(self.target.guided, noise.to(device), labels)
+            reference = self._diagnostics
+        else:
+            reference = jump_reference(average, noise.to(device), labels)
+        return {f"jumps/{name}": value for name, value in jump_errors(average, reference).items()}
+
+
+DIAGNOSTIC_DRAWS = 64
 
 
 def _take(conditioning: dict, index: Tensor, batch_size: int) -> dict:
@@ -127,14 +169,39 @@ def _take(conditioning: dict, index: Tensor, batch_size: int) -> dict:
     }
 
 
-def make_meanflow(config, times: TimeDistribution, num_classes: int, teacher=None) -> MeanFlow:
-    """MeanFlow against x1 - x0, a teacher's guided velocity, or x1 - x0 with guidance folded in (--train-cfg)."""
+def make_meanflow(config, times: TimeDistribution, num_classes: int, teacher=None, item_shape=None) -> MeanFlow:
+    """MeanFlow against x1 - x0, a teacher's guided velocity, or x1 - x0 with guidance folded in (--train-cfg);
+    with ``--pool N`` (distillation only) also against the teacher's solved jumps."""
     if teacher is not None:
         target = TeacherVelocity(teacher.model, config.train_cfg, num_classes)
     elif config.train_cfg != 1:
         target = SelfGuidedVelocity(config.train_cfg, num_classes)
     else:
         target = ConditionalVelocity()
-    return MeanFlow(
-        times, interval_fraction=config.interval_fraction, weighting_power=config.weighting_power, target=target
+    pool = None
+    if config.pool:
+        if teacher is None:
+            raise FMError("--pool solves a teacher's flow: it is for fm distill (or a run with a teacher)")
+        pool = TeacherPool.build(
+            target.guided,
+            teacher.meta.shape,
+            config.pool,
+            num_classes,
+            solver=config.pool_solver,
+            steps=config.pool_steps,
+            seed=config.seed * 7 + 5,
+            device=teacher.device,
+        )
+    objective = MeanFlow(
+        times,
+        interval_fraction=config.interval_fraction,
+        weighting_power=config.weighting_power,
+        target=target,
+        interval_sampling=config.interval_sampling,
+        grid_fraction=config.grid_fraction,
+        interval_scale=config.interval_scale,
+        pool=pool,
+        pool_fraction=config.pool_fraction,
     )
+    objective.item_shape = tuple(item_shape or (teacher.meta.shape if teacher is not None else ()))
+    return objective
