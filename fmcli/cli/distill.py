@@ -30,6 +30,7 @@ DEFAULTS = {
     "lr": "5e-4",
     "warmup_steps": "20",
     "sample_every": "0",
+    "diagnose_every": "100",
     "train_cfg": "the teacher's sampling guidance (2 with label dropout, else 1)",
 }
 

@@ -18,7 +18,7 @@ from fmcli.training.config import LENGTH_KEYS
 # evaluations), so 30% of the teacher's steps take at most about 90% of its training time: `fm distill`
 # takes no longer than the teacher did.
 DISTILL_STEP_SHARE = 0.3
-DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0}
+DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0, "diagnose_every": 100}
 DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional", "hflip")
 
 

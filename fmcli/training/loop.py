@@ -58,6 +58,7 @@ from fmcli.training.setup import (
     planned_steps,
     probe_seconds,
     uses_channels_last,
+    with_model_decision,
     wrap_for_forward,
 )
 from fmcli.training.state import (
@@ -105,7 +106,7 @@ class Trainer:
         self.loggers = Loggers(check_loggers(config.log_to))  # opened by run(), on rank 0
         self.probed = self._probe_seconds()  # s/step before the first step: the plan, and a budget's warm-up
         planned = self._budgeted_total() if self.budget else self.total_steps
-        self.config = planned_schedule(self.config, planned)
+        self.config = with_model_decision(planned_schedule(self.config, planned), self.data, device)
         per_epoch = max(1, len(self.data) // config.batch_size)
         self.plan = plan_before(planned - self.state.step, self.probed, per_epoch, device.type)
 

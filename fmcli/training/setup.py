@@ -8,6 +8,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -153,6 +154,15 @@ def check_device_flags(config: TrainConfig, device: torch.device) -> None:
                       "install one (g++) or drop --compile")  # fmt: skip
     if config.compile and device.type == "mps":
         raise FMError("--compile does not support MPS in this torch; drop --compile")
+
+
+def with_model_decision(config: TrainConfig, data: ArrayDataset, device: torch.device) -> TrainConfig:
+    """Record which preset the model came from when the user named no architecture (config.json's decisions)."""
+    if config.model or config.teacher:
+        return config
+    size = f"{data.shape[-1]} px" if data.kind == "image" else "point data"
+    why = f"the {size} preset for {device.type} (fmcli/models/presets.py, measured as the README says)"
+    return replace(config, decisions=config.decisions | {"model": why})
 
 
 def uses_channels_last(device: torch.device, data: ArrayDataset) -> bool:
