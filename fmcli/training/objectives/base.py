@@ -24,6 +24,11 @@ class Batch:
         take = lambda value: None if value is None else value[part]  # noqa: E731
         return Batch(self.x0[part], self.x1[part], self.t[part], take(self.labels), take(self.r), take(self.pool))
 
+    def select(self, rows: Tensor) -> "Batch":
+        """The samples ``rows`` (a boolean mask or indices) of this batch."""
+        take = lambda value: None if value is None else value[rows]  # noqa: E731
+        return Batch(self.x0[rows], self.x1[rows], self.t[rows], take(self.labels), take(self.r), take(self.pool))
+
     @property
     def conditioning(self) -> dict:
         return {} if self.labels is None else {"y": self.labels}

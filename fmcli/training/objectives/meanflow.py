@@ -86,12 +86,8 @@ class MeanFlow(Objective):
         pool: TeacherPool | None = None,
         pool_fraction: float = 0.0,
     ):
-        self.times, self.interval_fraction, self.weighting_power, self.eps = (
-            times,
-            interval_fraction,
-            weighting_power,
-            eps,
-        )
+        self.times, self.interval_fraction = times, interval_fraction
+        self.weighting_power, self.eps = weighting_power, eps
         self.target = target or ConditionalVelocity()
         self.interval_sampling, self.grid_fraction = interval_sampling, grid_fraction
         self.model_extras = {"interval": True, "interval_scale": float(interval_scale)}
@@ -115,12 +111,22 @@ class MeanFlow(Objective):
         return Times(t, r, torch.where(chosen, rows, torch.full_like(rows, -1)))
 
     def __call__(self, net, batch: Batch) -> LossOutput:
+        from_pool = batch.pool >= 0 if batch.pool is not None else torch.zeros_like(batch.t, dtype=torch.bool)
+        errors = self._identity_errors(net, batch.select(~from_pool)) if not from_pool.all() else []
+        if from_pool.any():
+            errors.append(self._pool_errors(net, batch.select(from_pool)))
+        error = torch.cat([e.flatten(1) for e in errors])
+        per_sample = error.pow(2).sum(1)
+        weight = (per_sample.detach() + self.eps).pow(-self.weighting_power)
+        return LossOutput(loss=(weight * per_sample).mean(), logged=error.detach().pow(2).mean())
+
+    def _identity_errors(self, net, batch: Batch) -> list[Tensor]:
+        """u - v where r = t (a plain forward), u - stopgrad(v - (t - r) du/dt) where r < t (one jvp)."""
         xt = interpolate(batch.x0, batch.x1, batch.t)
         v = self.target(net, batch, xt).detach().to(xt.dtype)
         r, t, size = batch.r, batch.t, len(batch.t)
-        from_pool = batch.pool >= 0 if batch.pool is not None else torch.zeros_like(t, dtype=torch.bool)
-        equal = (r == t) & ~from_pool
-        plain, jvp = equal.nonzero().squeeze(1), (~equal & ~from_pool).nonzero().squeeze(1)
+        equal = r == t
+        plain, jvp = equal.nonzero().squeeze(1), (~equal).nonzero().squeeze(1)
         errors = []
         if plain.numel():
             u = net(xt[plain], t[plain], r=r[plain], **_take(batch.conditioning, plain, size))
@@ -129,15 +135,13 @@ class MeanFlow(Objective):
             cond = _take(batch.conditioning, jvp, size)
             u, target = meanflow_target(lambda x, r, t: net(x, t, r=r, **cond), xt[jvp], r[jvp], t[jvp], v[jvp])
             errors.append(u.float() - target.float())
-        if from_pool.any():
-            rows = from_pool.nonzero().squeeze(1)
-            x_pool, exact, labels = self.pool.targets(batch.pool[rows], t[rows], r[rows])
-            u = net(x_pool.to(xt.dtype), t[rows], r=r[rows], **({} if labels is None else {"y": labels}))
-            errors.append(u.float() - exact.float())
-        error = torch.cat([e.flatten(1) for e in errors])
-        per_sample = error.pow(2).sum(1)
-        weight = (per_sample.detach() + self.eps).pow(-self.weighting_power)
-        return LossOutput(loss=(weight * per_sample).mean(), logged=error.detach().pow(2).mean())
+        return errors
+
+    def _pool_errors(self, net, batch: Batch) -> Tensor:
+        """u(x_t, r, t) - (x_t - x_r) / (t - r) on the teacher's solved states (rows from the pool)."""
+        x_t, exact, labels = self.pool.targets(batch.pool, batch.t, batch.r)
+        u = net(x_t.to(batch.x0.dtype), batch.t, r=batch.r, **({} if labels is None else {"y": labels}))
+        return u.float() - exact.float()
 
     def diagnostics(self, net) -> dict[str, float]:
         """The jumps from t = 1 against the flow they stand for (``fmcli.sampling.jumps``): the teacher's guided
