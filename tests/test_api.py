@@ -164,3 +164,17 @@ def test_the_example_runs(tiny_checkpoint, tmp_path, capsys):
     with np.load(tmp_path / "trajectory.npz") as saved:
         assert saved["frames"].shape == (5, 8, 28, 28, 1)
     assert "ralston: NFE 4" in capsys.readouterr().out
+
+
+def test_the_readme_example_runs(tiny_checkpoint, tmp_path, monkeypatch):
+    """The ten lines of README.md's "Python API", on a tiny model (fewer samples and steps)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Python API") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    assert len([line for line in code.splitlines() if line.strip()]) <= 11
+    code = code.replace('"runs/demo"', repr(str(tiny_checkpoint))).replace("steps=20", "steps=2")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "grid.png").exists() and scope["path"].nfe == 4
+    assert scope["path"].trajectory.shape == (5, 40, 1, 28, 28)

@@ -176,7 +176,7 @@ def test_a_request_at_the_caps_runs(client):
         (dict(solver="warp-drive"), "not in the list of choices|unknown solver"),
         (dict(klass="12"), "out of range"),
         (dict(solver="meanflow"), "meanflow"),  # a few-step solver on a flow model
-        (dict(klass="none", cfg=3.0), "--cfg needs a class-conditional model and --class"),
+        (dict(klass="none", cfg=3.0), "guidance needs a class"),
         (dict(name=BROKEN), "not a readable safetensors checkpoint"),
     ],
 )

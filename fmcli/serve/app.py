@@ -131,8 +131,10 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
         keep = gr.update()
         try:
             entry = catalog.get(name)
-        except ServeError as error:
-            return (gr.update(choices=[], value=None), keep, keep, keep, keep, keep, keep, f"⚠ {error}", "")
+            about, info = summary(entry), info_markdown(entry)
+        except Exception as error:  # noqa: BLE001 - shown on the page, in one line
+            text = str(error) if isinstance(error, FMError) else f"{type(error).__name__}: {error}"
+            return (gr.update(choices=[], value=None), keep, keep, keep, keep, keep, keep, f"⚠ {text}", "")
         meta = entry.meta
         classes = class_choices(meta)
         cfg = default_guidance(meta, classes[0] if classes else None)
@@ -147,8 +149,8 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             gr.update(value=solver_b),
             gr.update(value=steps_b),
             gr.update(value=cfg),
-            summary(entry),
-            info_markdown(entry),
+            about,
+            info,
         )
 
     def class_changed(name: str | None, klass: str | None):
@@ -179,6 +181,8 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             classes = None if klass in (None, "", NO_CLASS) else klass
             if classes is not None and not isinstance(classes, str):
                 raise ServeError("class must be 'all', a class name or 'none'")
+            if classes is None and any(setting.cfg != 1 for setting in settings):
+                raise ServeError("guidance needs a class: choose a class, or set guidance to 1")
             progress(0, desc="loading the checkpoint")
             from fmcli.serve.render import render  # torch: loaded here, or earlier by the warm-up
 
