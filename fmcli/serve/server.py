@@ -8,13 +8,14 @@ Offline: no analytics or version check (Gradio), no telemetry (huggingface_hub),
 rendering (Node), no MCP server, no fonts from the internet (system fonts), no uploads (the page has none).
 """
 
+import contextlib
 import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,32 @@ def import_gradio() -> Any:
     return gradio
 
 
+@contextlib.contextmanager
+def patient_start_check(seconds: float = 60.0) -> Iterator[None]:
+    """Gradio's launch checks that the page answers on localhost with a few 3-second tries, and refuses to start
+    otherwise; on a busy 2-core machine the first answer can take longer. This gives the check ``seconds``."""
+    from gradio import networking
+
+    quick = getattr(networking, "url_ok", None)
+    if quick is None:  # another Gradio: leave it alone
+        yield
+        return
+
+    def url_ok(url: str) -> bool:
+        deadline = time.monotonic() + seconds
+        while not quick(url):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    networking.url_ok = url_ok
+    try:
+        yield
+    finally:
+        networking.url_ok = quick
+
+
 def start(options: ServeOptions, say: Callable[[str], None] = print) -> Server:
     """Build the page and listen (in Gradio's threads); returns once the page answers."""
     from fmcli.serve.catalog import Catalog
@@ -107,25 +134,35 @@ def start(options: ServeOptions, say: Callable[[str], None] = print) -> Server:
     demo = build_app(catalog, options.limits, models, list(registry.solvers()), work)
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     try:
-        demo.launch(
-            server_name=options.host,
-            server_port=options.port,
-            share=False,
-            inbrowser=False,
-            prevent_thread_lock=True,
-            show_error=True,
-            quiet=True,
-            footer_links=[],
-            enable_monitoring=False,
-            ssr_mode=False,
-            pwa=False,
-            mcp_server=False,
-            max_file_size="1kb",  # the page has no upload: refuse uploads to the API
-            blocked_paths=[str(catalog.root)],  # checkpoints are never served as files
-            strict_cors=True,
-            theme=offline_theme(),
-            css=CSS,
-        )
+        with patient_start_check():
+            demo.launch(
+                server_name=options.host,
+                server_port=options.port,
+                share=False,
+                inbrowser=False,
+                prevent_thread_lock=True,
+                show_error=True,
+                quiet=True,
+                footer_links=[],
+                enable_monitoring=False,
+                ssr_mode=False,
+                pwa=False,
+                mcp_server=False,
+                max_file_size="1kb",  # the page has no upload: refuse uploads to the API
+                blocked_paths=[str(catalog.root)],  # checkpoints are never served as files
+                strict_cors=True,
+                theme=offline_theme(),
+                css=CSS,
+            )
+    except ValueError as error:
+        demo.close()
+        shutil.rmtree(work, ignore_errors=True)
+        if "localhost is not accessible" not in str(error):
+            raise
+        raise FMError(  # Gradio's own check that the page answers on localhost failed
+            f"the page did not answer on {options.host}:{options.port} within a minute of starting; if a proxy "
+            "catches localhost, set no_proxy=localhost,127.0.0.1"
+        ) from None
     except OSError as error:  # Gradio: "Cannot find empty port in range: 7860-7860. ..."
         demo.close()
         shutil.rmtree(work, ignore_errors=True)
