@@ -92,6 +92,8 @@ def served(tmp_path_factory, tiny_checkpoint):
             pytest.fail("fm serve did not answer within 300 s:\n" + "".join(lines))
         time.sleep(0.1)
     print(f"\nfm serve answered after {time.perf_counter() - started:.1f} s")
+    while not any("fm serve: http" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the line saying where comes just after the page answers
     yield {"url": url, "root": root, "runs": runs, "lines": lines, "audit_log": log, "process": process}
     process.terminate()
     try:
