@@ -196,7 +196,7 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
                     text = f"{tag}: {solver}, model evaluation {calls}" + (f" of {expected}" if expected else "")
                     progress((calls, expected) if expected else None, desc=text)
 
-                run = Path(entry.name).parent.name or Path(entry.name).stem
+                run = Path(entry.name).parent.name or catalog.root.name.removesuffix(".safetensors")
                 stem = f"fm-{run}-{setting.solver}-{setting.steps}-seed{seed}-{tag}"
                 outputs.append(render(loaded, entry, setting, num=num, classes=classes, seed=seed,
                                       animate=bool(animate), limits=limits, out_dir=request_dir, stem=stem,
