@@ -21,19 +21,21 @@ def serve_command(
     max_steps: Annotated[int, typer.Option(help="Most steps one request may ask for.")] = 200,
     device: DeviceOption = "auto",
 ) -> None:
-    """Serve a local page to sample from checkpoints: classes, seeds, solvers, steps and guidance, two settings
-    side by side, the generation animation and fm info; downloads of the PNG, GIF and NPZ.
+    """Serve a local page to sample from checkpoints, with two settings side by side.
 
-    Needs the serve extra: pip install 'fmcli[serve]'. Listens on 127.0.0.1 (this machine) unless --host says
-    otherwise; works offline; one sampling at a time (further requests queue); request sizes are capped.
+    Choose checkpoint, class, seed, solver, steps, guidance; see the grid, NFE, time, animation and fm info.
+
+    Needs the serve extra: pip install 'fmcli\\[serve]'. Listens on this machine only unless --host says otherwise.
+
+    Works offline; one sampling at a time (further requests queue); request sizes are capped.
 
     Examples:
 
-      fm serve runs/                 # every run under runs/, at http://localhost:7860
+      fm serve runs/                  # every run under runs/, at http://localhost:7860
 
       fm serve runs/demo --port 8000
 
-      fm serve runs/ --host 0.0.0.0  # reachable from the network: anyone there can use this machine
+      fm serve runs/ --host 0.0.0.0   # the network can reach it: anyone there can use this machine
     """
     from fmcli.cli import _common
     from fmcli.serve.limits import Limits
