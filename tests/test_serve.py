@@ -271,6 +271,24 @@ def test_zz_the_server_phoned_nowhere(served):
     assert [line for line in lines if not line.split(" ", 1)[1].startswith(LOOPBACK)] == []
 
 
+def test_few_step_models_open_with_their_own_sampler():
+    """The page's defaults come from the header: a distilled student (interval input, guidance folded in) opens
+    with meanflow 4 (B: meanflow 1) and guidance 1; a flow model with label dropout with heun 20 and guidance 2."""
+    from fmcli.io.header import CheckpointMeta
+    from fmcli.sampling.options import default_sampler
+    from fmcli.serve.app import class_choices, compare_default, default_guidance
+
+    data = {"shape": [1, 28, 28], "num_classes": 10, "class_names": [str(i) for i in range(10)]}
+    student = CheckpointMeta(1, {"name": "unet", "interval": True}, data, 50, 0.1, {"train_cfg": 2.0})
+    assert default_sampler(student) == ("meanflow", 4) and compare_default(student) == ("meanflow", 1)
+    assert default_guidance(student, "3") == 1.0
+    flow = CheckpointMeta(1, {"name": "unet"}, data, 1600, 0.1, {})
+    assert default_sampler(flow) == ("heun", 20) and compare_default(flow) == ("euler", 40)
+    assert default_guidance(flow, "all") == 2.0 and default_guidance(flow, "none") == 1.0
+    assert class_choices(flow) == ["all", *data["class_names"], "none"]
+    assert class_choices(CheckpointMeta(1, {}, data, 1, 0.0, {}))[-1] == "9"  # no label dropout: no 'none'
+
+
 # --- start-up errors: one line, no traceback ----------------------------------------------------------------
 
 
