@@ -1,5 +1,5 @@
 """The package's layout, checked: rooms by concern with a fixed layering, no import cycles, small modules,
-one solver signature, and start-up that imports neither torch nor plugin code for --help and completion."""
+one solver signature, and start-up that imports neither torch, Gradio nor plugin code for --help and completion."""
 
 import ast
 import inspect
@@ -24,7 +24,7 @@ RANKS = {
     "flow": 4, "io": 4,
     "data": 5,
     "sampling": 6,
-    "training": 7, "eval": 7,
+    "training": 7, "eval": 7, "serve": 7,  # serve: the fm serve page (Gradio, imported inside functions)
     "cli": 8, "solvers": 8,  # solvers: the deprecated 0.1 alias of fmcli.sampling.solvers
     "__main__": 9,
 }  # fmt: skip
@@ -168,10 +168,14 @@ def plugin_modules() -> set[str]:
     }
 
 
-@pytest.mark.parametrize("argv", [["fm", "--help"], ["fm", "train", "--help"], ["fm", "sample", "--help"]])
-def test_help_imports_neither_torch_nor_any_plugin(argv):
+@pytest.mark.parametrize(
+    "argv", [["fm", "--help"], ["fm", "train", "--help"], ["fm", "sample", "--help"], ["fm", "serve", "--help"]]
+)
+def test_help_imports_neither_torch_nor_gradio_nor_any_plugin(argv):
     loaded = startup_modules(argv)
     assert not [m for m in loaded if m == "torch" or m.startswith("torch.")]
+    assert not [m for m in loaded if m.split(".")[0] in ("gradio", "gradio_client")]
+    assert "fmcli.serve" not in loaded and "fmcli.sampling.model" not in loaded
     plugins = plugin_modules()
     assert not [m for m in loaded if m.split(".")[0] in plugins], "help must not run plugin code"
 

@@ -97,7 +97,7 @@ class EvalOptions:
                 check_sample_count(self.num_samples, spec.name, spec.dim, self.metrics)
 
     def as_dict(self) -> dict:
-        plain = asdict(self)
+        plain = asdict(replace(self, sampling=SamplingOptions())) | {"sampling": self.sampling.as_dict()}
         return {
             key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
             for key, value in plain.items()
@@ -319,14 +319,14 @@ class EvalContext:
     def sample_and_score(self, sampling: SamplingOptions) -> tuple[SampleResult, Tensor | None, dict, dict]:
         """Samples with ``sampling``, their features, and (logits, sampling summary, metrics)."""
         sampling = sampling.for_model(self.loaded.meta)
-        result = self.sample(sampling, self.requested_classes(), f"sampling ({sampling.solver})")
+        result = self.sample(sampling, self.requested_classes(), f"sampling ({sampling.solver_name})")
         features, logits = extract_features(
             self.extractor, result.samples, device=self.device, progress=self.progress, stage="features of samples"
         )
         num = self.options.num_samples
         summary = {
             "num_samples": num,
-            "solver": sampling.solver,
+            "solver": sampling.solver_name,
             "steps": sampling.steps,
             "rtol": sampling.rtol,
             "nfe": result.nfe,

@@ -43,7 +43,7 @@ def sweep(
         _, _, summary, metrics = ctx.sample_and_score(sampling)
         runs.append(
             {
-                "solver": sampling.solver,
+                "solver": sampling.solver_name,
                 "adaptive": adaptive,
                 "steps": None if adaptive else sampling.steps,
                 "rtol": sampling.rtol if adaptive else None,

@@ -53,7 +53,7 @@ from fmcli.flow.path import predicted_data
 from fmcli.io.checkpoint import LoadedModel
 from fmcli.io.files import atomic_write_bytes
 from fmcli.io.images import PlotFrame, encode_filmstrip, encode_gif, grid_image, side_by_side, with_caption
-from fmcli.sampling.generate import generate
+from fmcli.sampling.generate import SampleResult, generate
 from fmcli.sampling.guidance import guided_velocity
 from fmcli.sampling.options import SamplingOptions
 
@@ -91,6 +91,7 @@ class Animation:
     nfe: int  # model evaluations of the solve (per sample)
     extra_nfe: int  # evaluations for x̂0 frames and the quiver plots (one per frame each)
     seconds: float
+    result: SampleResult | None = None  # the solve's final samples (what fm sample draws), without the trajectory
 
 
 # --- checks that need no model ------------------------------------------------------------
@@ -251,7 +252,13 @@ def render_animation(
         frames, box, extra = _image_frames(trajectory, times, x0, settings, progress)
     del trajectory
     return Animation(
-        frames=frames, times=times, grid_box=box, nfe=result.nfe, extra_nfe=extra, seconds=time.perf_counter() - start
+        frames=frames,
+        times=times,
+        grid_box=box,
+        nfe=result.nfe,
+        extra_nfe=extra,
+        seconds=time.perf_counter() - start,
+        result=result,
     )
 
 

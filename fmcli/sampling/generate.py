@@ -19,8 +19,7 @@ from fmcli.io.files import atomic_write_bytes
 from fmcli.io.images import grid_image, png_bytes, scatter_image
 from fmcli.models.embedding import NO_INTERVAL_INPUT
 from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity
-from fmcli.sampling.options import SamplingOptions
-from fmcli.sampling.solvers import get_solver
+from fmcli.sampling.options import SamplingOptions, resolve_solver
 from fmcli.sampling.solvers.base import needs_interval
 
 
@@ -52,9 +51,9 @@ def generate(
     options = options.for_model(loaded.meta)
     cfg = default_cfg(loaded, classes) if options.cfg is None else options.cfg
     check_guidance(loaded, cfg, classes)
-    solver = get_solver(options.solver)
+    solver = resolve_solver(options.solver)  # a registered name, or a Solver object of the caller's
     if needs_interval(solver) and not loaded.meta.model_config.get("interval"):
-        raise FMError(f"--solver {options.solver}: {NO_INTERVAL_INPUT} (use an ODE solver such as heun)")
+        raise FMError(f"--solver {options.solver_name}: {NO_INTERVAL_INPUT} (use an ODE solver such as heun)")
     device = loaded.device
     integration = options.integration(save_at)
     velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)

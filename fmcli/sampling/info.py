@@ -1,12 +1,12 @@
 """What a checkpoint holds, as one dictionary: ``fm info`` prints it, ``fm serve`` shows it, the API returns it.
 
-Reads only the safetensors header, so it is instant on any size.
+Reads only the safetensors header, so it is instant on any size, and imports no torch.
 """
 
 import math
 from pathlib import Path
 
-from fmcli.io.checkpoint import read_header
+from fmcli.io.header import read_header
 from fmcli.sampling.options import default_sampler
 
 

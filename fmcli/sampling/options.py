@@ -6,14 +6,15 @@ into the ``Integration`` a solver takes, from t = 1 (noise) to t = 0 (data).
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fmcli.errors import FMError
-from fmcli.sampling.solvers.base import Integration
 
-if TYPE_CHECKING:
-    from fmcli.io.checkpoint import CheckpointMeta
+if TYPE_CHECKING:  # imported where used: reading the defaults (fm info, fm serve's page) needs no torch
+    from fmcli.io.header import CheckpointMeta
+    from fmcli.sampling.solvers.base import Integration, Solver
 
 DEFAULT_GUIDANCE = 2.0
 # What a checkpoint samples with when no --solver / --steps is given: heun 20 for flow models, the
@@ -27,13 +28,41 @@ def default_sampler(meta: "CheckpointMeta") -> tuple[str, int]:
     return FEW_STEP_DEFAULT if meta.model_config.get("interval") else FLOW_DEFAULT
 
 
+def solver_name(solver: "str | Solver | None") -> str | None:
+    """A solver's name for reports: the registered name, or a solver object's ``name`` (else its class name)."""
+    if solver is None or isinstance(solver, str):
+        return solver
+    return getattr(solver, "name", "") or type(solver).__name__
+
+
+def resolve_solver(solver: "str | Solver") -> Any:
+    """The solver to call: the registered one for a name, or the object itself, checked to follow the contract
+    (a ``solve(velocity, x, integration, conditioning)`` method; FMError otherwise)."""
+    if isinstance(solver, str):
+        from fmcli.sampling.solvers import get_solver
+
+        return get_solver(solver)  # unknown names: FMError with the closest match
+    from fmcli.sampling.solvers.base import check_contract
+
+    if not callable(getattr(solver, "solve", None)):
+        raise FMError(
+            f"solver must be a registered name (fm plugins lists them) or a Solver object with a solve method "
+            f"(got {type(solver).__name__})"
+        )
+    return check_contract(solver)
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to integrate from noise to data. Validated on creation: a bad value fails before any work."""
 
-    solver: str | None = None  # a registered solver (fm plugins lists them); None: the checkpoint's default
+    # A registered solver's name (fm plugins lists them), or a Solver object (e.g. a FixedStepSolver subclass
+    # of the caller's own, registered nowhere); None: the checkpoint's default.
+    solver: "str | Solver | None" = None
     steps: int | None = None  # steps of a fixed-step solver (NFE = steps x evaluations per step); None: default
-    time_grid: str = "uniform"  # where fixed-step solvers put their steps (fmcli.sampling.solvers.grids)
+    # Where fixed-step solvers put their steps: a grid name (fmcli.sampling.solvers.grids) or the times
+    # themselves, strictly monotone from 1 to 0 (``steps`` is then their count - 1).
+    time_grid: str | Sequence[float] = "uniform"
     rtol: float = 1e-5  # tolerances of adaptive solvers
     atol: float = 1e-5
     cfg: float | None = None  # guidance scale; None: ``default_cfg`` (2 for --class on a model with label dropout)
@@ -42,22 +71,34 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         if self.solver is not None:
-            from fmcli.sampling.solvers import get_solver
-
-            get_solver(self.solver)  # unknown names: FMError with the closest match
+            resolve_solver(self.solver)  # unknown names, objects that are no solver: FMError now
         if self.steps is not None and self.steps < 1:
             raise FMError(f"--steps must be at least 1 (got {self.steps})")
+        if not isinstance(self.time_grid, str):  # explicit times: a tuple (hashable), and the steps they make
+            times = tuple(float(t) for t in self.time_grid)
+            if self.steps is not None and self.steps != len(times) - 1:
+                raise FMError(f"steps={self.steps} but the time grid has {len(times) - 1} steps; give one of them")
+            object.__setattr__(self, "time_grid", times)
+            object.__setattr__(self, "steps", max(len(times) - 1, 1))
         self.integration()  # the grid and the tolerances are checked where the solvers read them
         if self.cfg is not None and not math.isfinite(self.cfg):
             raise FMError(f"--cfg must be a finite number (got {self.cfg})")
         if self.batch_size < 1:
             raise FMError(f"--batch-size must be at least 1 (got {self.batch_size})")
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def solver_name(self) -> str | None:
+        return solver_name(self.solver)
 
-    def integration(self, save_at=None) -> Integration:
+    def as_dict(self) -> dict:
+        """Plain values for reports: a solver object by its name, explicit grid times as a list."""
+        plain = asdict(replace(self, solver=None)) | {"solver": self.solver_name}
+        return plain | ({"time_grid": list(self.time_grid)} if isinstance(self.time_grid, tuple) else {})
+
+    def integration(self, save_at=None) -> "Integration":
         """The solver's spec: from t = 1 (noise) to t = 0 (data) with these steps, grid and tolerances."""
+        from fmcli.sampling.solvers.base import Integration
+
         return Integration(
             t_start=1.0,
             t_end=0.0,
@@ -72,6 +113,6 @@ class SamplingOptions:
         """These options with the checkpoint's defaults filled in: solver and steps (few-step sampling for
         MeanFlow models); the guidance (``default_cfg``) is left to ``generate``."""
         solver, steps = default_sampler(meta)
-        if self.solver is not None and self.solver != solver:
+        if self.solver is not None and self.solver_name != solver:
             steps = FLOW_DEFAULT[1]  # another solver than the checkpoint's own: the usual step count
-        return replace(self, solver=self.solver or solver, steps=self.steps or steps)
+        return replace(self, solver=solver if self.solver is None else self.solver, steps=self.steps or steps)
