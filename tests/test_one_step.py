@@ -169,3 +169,27 @@ def test_bad_one_step_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch
     assert_one_line_error(fm("distill", teacher, "--interval-sampling", "wide", "--out", "s4"), "--interval-sampling")
     assert_one_line_error(fm("train", "moons", "--objective", "meanflow", "--pool", "10", "--out", "s5"), "--pool")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --- from scratch: one MeanFlow step against two Euler steps of a flow model, at equal training -----------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_meanflow_step_beats_two_euler_steps_of_a_flow_model_trained_as_long(tmp_path, seed):
+    """8 Gaussians, unconditional (with labels a class's mean alone would score well), the same network, batch and
+    400 steps for both. With the interval length at unit scale, MeanFlow's single step lands on the modes; two
+    Euler steps of the flow smear between them (measured: FID about 0.03 against 0.3 at every seed)."""
+    from fmcli.eval.run import EvalOptions, evaluate_checkpoint
+    from fmcli.sampling.options import SamplingOptions
+
+    common = dict(data="8gaussians", model={"hidden": 64, "depth": 2}, batch_size=128, steps=400, lr=3e-3, seed=seed,
+                  conditional=False, sample_every=0, log_every=10**6)  # fmt: skip
+
+    def fid(run: str, solver: str, steps: int) -> float:
+        checkpoint = train(common | {"out": str(tmp_path / run)} | extra[run]).checkpoint
+        options = EvalOptions(num_samples=2000, metrics=("fid",), sampling=SamplingOptions(solver, steps, cfg=1.0))
+        return evaluate_checkpoint(checkpoint, options)["metrics"]["fid"]["value"]
+
+    extra = {"flow": {}, "meanflow": {"objective": "meanflow"}}
+    one_step, two_euler = fid("meanflow", "meanflow", 1), fid("flow", "euler", 2)
+    assert one_step <= two_euler, (one_step, two_euler)
