@@ -219,6 +219,10 @@ def main() -> int:
         if args.rgb and eval_data is None:
             eval_data = register_shapes(folder)
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        planned = json.loads((run / "config.json").read_text())["steps"]
+        if metrics[-1]["step"] != planned:  # still training (its periodic checkpoints are not the result)
+            print(f"{name}: at step {metrics[-1]['step']} of {planned}, not scored yet", flush=True)
+            continue
         speed = speeds.get(name, {}).get("seconds_per_step") or metrics[-1]["time"] / metrics[-1]["step"]
         entry = {"options": options, "protocol": args.protocol, "length": lengths[name], "steps": metrics[-1]["step"],
                  "seconds_per_step": round(speed, 4), "images_per_s": round(_batch(run) / speed, 1),
