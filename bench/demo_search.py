@@ -151,7 +151,10 @@ def train_candidate(name, train_data, extra, options, length, out, threads) -> t
     run = out / "runs" / slug(name)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     start = time.perf_counter()
-    done = fm("train", train_data, *extra, *length, "--out", str(run), "--sample-every", "0", *options, env=env)
+    if (run / "config.json").exists():  # interrupted before: continue it exactly, to the steps it planned
+        done = fm("train", "--resume", str(run), env=env)
+    else:
+        done = fm("train", train_data, *extra, *length, "--out", str(run), "--sample-every", "0", *options, env=env)
     return name, time.perf_counter() - start, done.stderr[-500:] if done.returncode else ""
 
 
@@ -201,7 +204,7 @@ def main() -> int:
             speed = speeds[name]
             steps = int((budget - speed["startup"]) / speed["seconds_per_step"])
             lengths[name] = ["--steps", str(steps)]
-    trained = {name for name in todo if (args.out / "runs" / slug(name) / "last.safetensors").exists()}
+    trained = {name for name in todo if finished(args.out / "runs" / slug(name))}
     if args.phase in ("all", "train"):
         threads = 1 if args.jobs > 1 else None
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -232,6 +235,14 @@ def main() -> int:
         print(f"{name}: FID {entry['fid']:.1f}, accuracy {entry['accuracy']:.3f}, {entry['steps']} steps", flush=True)
     write_markdown(results, args)
     return 0
+
+
+def finished(run: Path) -> bool:
+    """Whether a run reached the steps it planned (its periodic checkpoints are not the result)."""
+    if not (run / "last.safetensors").exists():
+        return False
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    return last["step"] == json.loads((run / "config.json").read_text())["steps"]
 
 
 def _batch(run: Path) -> int:

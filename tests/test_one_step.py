@@ -2,6 +2,7 @@
 exact jumps, the unit-scale interval input, and what is refused. Known answers from the exact Gaussian flow."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +75,28 @@ def test_distillation_logs_the_jump_errors(tmp_path):
     jumps = [r for r in records if "jumps/jump_0" in r]
     assert [r["step"] for r in jumps] == [2, 4]
     assert all(r["jumps/euler_0"] > 0 and r["jumps/grid_4"] > 0 for r in jumps)
+
+
+def test_fm_eval_reports_the_jumps_of_a_student_and_refuses_a_flow_model(tmp_path):
+    """A student barely moved from its teacher (lr 1e-12, no guidance folded in) still jumps like the teacher's Euler
+    step: fm eval --jumps must say so against the teacher, and fall back to the model's own flow when the teacher is
+    gone."""
+    teacher = train({"data": "mnist-mini", "model": TINY_UNET, "steps": 2, "batch_size": 8, "warmup_steps": 1,
+                     "sample_every": 0, "out": str(tmp_path / "t")}).checkpoint  # fmt: skip
+    done = fm("distill", teacher, "--steps", "1", "--batch-size", "8", "--lr", "1e-12", "--train-cfg", "1",
+              "--out", tmp_path / "s")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    report = json.loads(fm("eval", tmp_path / "s", "--jumps", "--jump-samples", "10", "--json").output)
+    assert report["reference"].startswith("teacher") and report["num_samples"] == 10
+    for r in JUMP_TIMES:
+        assert report["errors"][f"jump_{r:g}"] == pytest.approx(report["errors"][f"euler_{r:g}"], rel=1e-3)
+    assert report["errors"]["euler_0"] > report["errors"]["euler_0.9"] > 0
+    table = fm("eval", tmp_path / "s", "--jumps", "--jump-samples", "10").output
+    assert "r = 0.5" in table and "one Euler step" in table
+    assert_one_line_error(fm("eval", tmp_path / "t", "--jumps"), "interval (MeanFlow) model")
+    Path(teacher).unlink()
+    own = json.loads(fm("eval", tmp_path / "s", "--jumps", "--jump-samples", "10", "--json").output)
+    assert own["reference"] == "the model's own velocity u(x, t, t)"
 
 
 # --- interval draws -----------------------------------------------------------------------------------
