@@ -118,7 +118,7 @@ def _print_report(payload: dict) -> None:
     pool = "per class" if payload["conditional"] else "unconditional"
     table = Table(
         title=f"fm tune: {payload['checkpoint']} ({payload['solver']}, cfg {payload['cfg']:g}, pool of "
-        f"{payload['pool']} draws {pool}; error = 8-bit RMSE vs {payload['reference']})",
+        f"{payload['pool']} draws {pool}; error = {payload['error']} against {payload['reference']})",
         title_justify="left",
     )
     for column in ("steps", "uniform error", "tuned error", "seconds", "times (1 -> 0)", "scales"):

@@ -208,18 +208,24 @@ def solve_on_grid(
     return final
 
 
-def image_error(x: Tensor, reference: Tensor) -> Tensor:
-    """Mean squared error in [0, 1] image units of the clamped images (model space [-1, 1] halves)."""
-    return ((x.clamp(-1, 1) - reference.clamp(-1, 1)) * 0.5).pow(2).mean()
+def squared_error(x: Tensor, reference: Tensor, images: bool) -> Tensor:
+    """The loss L: mean squared difference, for images of the clamped pictures in [0, 1] units (model space
+    [-1, 1] halved; pixels both beyond the range cost nothing, as in the saved picture); for points as is."""
+    if images:
+        x, reference = x.clamp(-1, 1) * 0.5, reference.clamp(-1, 1) * 0.5
+    return (x - reference).pow(2).mean()
 
 
-def rmse_8bit(x: Tensor, reference: Tensor) -> float:
-    """RMSE of the 8-bit images, in [0, 1] units: the figure fm tune and the issue's targets report."""
+def final_error(x: Tensor, reference: Tensor, images: bool) -> float:
+    """The figure fm tune reports: RMSE of the 8-bit images in [0, 1] units (the issue's measure), or of the
+    points themselves."""
 
-    def eight_bit(images: Tensor) -> Tensor:
-        return ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 255.0
+    def eight_bit(pictures: Tensor) -> Tensor:
+        return ((pictures.float().clamp(-1, 1) + 1) * 127.5).round() / 255.0
 
-    return float((eight_bit(x) - eight_bit(reference)).pow(2).mean().sqrt())
+    if images:
+        x, reference = eight_bit(x), eight_bit(reference)
+    return float((x.double() - reference.double()).pow(2).mean().sqrt())
 
 
 @dataclass
@@ -233,6 +239,7 @@ class Calibration:
     trajectory: ReferenceTrajectory
     device: torch.device
     batch_size: int
+    images: bool = True  # image data: clamped, 8-bit errors; points: plain ones
 
     @property
     def reference(self) -> Tensor:
@@ -247,6 +254,14 @@ class Calibration:
             ]
         return torch.cat(outs)
 
+    def error(self, times: Tensor, scales: Tensor | None) -> float:
+        """``final_error`` of the pool on this grid: 8-bit RMSE for images."""
+        return final_error(self.final(times, scales), self.reference, self.images)
+
+    def loss(self, times: Tensor, scales: Tensor | None) -> float:
+        """L on the pool, without rounding: what the fit compares (8-bit rounding hides small gains)."""
+        return float(squared_error(self.final(times, scales), self.reference, self.images))
+
     def loss_and_gradient(self, times: Tensor, scales: Tensor | None) -> float:
         """L on the pool; its gradient is accumulated into whatever ``times`` and ``scales`` depend on.
 
@@ -260,7 +275,8 @@ class Calibration:
             final = solve_on_grid(
                 self.solver, self.velocity, x, cond, leaves[0], leaves[1] if scales is not None else None
             )
-            part = image_error(final.float(), self.reference[chunk].to(final.device)) * (x.shape[0] / count)
+            part = squared_error(final.float(), self.reference[chunk].to(final.device), self.images)
+            part = part * (x.shape[0] / count)
             part.backward()
             total += float(part.detach())
         outputs = [times] + ([] if scales is None else [scales])
@@ -289,8 +305,9 @@ def fit_grid(calibration: Calibration, steps: int, options: TuneOptions, progres
     if steps <= len(calibration.trajectory.times) - 1:
         times, scales = trajectory_grid(calibration.trajectory, steps, options.scales)
         starts["trajectory"] = (times, scales if options.scales else None)
-    errors = {name: rmse_8bit(calibration.final(*start), calibration.reference) for name, start in starts.items()}
-    start = min(errors, key=errors.get)
+    finals = {name: calibration.final(*start) for name, start in starts.items()}
+    losses = {name: float(squared_error(x, calibration.reference, calibration.images)) for name, x in finals.items()}
+    start = min(losses, key=losses.get)  # chosen on the unrounded loss: 8-bit rounding hides small gains
     logits = logits_from_grid(starts[start][0]).requires_grad_(True)
     initial_scales = starts[start][1]
     log_scales = (
@@ -303,7 +320,7 @@ def fit_grid(calibration: Calibration, steps: int, options: TuneOptions, progres
         times, scales = grid_from_logits(logits), log_scales.exp() if options.scales else None
         if iteration == options.iterations:  # the last iterate: evaluated, not stepped from
             with torch.no_grad():
-                loss = float(image_error(calibration.final(times, scales), calibration.reference))
+                loss = calibration.loss(times, scales)
         else:
             loss = calibration.loss_and_gradient(times, scales)
         if loss < best[0]:
@@ -314,12 +331,13 @@ def fit_grid(calibration: Calibration, steps: int, options: TuneOptions, progres
             progress(f"{options.solver} {steps} steps", iteration + 1, options.iterations + 1)
     times = grid_from_logits(best[1]).detach()
     scales = best[2].exp() if options.scales else None
-    tuned = rmse_8bit(calibration.final(times, scales), calibration.reference)
-    if tuned >= errors[start]:  # never worse than where it started (a fit that did not help keeps the start)
-        (times, scales), tuned = starts[start], errors[start]
-    return FitResult(
-        steps, times, scales, start, errors["uniform"], errors[start], tuned, time.perf_counter() - start_time
+    if best[0] >= losses[start]:  # never worse than where it started (a fit that did not help keeps the start)
+        times, scales = starts[start]
+    uniform, begun = (
+        final_error(finals[name], calibration.reference, calibration.images) for name in ("uniform", start)
     )
+    tuned = calibration.error(times, scales)
+    return FitResult(steps, times, scales, start, uniform, begun, tuned, time.perf_counter() - start_time)
 
 
 @dataclass
@@ -352,7 +370,8 @@ def tune(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = 
     reference_seconds = time.perf_counter() - started
     if progress:
         progress("reference solve", 1, 1)
-    calibration = Calibration(solver, velocity, x1, labels, trajectory, loaded.device, options.batch_size)
+    images = loaded.meta.data.get("kind") == "image"
+    calibration = Calibration(solver, velocity, x1, labels, trajectory, loaded.device, options.batch_size, images)
     setting = {
         "solver": options.solver,
         "cfg": cfg,
@@ -360,6 +379,7 @@ def tune(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = 
         "weights": loaded.weights,
         "pool": x1.shape[0],
         "reference": f"rk4 {options.reference_steps} steps, quadratic grid",
+        "error": "RMSE of the 8-bit images in [0, 1] units" if images else "RMSE of the points",
     }
     fits, grids = [], []
     for steps in options.steps:
@@ -372,6 +392,7 @@ def tune(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = 
             "start": fit.start,
             "pool": x1.shape[0],
             "reference": setting["reference"],
+            "error": setting["error"],
             "optimiser": f"adam {options.iterations} iterations, lr {options.learning_rate:g}",
             "seconds": round(fit.seconds, 2),
         }
