@@ -45,7 +45,7 @@ def tune_command(
     pool: Annotated[
         int, typer.Option(help="Noise draws in the calibration pool (rounded up to a multiple of the classes).")
     ] = 20,
-    iterations: Annotated[int, typer.Option(help="Optimiser (Adam) iterations per step count.")] = 12,
+    iterations: Annotated[int, typer.Option(help="Optimiser (Adam) iterations per step count.")] = 8,
     learning_rate: Annotated[float, typer.Option(help="Adam's learning rate on the grid's log step lengths.")] = 0.05,
     scales: Annotated[
         bool, typer.Option("--scales/--no-scales", help="Also fit one velocity scale per step, or the times alone.")
