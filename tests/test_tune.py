@@ -228,6 +228,10 @@ def test_fm_tune_writes_grids_that_fm_sample_uses_by_default(model, tmp_path):
     assert np.array_equal(tuned_images, explicit_images) and not np.array_equal(tuned_images, uniform_images)
     other_cfg, _ = sample_json(model, tmp_path / "d.npz", "--cfg", "1")  # tuned for cfg 2 only: not used
     assert other_cfg["time_grid"] == "uniform"
+    gif = tmp_path / "a.gif"
+    animated = json.loads(fm_ok("animate", model, "--class", "3", "--num", "2", "--frames", "3", "--scale", "1",
+                                "--solver", "euler", "--steps", "2", "--json", "--out", gif))  # fmt: skip
+    assert animated["time_grid"] == "tuned"
     info = json.loads(fm_ok("info", model, "--json"))["tuned_grids"]
     assert info["file"] == str(grid_file(model)) and [g["steps"] for g in info["grids"]] == [2, 3]
     assert "tuned euler 3 steps, cfg 2" in fm_ok("info", model)
