@@ -11,6 +11,9 @@ Works on a COPY of the checkpoint in --workdir (fm tune writes NAME.grids.json b
            same noise, for uniform, quadratic and tuned euler 4 and 8, cfg 2 and cfg 1. The dopri5 solves are
            cached in --cache (about 700 evaluations each).
   pool     euler 4 (cfg 2) tuned with calibration pools of 10, 20 and 50 draws: held-out error of each.
+  optimiser  gradient (Adam through the solver, fm tune's choice) against derivative-free (scipy Nelder-Mead) on
+           the same parameters, start and pool (euler 4, cfg 2): calibration and held-out error per forward-solve
+           budget (a backward pass costs about two forward solves, so Adam's n iterations ~ 3n solves).
   fid      `fm eval COPY --cfg 2 --sweep euler --steps 4,8 --grids uniform,tuned --num 2000 --metrics fid,pr`
            against the MNIST test split (seed 0: held out); --fid-heun adds heun 20 for scale.
 
@@ -84,13 +87,66 @@ def tuned_grid(copy: Path, steps: int, cfg: float):
     return find_tuned(copy, TunedSetting("euler", steps, cfg, True), required=True)
 
 
+def compare_optimisers(copy: Path, loaded, cache: Path) -> list[dict]:
+    import numpy as np
+    import torch
+    from scipy.optimize import minimize
+
+    from fmcli.io.checkpoint import load_checkpoint
+    from fmcli.sampling.tuning import (
+        TuneOptions,
+        calibrate,
+        fit_grid,
+        grid_from_logits,
+        logits_from_grid,
+        squared_error,
+        trajectory_grid,
+    )
+
+    steps, rows = 4, []
+    calibration, _ = calibrate(load_checkpoint(copy), TuneOptions(solver="euler", steps=(steps,)))
+    for iterations in (8, 20):
+        start = time.perf_counter()
+        fit = fit_grid(calibration, steps, TuneOptions(solver="euler", steps=(steps,), iterations=iterations))
+        held = held_out_error(loaded, 2.0, cache, tuple(fit.times.tolist()), scales=tuple(fit.scales.tolist()))
+        rows.append({"optimiser": f"adam {iterations}", "forward_solve_equivalents": 4 + 3 * iterations + 1,
+                     "seconds": round(time.perf_counter() - start, 1), "calibration": round(fit.error_tuned, 5),
+                     "held_out": held})  # fmt: skip
+        print(rows[-1])
+    times, scales = trajectory_grid(calibration.trajectory, steps)
+    p0 = np.concatenate([logits_from_grid(times)[:-1].numpy(), scales.log().numpy()])
+
+    def unpack(p):
+        p = torch.as_tensor(p, dtype=torch.float64)
+        return grid_from_logits(torch.cat([p[: steps - 1], p.new_zeros(1)])), p[steps - 1 :].exp()
+
+    for budget in (25, 100):
+        best, start = [np.inf, p0], time.perf_counter()
+
+        def objective(p, best=best):
+            loss = float(squared_error(calibration.final(*unpack(p)), calibration.reference, True))
+            if loss < best[0]:
+                best[0], best[1] = loss, p.copy()
+            return loss
+
+        simplex = np.vstack([p0] + [p0 + 0.2 * np.eye(p0.size)[i] for i in range(p0.size)])
+        minimize(objective, p0, method="Nelder-Mead", options={"maxfev": budget, "initial_simplex": simplex})
+        times, scales = unpack(best[1])
+        held = held_out_error(loaded, 2.0, cache, tuple(times.tolist()), scales=tuple(scales.tolist()))
+        rows.append({"optimiser": f"nelder-mead {budget}", "forward_solve_equivalents": 4 + budget,
+                     "seconds": round(time.perf_counter() - start, 1),
+                     "calibration": round(calibration.error(times, scales), 5), "held_out": held})  # fmt: skip
+        print(rows[-1])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, default=Path("runs/demo"))
     parser.add_argument("--workdir", type=Path, default=Path("bench/results/tune"))
     parser.add_argument("--cache", type=Path, default=None, help="dopri5 references (default: WORKDIR/cache)")
     parser.add_argument("--out", type=Path, default=Path("bench/measured/tune.json"))
-    parser.add_argument("--parts", default="timing,errors,pool,fid")
+    parser.add_argument("--parts", default="timing,errors,pool,optimiser,fid")
     parser.add_argument("--fid-num", type=int, default=2000)
     parser.add_argument("--fid-heun", action="store_true", help="also score heun 20 (the default sampler)")
     args = parser.parse_args()
@@ -121,7 +177,7 @@ def main() -> None:
         results["timing_cfg1"] = {"command": "fm tune CKPT --steps 4,8 --cfg 1", "process_seconds": round(seconds, 1)}
         print(json.dumps(results["timing"], indent=1))
 
-    loaded = load_checkpoint(copy) if {"errors", "pool"} & set(parts) else None
+    loaded = load_checkpoint(copy) if {"errors", "pool", "optimiser"} & set(parts) else None
     if "errors" in parts:
         rows = []
         for cfg in (2.0, 1.0):
@@ -150,6 +206,9 @@ def main() -> None:
                          "calibration": grid.calibration["error_tuned"]})  # fmt: skip
             print(rows[-1])
         results["pool"] = rows
+
+    if "optimiser" in parts:
+        results["optimiser"] = compare_optimisers(copy, loaded, cache)
 
     if "fid" in parts:
         common = ["--cfg", "2", "--num", str(args.fid_num), "--metrics", "fid,pr", "--data", "mnist", "--json"]

@@ -368,9 +368,8 @@ class TuneReport:
     seconds: float
 
 
-def tune(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = None) -> TuneReport:
-    """The reference solve of the calibration pool, then one fit per step count (nothing is written here)."""
-    started = time.perf_counter()
+def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = None) -> tuple[Calibration, dict]:
+    """The calibration pool and its reference solve (what every step count's fit shares), and the setting."""
     solver = tunable_solver(options.solver)
     interval = bool(loaded.meta.model_config.get("interval"))
     if getattr(solver, "needs_interval", False) and not interval:
@@ -386,30 +385,37 @@ def tune(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = 
     if progress:
         progress("reference solve", 0, 1)
     trajectory = reference_solve(velocity, x1, labels, options.reference_steps, options.batch_size, loaded.device)
-    reference_seconds = time.perf_counter() - started
     if progress:
         progress("reference solve", 1, 1)
     images = loaded.meta.data.get("kind") == "image"
     calibration = Calibration(solver, velocity, x1, labels, trajectory, loaded.device, options.batch_size, images)
     setting = {
         "solver": options.solver,
-        "cfg": cfg,
+        "cfg": float(cfg),
         "conditional": labels is not None,
         "weights": loaded.weights,
         "pool": x1.shape[0],
         "reference": f"rk4 {options.reference_steps} steps, quadratic grid",
         "error": "RMSE of the 8-bit images in [0, 1] units" if images else "RMSE of the points",
     }
+    return calibration, setting
+
+
+def tune(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = None) -> TuneReport:
+    """The reference solve of the calibration pool, then one fit per step count (nothing is written here)."""
+    started = time.perf_counter()
+    calibration, setting = calibrate(loaded, options, progress)
+    reference_seconds = time.perf_counter() - started
     fits, grids = [], []
     for steps in options.steps:
         fit = fit_grid(calibration, steps, options, progress)
         fits.append(fit)
-        key = TunedSetting(options.solver, steps, float(cfg), labels is not None, loaded.weights)
+        key = TunedSetting(options.solver, steps, setting["cfg"], setting["conditional"], loaded.weights)
         notes = {
             "error_uniform": round(fit.error_uniform, 5),
             "error_tuned": round(fit.error_tuned, 5),
             "start": fit.start,
-            "pool": x1.shape[0],
+            "pool": setting["pool"],
             "reference": setting["reference"],
             "error": setting["error"],
             "optimiser": f"adam {options.iterations} iterations, lr {options.learning_rate:g}",
