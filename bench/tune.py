@@ -65,7 +65,9 @@ def held_out(loaded, cfg: float, cache: Path):
     return x1, labels, x0
 
 
-def held_out_error(loaded, cfg: float, cache: Path, time_grid, steps: int | None = None, scales=None) -> float:
+def held_out_error(
+    loaded, cfg: float, cache: Path, time_grid, steps: int | None = None, scales=None, solver: str = "euler"
+) -> float:
     import torch
 
     from fmcli.sampling.guidance import guided_velocity
@@ -77,7 +79,7 @@ def held_out_error(loaded, cfg: float, cache: Path, time_grid, steps: int | None
     velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
     spec = Integration(time_grid=time_grid, steps=steps or 20, step_scales=scales)
     with torch.inference_mode():
-        x0 = get_solver("euler").solve(velocity, x1, spec, {"y": labels}).x
+        x0 = get_solver(solver).solve(velocity, x1, spec, {"y": labels}).x
     return round(final_error(x0, reference, images=True), 5)
 
 
@@ -192,6 +194,10 @@ def main() -> None:
                 rows.append(row)
                 print(row)
         results["errors"] = rows
+        results["reference_error"] = {  # fm tune's own reference (rk4 20, quadratic) against dopri5 1e-6
+            f"cfg {cfg:g}": held_out_error(loaded, cfg, cache, "quadratic", 20, solver="rk4") for cfg in (2.0, 1.0)
+        }
+        print(results["reference_error"])
 
     if "pool" in parts:
         from fmcli.sampling.tuning import TuneOptions, tune
