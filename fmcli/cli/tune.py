@@ -73,7 +73,7 @@ def tune_command(
     """
     from fmcli.device import resolve_device
     from fmcli.io.checkpoint import load_checkpoint
-    from fmcli.sampling.tuned import store_tuned
+    from fmcli.sampling.tuned import grid_file, read_grid_file, store_tuned
     from fmcli.sampling.tuning import TuneOptions, tune
 
     options = TuneOptions(
@@ -88,6 +88,8 @@ def tune_command(
         reference_steps=reference_steps,
         pool_seed=pool_seed,
     )  # every option is checked here, before the checkpoint is read
+    if grid_file(checkpoint).exists():
+        read_grid_file(grid_file(checkpoint))  # a damaged file is refused now, not after the fit
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     with progress_bar() as bar:
         tasks: dict[str, int] = {}
