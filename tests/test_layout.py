@@ -169,7 +169,14 @@ def plugin_modules() -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "argv", [["fm", "--help"], ["fm", "train", "--help"], ["fm", "sample", "--help"], ["fm", "serve", "--help"]]
+    "argv",
+    [
+        ["fm", "--help"],
+        ["fm", "train", "--help"],
+        ["fm", "sample", "--help"],
+        ["fm", "serve", "--help"],
+        ["fm", "tune", "--help"],
+    ],  # fmt: skip
 )
 def test_help_imports_neither_torch_nor_gradio_nor_any_plugin(argv):
     loaded = startup_modules(argv)

@@ -11,7 +11,7 @@ import time
 import typer
 
 from fmcli import __version__
-from fmcli.cli import _common, animate, data, distill, eval, info, plugins, sample, serve, train
+from fmcli.cli import _common, animate, data, distill, eval, info, plugins, sample, serve, train, tune
 
 app = typer.Typer(
     name="fm",
@@ -27,6 +27,7 @@ app.command("distill")(distill.distill_command)
 app.command("sample")(sample.sample_command)
 app.command("animate")(animate.animate_command)
 app.command("eval")(eval.eval_command)
+app.command("tune")(tune.tune_command)
 app.command("info")(info.info_command)
 app.command("serve")(serve.serve_command)
 app.command("plugins")(plugins.plugins_command)

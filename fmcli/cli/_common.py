@@ -148,13 +148,15 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
     ),
     "time_grid": (
         Annotated[
-            str,
+            Optional[str],
             typer.Option(
-                help=f"Time grid of fixed-step solvers: {', '.join(TIME_GRIDS)} "
-                "(the last two are dense near t = 0, the data end)."
+                help=f"Time grid of fixed-step solvers: {', '.join(TIME_GRIDS)} (the last two are dense near t = 0, "
+                "the data end), or tuned (the grid `fm tune` fitted for this checkpoint, solver, steps and cfg). "
+                "\\[default: tuned when `fm tune` made one for these settings, else uniform]",
+                show_default=False,
             ),
         ],
-        "uniform",
+        None,
     ),
     "rtol": (Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers, in (0, 1).")], 1e-5),
     "atol": (Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers, in (0, 1).")], 1e-5),

@@ -152,6 +152,7 @@ def animate_command(
         "show": show,
         "solver": sampling.solver,
         "steps": sampling.steps,
+        "time_grid": animation.result.time_grid,
         "nfe": animation.nfe,
         "extra_nfe": animation.extra_nfe,
         "seed": sampling.seed,
@@ -162,6 +163,11 @@ def animate_command(
     else:
         err_console.print(
             f"wrote {out} ({len(animation.frames)} frames of {width}x{height}, {size / 1024:.0f} KB; "
-            f"{sampling.solver}, NFE {animation.nfe} + {animation.extra_nfe} for the pictures)",
+            f"{sampling.solver}{_grid_note(animation.result.time_grid)}, NFE {animation.nfe} + {animation.extra_nfe} "
+            "for the pictures)",
             highlight=False,
         )
+
+
+def _grid_note(label: str) -> str:
+    return ", tuned grid" if label == "tuned" else ""

@@ -126,6 +126,14 @@ def eval_command(
             ),
         ),
     ] = None,
+    grids: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Time grids a sweep compares, e.g. uniform,cosine,tuned (tuned: fm tune's grid, where one exists "
+            "for the setting). \\[default: --time-grid if given, else uniform and tuned]",
+            show_default=False,
+        ),
+    ] = None,
     rtols: Annotated[
         Optional[str],
         typer.Option(help="Tolerances for adaptive solvers in a sweep, e.g. 1e-3,1e-5 (default: --rtol)."),
@@ -153,6 +161,8 @@ def eval_command(
 
       fm eval runs/demo --sweep euler,heun,dopri5 --steps 2,5,10,20 --num 2000 --out sweep/
 
+      fm eval runs/demo --sweep euler --steps 4,8 --grids uniform,cosine,tuned --num 2000  (after fm tune --cfg 1)
+
       fm eval --real --data mnist --num 10000
 
       fm eval runs/student --jumps
@@ -171,6 +181,8 @@ def eval_command(
         raise FMError("--sweep needs --steps, the step counts to compare, e.g. --steps 2,5,10,20")
     if not sweep_solvers and len(step_counts) != 1:
         raise FMError("--steps takes one number (a list only with --sweep)")
+    if grids and not sweep_solvers:
+        raise FMError("--grids is for a sweep (--sweep); use --time-grid for one run")
     solvers = parse_list(sweep_solvers, "--sweep") if sweep_solvers else None
     tolerances = parse_list(rtols, "--rtols", float) if rtols else None
     if real and checkpoint is not None:
@@ -204,7 +216,16 @@ def eval_command(
         if real:
             report = evaluate_real(data, options, progress)
         elif solvers:
-            report = sweep(checkpoint, options, solvers, step_counts, rtols=tolerances, out_dir=out, progress=progress)
+            report = sweep(
+                checkpoint,
+                options,
+                solvers,
+                step_counts,
+                rtols=tolerances,
+                out_dir=out,
+                progress=progress,
+                grids=parse_list(grids, "--grids") if grids else None,
+            )
         else:
             report = evaluate_checkpoint(checkpoint, options, progress)
     if json_output:
@@ -284,7 +305,7 @@ def _print_report(report: dict) -> None:
             "sampling",
             f"{sampling['seconds']:.2f} s",
             str(sampling["num_samples"]),
-            f"{sampling['solver']}, steps {sampling['steps']}, NFE {sampling['nfe']}",
+            f"{sampling['solver']}, steps {sampling['steps']}, {sampling['time_grid']} grid, NFE {sampling['nfe']}",
         )
     extractor = report["extractor"]
     note = f"{extractor['dim']}-d"
@@ -338,12 +359,13 @@ def _print_sweep(report: dict) -> None:
         title_justify="left",
     )
     names = [m for m in ("fid", "kid", "precision", "recall") if any(m in run for run in report["runs"])]
-    for column in ["solver", "steps / rtol", "NFE", "seconds", *names]:
-        table.add_column(column, justify="left" if column == "solver" else "right", no_wrap=True)
+    for column in ["solver", "grid", "steps / rtol", "NFE", "seconds", *names]:
+        table.add_column(column, justify="left" if column in ("solver", "grid") else "right", no_wrap=True)
     for run in report["runs"]:
         budget = f"rtol {run['rtol']:g}" if run["adaptive"] else str(run["steps"])
+        grid = "-" if run["adaptive"] else str(run.get("time_grid"))
         table.add_row(
-            run["solver"], budget, str(run["nfe"]), f"{run['seconds']:.2f}", *[_fmt(run.get(name)) for name in names]
+            run["solver"], grid, budget, str(run["nfe"]), f"{run['seconds']:.2f}", *[_fmt(run.get(n)) for n in names]
         )
     console.print(table)
     for path in report.get("files", []):

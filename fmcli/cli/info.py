@@ -41,4 +41,16 @@ def info_command(
         table.add_row(f"model.{key}", json.dumps(value))
     for key, value in sorted(payload["train_config"].items()):
         table.add_row(f"train.{key}", json.dumps(value))
+    tuned = payload["tuned_grids"]
+    if tuned.get("error"):
+        table.add_row("tuned grids", f"unusable: {tuned['error']}")
+    for grid in tuned["grids"]:  # fm tune's grids, used by default with exactly these settings
+        times = " ".join(f"{t:.3f}" for t in grid["times"])
+        scales = "" if grid["scales"] is None else "; scales " + " ".join(f"{s:.3f}" for s in grid["scales"])
+        error = grid["calibration"].get("error_tuned")
+        what = f"{grid['solver']} {grid['steps']} steps, cfg {grid['cfg']:g}" + (
+            "" if grid["conditional"] else ", unconditional"
+        )
+        note = f" (calibration error {error:.4f})" if isinstance(error, float) else ""
+        table.add_row(f"tuned {what}", f"times {times}{scales}{note}")
     console.print(table)

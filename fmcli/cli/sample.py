@@ -46,6 +46,8 @@ def sample_command(
       fm sample runs/demo --class all --num 100 --nrow 10 --out grid.png
 
       fm sample runs/demo --class 3 --cfg 2 --solver dopri5 --out three.npz
+
+      fm sample runs/demo --class all --solver euler --steps 4 --time-grid tuned --out tuned.png  (after fm tune)
     """
     from fmcli.data.base import to_uint8
     from fmcli.device import resolve_device
@@ -79,6 +81,7 @@ def sample_command(
         "num": num,
         "solver": sampling.solver,
         "steps": sampling.steps,
+        "time_grid": result.time_grid,
         "nfe": result.nfe,
         "seconds": round(result.seconds, 3),
         "images_per_s": round(num / max(result.seconds, 1e-9), 1),
@@ -91,5 +94,7 @@ def sample_command(
         print_json(summary)
     else:
         err_console.print(
-            f"wrote {out} ({num} samples, {sampling.solver}, NFE {result.nfe}, {result.seconds:.2f} s)", highlight=False
+            f"wrote {out} ({num} samples, {sampling.solver}{', tuned grid' if result.time_grid == 'tuned' else ''}, "
+            f"NFE {result.nfe}, {result.seconds:.2f} s)",
+            highlight=False,
         )

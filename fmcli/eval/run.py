@@ -328,6 +328,7 @@ class EvalContext:
             "num_samples": num,
             "solver": sampling.solver_name,
             "steps": sampling.steps,
+            "time_grid": result.time_grid,
             "rtol": sampling.rtol,
             "nfe": result.nfe,
             "seconds": round(result.seconds, 3),

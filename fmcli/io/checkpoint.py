@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     model: nn.Module  # eval mode, on the requested device
     meta: CheckpointMeta
+    path: Path | None = None  # the file it was read from (None: built in memory, e.g. a training preview)
+    weights: str = "ema"  # which weights: ema or raw
 
     @property
     def device(self) -> torch.device:
@@ -159,4 +161,4 @@ def load_checkpoint(path: Path, *, device: str | torch.device = "cpu", weights: 
     tensors, meta = read_checkpoint(path)
     model = build_model(meta.model_config)
     model.load_state_dict(split_prefix(tensors, group))
-    return LoadedModel(model=model.to(device).eval(), meta=meta)
+    return LoadedModel(model=model.to(device).eval(), meta=meta, path=checkpoint_file(Path(path)), weights=weights)

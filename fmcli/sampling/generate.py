@@ -21,6 +21,7 @@ from fmcli.models.embedding import NO_INTERVAL_INPUT
 from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity
 from fmcli.sampling.options import SamplingOptions, resolve_solver
 from fmcli.sampling.solvers.base import needs_interval
+from fmcli.sampling.tuned import TunedSetting, resolve_grid
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SampleResult:
     options: SamplingOptions  # what was used, defaults filled in
     times: Tensor | None = None  # [T] times of the trajectory, if save_at was given
     trajectory: Tensor | None = None  # [T, N, ...] on the CPU
+    time_grid: str = "uniform"  # the grid used: "tuned" (fm tune's, for these settings), a grid name, "explicit"
 
 
 @torch.inference_mode()
@@ -55,7 +57,9 @@ def generate(
     if needs_interval(solver) and not loaded.meta.model_config.get("interval"):
         raise FMError(f"--solver {options.solver_name}: {NO_INTERVAL_INPUT} (use an ODE solver such as heun)")
     device = loaded.device
-    integration = options.integration(save_at)
+    setting = TunedSetting(options.solver_name or "", options.steps or 0, cfg, classes is not None, loaded.weights)
+    grid = resolve_grid(options.time_grid, loaded.path, setting, adaptive=bool(getattr(solver, "adaptive", False)))
+    integration = options.integration(save_at).with_(time_grid=grid.time_grid, step_scales=grid.step_scales)
     velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
     generator = torch.Generator().manual_seed(options.seed)
     outputs, trajectories, nfe, times = [], [], 0, None
@@ -83,6 +87,7 @@ def generate(
         options=options,
         times=times,
         trajectory=torch.cat(trajectories, dim=1) if trajectories else None,
+        time_grid=grid.label,
     )
 
 

@@ -1,6 +1,7 @@
 """What a checkpoint holds, as one dictionary: ``fm info`` prints it, ``fm serve`` shows it, the API returns it.
 
-Reads only the safetensors header, so it is instant on any size, and imports no torch.
+Reads only the safetensors header, so it is instant on any size, and imports no torch. Tuned grids (fm tune)
+are listed from the grid file beside the checkpoint (checked against the checkpoint's content).
 """
 
 import math
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from fmcli.io.header import read_header
 from fmcli.sampling.options import default_sampler
+from fmcli.sampling.tuned import listed_grids
 
 
 def checkpoint_info(path: Path) -> dict:
@@ -29,4 +31,5 @@ def checkpoint_info(path: Path) -> dict:
         "model_config": meta.model_config,
         "label_dropout": meta.label_dropout,
         "train_config": meta.train_config,
+        "tuned_grids": listed_grids(path),
     }

@@ -92,6 +92,11 @@ class Samples:
     def steps(self) -> int:
         return int(self.options.steps or 0)
 
+    @property
+    def time_grid(self) -> str:
+        """The grid used: "tuned" (fm tune's, for these settings), a grid name, or "explicit"."""
+        return self.result.time_grid
+
     def trajectory_images(self) -> np.ndarray:
         """The trajectory of an image model as uint8 [T, N, H, W, C] (what each animation frame shows)."""
         if self.trajectory is None:
@@ -199,7 +204,7 @@ class Model:
         steps: int | None = None,
         cfg: float | None = None,
         seed: int = 0,
-        time_grid: str | Sequence[float] = "uniform",
+        time_grid: str | Sequence[float] | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
         batch_size: int = 500,
@@ -211,7 +216,8 @@ class Model:
         The options are ``fm sample``'s: ``solver`` (a registered name or a Solver object; None: heun, or a
         few-step model's own meanflow), ``steps`` (None: 20, or 4 for meanflow), ``cfg`` (guidance; None: 2 for
         classes on a model trained with label dropout, else 1), ``seed`` (same seed and options, same samples),
-        ``time_grid`` (a grid name or explicit times from 1 to 0), ``rtol``/``atol`` (adaptive solvers) and
+        ``time_grid`` (a grid name, "tuned", or explicit times from 1 to 0; None: the grid ``fm tune`` fitted for
+        exactly these settings if there is one, else uniform; ``samples.time_grid`` says which), ``rtol``/``atol`` and
         ``batch_size``. ``save_at``: times in [0, 1] at which to keep the state (or a number of evenly spaced
         times from 1 to 0), read back as ``samples.times`` and ``samples.trajectory``.
         """
@@ -239,7 +245,7 @@ class Model:
         steps: int | None = None,
         cfg: float | None = None,
         seed: int = 0,
-        time_grid: str | Sequence[float] = "uniform",
+        time_grid: str | Sequence[float] | None = None,
         batch_size: int = 500,
     ) -> Animation:
         """Frames of ONE solve from noise to data, as ``fm animate`` draws them; written to ``out`` (.gif, or a

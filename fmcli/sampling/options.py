@@ -21,6 +21,10 @@ DEFAULT_GUIDANCE = 2.0
 # few-step sampler for models trained with --objective meanflow or distilled.
 FLOW_DEFAULT = ("heun", 20)
 FEW_STEP_DEFAULT = ("meanflow", 4)  # 4 steps: the distilled demo model's FID matches its teacher's heun 20 there
+TUNED = "tuned"  # --time-grid tuned: the grid fm tune fitted for these settings (fmcli.sampling.tuned)
+# Sampling seeds lie below 2**63; fm tune's calibration noise is drawn from seeds at and above it, so a
+# calibration draw can never be a sampling draw (held-out figures stay held out).
+MAX_SEED = 2**63
 
 
 def default_sampler(meta: "CheckpointMeta") -> tuple[str, int]:
@@ -60,9 +64,11 @@ class SamplingOptions:
     # of the caller's own, registered nowhere); None: the checkpoint's default.
     solver: "str | Solver | None" = None
     steps: int | None = None  # steps of a fixed-step solver (NFE = steps x evaluations per step); None: default
-    # Where fixed-step solvers put their steps: a grid name (fmcli.sampling.solvers.grids) or the times
-    # themselves, strictly monotone from 1 to 0 (``steps`` is then their count - 1).
-    time_grid: str | Sequence[float] = "uniform"
+    # Where fixed-step solvers put their steps: a grid name (fmcli.sampling.solvers.grids), "tuned" (the grid
+    # fm tune fitted for exactly these settings), or the times themselves, strictly monotone from 1 to 0
+    # (``steps`` is then their count - 1). None: the tuned grid when one exists for these settings, else uniform
+    # (``generate`` resolves None and "tuned" against the checkpoint).
+    time_grid: str | Sequence[float] | None = None
     rtol: float = 1e-5  # tolerances of adaptive solvers
     atol: float = 1e-5
     cfg: float | None = None  # guidance scale; None: ``default_cfg`` (2 for --class on a model with label dropout)
@@ -74,7 +80,9 @@ class SamplingOptions:
             resolve_solver(self.solver)  # unknown names, objects that are no solver: FMError now
         if self.steps is not None and self.steps < 1:
             raise FMError(f"--steps must be at least 1 (got {self.steps})")
-        if not isinstance(self.time_grid, str):  # explicit times: a tuple (hashable), and the steps they make
+        if self.time_grid is not None and not isinstance(
+            self.time_grid, str
+        ):  # explicit times: a tuple (hashable), and the steps they make
             times = tuple(float(t) for t in self.time_grid)
             if self.steps is not None and self.steps != len(times) - 1:
                 raise FMError(f"steps={self.steps} but the time grid has {len(times) - 1} steps; give one of them")
@@ -83,6 +91,8 @@ class SamplingOptions:
         self.integration()  # the grid and the tolerances are checked where the solvers read them
         if self.cfg is not None and not math.isfinite(self.cfg):
             raise FMError(f"--cfg must be a finite number (got {self.cfg})")
+        if not 0 <= self.seed < MAX_SEED:
+            raise FMError(f"--seed must be in [0, 2**63) (got {self.seed})")
         if self.batch_size < 1:
             raise FMError(f"--batch-size must be at least 1 (got {self.batch_size})")
 
@@ -96,14 +106,17 @@ class SamplingOptions:
         return plain | ({"time_grid": list(self.time_grid)} if isinstance(self.time_grid, tuple) else {})
 
     def integration(self, save_at=None) -> "Integration":
-        """The solver's spec: from t = 1 (noise) to t = 0 (data) with these steps, grid and tolerances."""
+        """The solver's spec: from t = 1 (noise) to t = 0 (data) with these steps, grid and tolerances.
+
+        A tuned grid needs the checkpoint: here "tuned" and None stand for uniform (``generate`` puts the
+        tuned times and scales in place with ``fmcli.sampling.tuned.resolve_grid``)."""
         from fmcli.sampling.solvers.base import Integration
 
         return Integration(
             t_start=1.0,
             t_end=0.0,
             steps=self.steps or FLOW_DEFAULT[1],
-            time_grid=self.time_grid,
+            time_grid="uniform" if self.time_grid in (None, TUNED) else self.time_grid,
             rtol=self.rtol,
             atol=self.atol,
             save_at=None if save_at is None else tuple(save_at),

@@ -5,7 +5,8 @@ A velocity function has the model's signature ``v(x, t, **conditioning)``: ``x``
 and the like) is passed through untouched. ``Integration`` says how to integrate: from ``t_start`` to
 ``t_end`` (sampling 1 -> 0, noise to data; likelihoods 0 -> 1), on which time grid with how many steps
 (fixed-step solvers), with which tolerances (adaptive ones), and at which times to keep the state
-(``save_at``, a trajectory from the same solve). The result counts the model evaluations (NFE).
+(``save_at``, a trajectory from the same solve), and optionally one velocity scale per step (``step_scales``,
+from ``fm tune``; fixed-step solvers only). The result counts the model evaluations (NFE).
 
 ``Solver`` is the base class of every built-in solver and the one to subclass in a plugin: its ``solve``
 checks the integration, counts evaluations, and calls the subclass's ``run(f, x, integration)``. Fixed-step
@@ -36,6 +37,8 @@ class Integration:
 
     ``time_grid`` is a grid name (``fmcli.sampling.solvers.grids``) or the times themselves, a strictly
     monotone sequence from t_start to t_end (a tuned grid); with explicit times ``steps`` is their count - 1.
+    ``step_scales`` (s_1 .. s_K, one per step, positive): every velocity evaluation made during step k is
+    multiplied by s_k (for euler, x_k+1 = x_k + s_k h_k v(x_k, t_k)); None is s_k = 1, the plain solver.
     """
 
     t_start: float = 1.0
@@ -45,6 +48,7 @@ class Integration:
     rtol: float = 1e-5  # tolerances of adaptive solvers
     atol: float = 1e-5
     save_at: tuple[float, ...] | None = None  # times at which to keep the state (a trajectory)
+    step_scales: tuple[float, ...] | None = None  # one velocity scale per step (fm tune), fixed-step solvers only
 
     def __post_init__(self) -> None:
         if not (0.0 <= min(self.t_start, self.t_end) and max(self.t_start, self.t_end) <= 1.0) or (
@@ -73,6 +77,11 @@ class Integration:
             outside = [s for s in self.save_at if not low <= s <= high]
             if outside:
                 raise FMError(f"save_at times {outside} lie outside the integration interval [{low}, {high}]")
+        if self.step_scales is not None:
+            scales = tuple(float(s) for s in self.step_scales)
+            object.__setattr__(self, "step_scales", scales)
+            if len(scales) != self.steps or not all(math.isfinite(s) and s > 0 for s in scales):
+                raise FMError(f"step_scales must be {self.steps} positive numbers, one per step (got {list(scales)})")
 
     def grid(self) -> list[float]:
         """The steps + 1 times of a fixed-step solve, t_start first and t_end last (exact)."""
@@ -150,12 +159,15 @@ class Solver:
     order: int | None = None  # order of accuracy (None if not meaningful)
     evals_per_step: int | None = None  # NFE per step of fixed-step solvers
     needs_interval: bool = False  # calls f(x, t, r=r): only for models with MeanFlow's interval input
+    applies_step_scales: bool = False  # honours Integration.step_scales (FixedStepSolver does)
 
     def solve(
         self, velocity: VelocityFn, x: Tensor, integration: Integration, conditioning: dict[str, Any] | None = None
     ) -> SolveResult:
         """Integrate dx/dt = velocity(x, t, **conditioning) as ``integration`` says; the one solver call."""
         self.check(integration)
+        if integration.step_scales is not None and not self.applies_step_scales:
+            raise FMError(f"solver {self.name!r} cannot apply per-step scales (a tuned grid's): use a fixed-step one")
         f = CountingVelocity(velocity, conditioning)
         final, times, trajectory = self.run(f, x, integration)
         return SolveResult(x=final, nfe=f.nfe, times=times, trajectory=trajectory)

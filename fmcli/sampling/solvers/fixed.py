@@ -15,6 +15,10 @@ change the answer). The state at a requested time is interpolated linearly in t 
 the two grid states around it: exact at grid times (and at t_start and t_end), and exact
 anywhere on a straight path, which is what flow matching learns; costs no extra evaluation.
 Saved states are kept on the CPU.
+
+Per-step scales (``Integration.step_scales``, fitted by ``fm tune``): every velocity evaluation made while
+computing step k is multiplied by s_k, so euler's step becomes x + s_k h f(x, t). The solvers themselves
+never see the scales: ``steps_on_grid`` hands their ``step``/``integrate`` a scaled f.
 """
 
 from collections.abc import Callable, Iterator
@@ -56,12 +60,26 @@ class LinearTrajectory:
         return times, torch.stack(self.states) if self.states else None
 
 
+class StepScaledVelocity:
+    """f(x, t, ...) with every evaluation multiplied by the scale of the current step (``step``, set by the
+    caller between steps); with no scales, f itself. Scales may be floats or 0-dim tensors (fm tune's fit)."""
+
+    def __init__(self, f: StepFn, scales):
+        self.f, self.scales, self.step = f, scales, 0
+
+    def __call__(self, x: Tensor, t, **kwargs) -> Tensor:
+        v = self.f(x, t, **kwargs)
+        return v if self.scales is None else v * self.scales[self.step]
+
+
 class FixedStepSolver(Solver):
     """Base class: integrate on a time grid, one ``step`` per grid interval.
 
     Subclasses define ``step`` (one-step methods) or override ``integrate`` (multistep methods,
     like the Adams-Bashforth plugin) and set name, description, order, evals_per_step.
     """
+
+    applies_step_scales = True
 
     def step(self, f: StepFn, x: Tensor, t: float, h: float) -> Tensor:
         raise NotImplementedError
@@ -72,12 +90,24 @@ class FixedStepSolver(Solver):
             x = self.step(f, x, t, t_next - t)
             yield x
 
+    def steps_on_grid(self, f: StepFn, x: Tensor, grid: list, scales=None) -> Iterator[Tensor]:
+        """``integrate`` with step k's velocity evaluations scaled by scales[k] (None: unscaled).
+
+        A generator runs step k's evaluations between its (k-1)-th and k-th yield, so the scale is switched
+        right after each yield. Times and scales may be tensors: fm tune differentiates through this.
+        """
+        scaled = StepScaledVelocity(f, scales)
+        for k, state in enumerate(self.integrate(scaled, x, grid)):
+            yield state
+            scaled.step = k + 1
+
     def run(self, f: CountingVelocity, x: Tensor, integration: Integration):
         """``integration.steps`` steps on its time grid (rtol/atol unused); save_at states interpolated."""
         grid = integration.grid()
         trajectory = LinearTrajectory(integration.save_times())
         t_prev, x_prev = grid[0], x
-        for t_next, x_next in zip(grid[1:], self.integrate(f, x, grid), strict=True):
+        states = self.steps_on_grid(f, x, grid, integration.step_scales)
+        for t_next, x_next in zip(grid[1:], states, strict=True):
             trajectory.segment(t_prev, x_prev, t_next, x_next)
             t_prev, x_prev = t_next, x_next
         return (x_prev, *trajectory.result())
