@@ -96,7 +96,7 @@ def test_the_student_starts_as_its_teacher_and_records_what_it_distilled(teacher
     --class` gives the teacher), so the student samples at cfg 1 by default."""
     from fmcli.training.distill import distill_overrides
 
-    overrides = distill_overrides(teacher, {"out": str(tmp_path / "student"), "steps": 1, "lr": 1e-12})
+    overrides = distill_overrides(teacher, {"out": str(tmp_path / "student"), "steps": 1, "lr": 1e-12, "pool": 0})
     assert overrides["train_cfg"] == 2.0 and overrides["objective"] == "meanflow"
     student = train(overrides | {"warmup_steps": 1, "ema_decay": 0.0})
     reference = load_checkpoint(teacher)
@@ -133,7 +133,7 @@ def test_distilling_takes_the_teachers_velocity_as_the_target(teacher, tmp_path,
     from fmcli.sampling.guidance import guided_velocity
     from fmcli.training.distill import distill_overrides
 
-    train(distill_overrides(teacher, {"out": str(tmp_path / "s"), "steps": 1, "batch_size": 8}))
+    train(distill_overrides(teacher, {"out": str(tmp_path / "s"), "steps": 1, "batch_size": 8, "pool": 0}))
     x0, x1, t, velocity, y = seen[0]
     model = load_checkpoint(teacher).model
     expected = guided_velocity(model, 2.0, 10)(interpolate(x0, x1, t), t, y)
@@ -154,7 +154,7 @@ def test_a_meanflow_run_resumes_bit_for_bit(tmp_path):
 def test_a_distillation_resumes_bit_for_bit(teacher, tmp_path):
     from fmcli.training.distill import distill_overrides
 
-    common = {"batch_size": 8, "lr_schedule": "constant", "warmup_steps": 1}
+    common = {"batch_size": 8, "lr_schedule": "constant", "warmup_steps": 1, "pool": 16}  # the pool is rebuilt
     whole = train(distill_overrides(teacher, {"out": str(tmp_path / "whole"), "steps": 4}) | common)
     train(distill_overrides(teacher, {"out": str(tmp_path / "half"), "steps": 2}) | common)
     result = fm("distill", "--resume", tmp_path / "half", "--steps", "4")

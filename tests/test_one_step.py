@@ -68,13 +68,30 @@ def test_a_fresh_student_jumps_exactly_like_its_teachers_euler_step(tmp_path):
 def test_distillation_logs_the_jump_errors(tmp_path):
     teacher = train({"data": "mnist-mini", "model": TINY_UNET, "steps": 2, "batch_size": 8, "warmup_steps": 1,
                      "sample_every": 0, "out": str(tmp_path / "t")}).checkpoint  # fmt: skip
-    result = fm("distill", teacher, "--steps", "4", "--batch-size", "8", "--diagnose-every", "2",
+    result = fm("distill", teacher, "--steps", "4", "--batch-size", "8", "--diagnose-every", "2", "--pool", "16",
                 "--out", tmp_path / "s")  # fmt: skip
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     jumps = [r for r in records if "jumps/jump_0" in r]
     assert [r["step"] for r in jumps] == [2, 4]
     assert all(r["jumps/euler_0"] > 0 and r["jumps/grid_4"] > 0 for r in jumps)
+
+
+def test_distillation_defaults_to_the_pool_alone_and_trains_as_long_as_its_cost_allows(tmp_path):
+    """The measured default (bench/one_step.py): a pool of 1,000 solves, every row from it, 70% of the teacher's
+    steps; without the pool (the identity's jvp and the teacher in every step) 30%, so distill never outlasts the
+    teacher's training. The user's options win."""
+    from fmcli.training.distill import distill_overrides
+
+    teacher = train({"data": "mnist-mini", "model": TINY_UNET, "steps": 10, "batch_size": 8, "warmup_steps": 1,
+                     "sample_every": 0, "out": str(tmp_path / "t")}).checkpoint  # fmt: skip
+    pooled = distill_overrides(teacher, {})
+    assert (pooled["pool"], pooled["pool_fraction"], pooled["steps"]) == (1000, 1.0, 7)
+    identity = distill_overrides(teacher, {"pool": 0})
+    assert identity["pool"] == 0 and identity["steps"] == 3
+    mixed = distill_overrides(teacher, {"pool_fraction": 0.5})
+    assert mixed["pool"] == 1000 and mixed["steps"] == 3
+    assert distill_overrides(teacher, {"steps": 50})["steps"] == 50
 
 
 def test_fm_eval_reports_the_jumps_of_a_student_and_refuses_a_flow_model(tmp_path):
@@ -84,7 +101,7 @@ def test_fm_eval_reports_the_jumps_of_a_student_and_refuses_a_flow_model(tmp_pat
     teacher = train({"data": "mnist-mini", "model": TINY_UNET, "steps": 2, "batch_size": 8, "warmup_steps": 1,
                      "sample_every": 0, "out": str(tmp_path / "t")}).checkpoint  # fmt: skip
     done = fm("distill", teacher, "--steps", "1", "--batch-size", "8", "--lr", "1e-12", "--train-cfg", "1",
-              "--out", tmp_path / "s")  # fmt: skip
+              "--pool", "16", "--out", tmp_path / "s")  # fmt: skip
     assert done.exit_code == 0, done.output
     report = json.loads(fm("eval", tmp_path / "s", "--jumps", "--jump-samples", "10", "--json").output)
     assert report["reference"].startswith("teacher") and report["num_samples"] == 10

@@ -25,12 +25,14 @@ FROM_THE_TEACHER = (
     "compile",
 )
 DEFAULTS = {
-    "steps": "30% of the teacher's steps",
+    "steps": "70% of the teacher's steps with the pool alone, else 30%: no longer than the teacher's training",
+    "pool": "1000",
+    "pool_fraction": "1.0 (every row from the pool)",
     "batch_size": "the teacher's",
     "lr": "5e-4",
     "warmup_steps": "20",
     "sample_every": "0",
-    "diagnose_every": "100",
+    "diagnose_every": "250",
     "train_cfg": "the teacher's sampling guidance (2 with label dropout, else 1)",
 }
 

@@ -150,7 +150,7 @@ class TrainConfig:
         0,
         "Log diagnostics every N steps (metrics.jsonl, TensorBoard): for few-step models the error of the one-step "
         "jumps from t = 1 against the flow, beside a single Euler step's; 0: never.",
-        default_text="0; 100 for fm distill",
+        default_text="0; 250 for fm distill",
     )
     # model overrides (empty: the preset for the data); the command line sets them through MODEL_OPTIONS
     model: dict = option(factory=dict, help="Model config overrides, e.g. {base_channels = 16}.", cli=False)

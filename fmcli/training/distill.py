@@ -13,12 +13,17 @@ from fmcli.errors import FMError
 from fmcli.io.checkpoint import checkpoint_file, read_header
 from fmcli.training.config import LENGTH_KEYS
 
-# A distillation step costs 2.2x (batch 64) to 2.9x (batch 16, the demo's) a step of the teacher's
-# training on the CPU (the jvp on the quarter of the batch with r < t, and the guided teacher's two
-# evaluations), so 30% of the teacher's steps take at most about 90% of its training time: `fm distill`
-# takes no longer than the teacher did.
-DISTILL_STEP_SHARE = 0.3
-DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0, "diagnose_every": 100}
+# The default, chosen by bench/one_step.py (equal wall time, fm eval FID / recall / accuracy at 1, 2 and 4 steps):
+# a pool of 1,000 teacher solves and every batch regressed on its exact jumps. Against the MeanFlow identity alone,
+# one step went from FID 408 (the class means) to 21.8, below the teacher's heun-20 23.0.
+DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0, "diagnose_every": 250, "pool": 1000,
+                    "pool_fraction": 1.0}  # fmt: skip
+# How long the student trains, as a share of the teacher's steps, so that fm distill takes no longer than the
+# teacher's training did. A pool step (one forward and backward pass, no jvp, no teacher) costs about a teacher
+# step (0.145 against 0.149 s on 2 cores at the demo's batch 16) and the pool of 1,000 about 27% of the demo's
+# training: 70% of its steps leave room for it. With the identity's jvp and the teacher in every step (no pool
+# share), a step costs 2.2x (batch 64) to 2.9x (batch 16) a teacher step: 30%.
+POOL_STEP_SHARE, IDENTITY_STEP_SHARE = 0.7, 0.3
 DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional", "hflip")
 
 
@@ -38,7 +43,9 @@ def distill_overrides(teacher: Path, options: dict) -> dict:
     overrides |= {"label_dropout": meta.label_dropout, "objective": "meanflow", "teacher": str(path),
                   "train_cfg": guidance}  # fmt: skip
     teacher_steps = int(meta.extra.get("total_steps") or meta.step or 1)
-    defaults = DISTILL_DEFAULTS | {"steps": max(1, round(DISTILL_STEP_SHARE * teacher_steps)),
+    pooled = (given.get("pool", DISTILL_DEFAULTS["pool"]) or 0) > 0
+    share = POOL_STEP_SHARE if pooled and given.get("pool_fraction", 1.0) == 1.0 else IDENTITY_STEP_SHARE
+    defaults = DISTILL_DEFAULTS | {"steps": max(1, round(share * teacher_steps)),
                                    "batch_size": trained.get("batch_size", 64)}  # fmt: skip
     overrides |= {key: value for key, value in defaults.items() if key not in given}
     return overrides | given

@@ -155,14 +155,17 @@ class MeanFlow(Objective):
         average = guided_velocity(net, 1.0, num_classes)
         if isinstance(self.target, TeacherVelocity):
             if self._diagnostics is None:
-                self._diagnostics = jump_reference(self.target.guided, noise.to(device), labels)
+                self._diagnostics = jump_reference(self.target.guided, noise.to(device), labels, rtol=DIAGNOSTIC_RTOL)
             reference = self._diagnostics
         else:
-            reference = jump_reference(average, noise.to(device), labels)
+            reference = jump_reference(average, noise.to(device), labels, rtol=DIAGNOSTIC_RTOL)
         return {f"jumps/{name}": value for name, value in jump_errors(average, reference).items()}
 
 
 DIAGNOSTIC_DRAWS = 64
+# dopri5's tolerance for the reference: 1e-4 lands within 0.004 of a 1e-5 solve at r = 0 (0.0003 at 0.9), far below
+# the jump errors it judges, in 110 teacher evaluations instead of 266 (the demo model, guided, 64 draws).
+DIAGNOSTIC_RTOL = 1e-4
 
 
 def _take(conditioning: dict, index: Tensor, batch_size: int) -> dict:
