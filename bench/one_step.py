@@ -25,16 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = {  # name -> fm distill options
-    "0.2 default (interval scale 1000)": "--interval-scale 1000",
-    "unit interval scale": "--interval-scale 1",
+VARIANTS = {  # name -> fm distill options (0.2's distill options before the pool became the default: --pool 0)
+    "0.2 default (interval scale 1000)": "--pool 0 --interval-scale 1000",
+    "unit interval scale": "--pool 0 --interval-scale 1",
     "pool 1000, half of each batch": "--pool 1000 --pool-fraction 0.5",
     "pool 1000 alone": "--pool 1000 --pool-fraction 1.0",
     "pool 2000 alone": "--pool 2000 --pool-fraction 1.0",
-    "pool 1000 alone, lr 2e-3": "--pool 1000 --pool-fraction 1.0 --lr 2e-3",
-    "pool 1000 alone, plain L2": "--pool 1000 --pool-fraction 1.0 --weighting-power 0",
-    "pool 2000 of euler 4, alone": "--pool 2000 --pool-fraction 1.0 --pool-solver euler --pool-steps 4",
-    "pool 4000 of euler 4, alone": "--pool 4000 --pool-fraction 1.0 --pool-solver euler --pool-steps 4",
 }
 
 

@@ -25,7 +25,7 @@ FROM_THE_TEACHER = (
     "compile",
 )
 DEFAULTS = {
-    "steps": "70% of the teacher's steps with the pool alone, else 30%: no longer than the teacher's training",
+    "steps": "60% of the teacher's steps with the pool alone, else 30%: no longer than the teacher's training",
     "pool": "1000",
     "pool_fraction": "1.0 (every row from the pool)",
     "batch_size": "the teacher's",

@@ -19,11 +19,11 @@ from fmcli.training.config import LENGTH_KEYS
 DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0, "diagnose_every": 250, "pool": 1000,
                     "pool_fraction": 1.0}  # fmt: skip
 # How long the student trains, as a share of the teacher's steps, so that fm distill takes no longer than the
-# teacher's training did. A pool step (one forward and backward pass, no jvp, no teacher) costs about a teacher
-# step (0.145 against 0.149 s on 2 cores at the demo's batch 16) and the pool of 1,000 about 27% of the demo's
-# training: 70% of its steps leave room for it. With the identity's jvp and the teacher in every step (no pool
-# share), a step costs 2.2x (batch 64) to 2.9x (batch 16) a teacher step: 30%.
-POOL_STEP_SHARE, IDENTITY_STEP_SHARE = 0.7, 0.3
+# teacher's training did. Measured on the demo (bench/one_step.py's scorer, 2 idle cores, the teacher's training
+# 239 s): 55% took 214 s (one step FID 35.8), 60% 229 s (30.8), 70% 269 s (25.3). With the identity's jvp and the
+# teacher in every step (no pool share), a step costs 2.2x (batch 64) to 2.9x (batch 16) a teacher step: 30%.
+POOL_STEP_SHARE, IDENTITY_STEP_SHARE = 0.6, 0.3
+
 DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional", "hflip")
 
 
