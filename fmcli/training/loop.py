@@ -95,8 +95,8 @@ class Trainer:
         self.num_classes = self.data.num_classes if (config.conditional and self.data.labels is not None) else 0
         self.data_meta = data_description(self.data, self.num_classes)
         self.teacher = load_teacher(config, self.data, self.num_classes, device)
+        check_training_guidance(config, self.num_classes, self.teacher)  # before a teacher pool is solved
         self.objective = make_objective(config, self.num_classes, self.teacher, self.data.shape)
-        check_training_guidance(config, self.num_classes, self.teacher)
         self.state, self.last_good = self._state(resume_from)
         self.forward_model = wrap_for_forward(self.state.model, self.objective, config, dist, device)
         self.total_steps = planned_steps(config, self.state.step, len(self.data), UNPLANNED)
