@@ -44,7 +44,11 @@ def distill_overrides(teacher: Path, options: dict) -> dict:
                   "train_cfg": guidance}  # fmt: skip
     teacher_steps = int(meta.extra.get("total_steps") or meta.step or 1)
     pooled = (given.get("pool", DISTILL_DEFAULTS["pool"]) or 0) > 0
-    share = POOL_STEP_SHARE if pooled and given.get("pool_fraction", 1.0) == 1.0 else IDENTITY_STEP_SHARE
+    share = (
+        POOL_STEP_SHARE
+        if pooled and given.get("pool_fraction", DISTILL_DEFAULTS["pool_fraction"]) == 1.0
+        else IDENTITY_STEP_SHARE
+    )
     defaults = DISTILL_DEFAULTS | {"steps": max(1, round(share * teacher_steps)),
                                    "batch_size": trained.get("batch_size", 64)}  # fmt: skip
     overrides |= {key: value for key, value in defaults.items() if key not in given}
