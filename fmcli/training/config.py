@@ -77,12 +77,12 @@ class TrainConfig:
     batch_size: int = option(
         128,
         "Global batch per optimizer step (split across GPUs and --grad-accum).",
-        default_text="per data set and device, as measured: mnist-mini 16; image folders and mnist have a CPU and a "
-        "GPU default (config.json records the choice and why); else 128",
+        default_text="per data set and device, as measured: mnist-mini 16; image folders 32 on a CPU, 128 on a GPU; "
+        "mnist 16 on a CPU, 128 on a GPU (config.json records the choice and why); else 128",
     )
     # optimisation
     lr: float = option(
-        2e-3, "Peak learning rate of AdamW.", default_text="2e-3; image folders and mnist: per device, as --batch-size"
+        2e-3, "Peak learning rate of AdamW.", default_text="2e-3; image folders: 1e-3 on a CPU, 2e-4 on a GPU"
     )
     weight_decay: float = option(0.0, "AdamW weight decay.")
     warmup_steps: int | None = option(
@@ -307,7 +307,11 @@ def dataset_defaults(data: str) -> tuple[dict, str]:
 # chosen"). GPU: not measured by fm (no GPU was lent); the batch and learning rate of published recipes for
 # U-Nets of the CUDA presets' size (DDPM's CIFAR-10 network, TorchCFM's CIFAR-10 example: batch 128, lr 2e-4).
 DEVICE_DEFAULTS = {
-    ("folder", "cpu"): ({"batch_size": 128, "lr": 2e-3}, "CPU default for image folders (bench/demo_search.py --rgb)"),
+    ("folder", "cpu"): (
+        {"batch_size": 32, "lr": 1e-3},
+        "CPU default for image folders: batch 32 at lr 1e-3 with the 16-channel preset won the RGB search "
+        "(bench/demo_search.py --rgb, README 'How the CPU defaults for image folders were chosen')",
+    ),  # fmt: skip
     ("folder", "gpu"): (
         {"batch_size": 128, "lr": 2e-4},
         "GPU default for image folders: DDPM/TorchCFM CIFAR-10 recipe (not measured by fm)",
