@@ -207,7 +207,7 @@ def test_registry_round_trip_config_to_identical_model():
     "kind, shape", [("image", (1, 28, 28)), ("image", (3, 32, 32)), ("image", (3, 64, 64)), ("points", (2,))]
 )
 def test_default_configs_build_and_learn(kind, shape):
-    """The preset of each size builds from its config alone and learns: a few AdamW steps on one batch lower the
+    """The preset of each size builds from its config alone and learns: 8 AdamW steps on one batch lower the
     flow-matching loss (a preset whose conditioning or skips were miswired could still return the right shape)."""
     from fmcli.models import build_model
 
@@ -219,7 +219,7 @@ def test_default_configs_build_and_learn(kind, shape):
     t, y = torch.rand(4), torch.tensor([0, 3, 9, 10])
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(8):
         loss = flow_matching_loss(model, x0, x1, t, y=y)
         optimizer.zero_grad()
         loss.backward()
