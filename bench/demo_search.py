@@ -94,6 +94,10 @@ RGB_CANDIDATES = {
     "batch 32, lr 5e-4, logit-normal t": f"{PRESET_32} --batch-size 32 --lr 5e-4 --time-sampling logit-normal".split(),
     # round 3: around the winner of round 2 (16 channels at the top: 2.4x the images per second)
     "batch 32, base 16, lr 1e-3, logit-normal t": f"{BASE_16} --batch-size 32 --lr 1e-3 --time-sampling logit-normal".split(),  # noqa: E501
+    "batch 32, base 16, lr 1e-3, EMA 0.99": f"{BASE_16} --batch-size 32 --lr 1e-3 --ema-decay 0.99".split(),
+    "batch 32, base 16, lr 1e-3, no hflip": f"{BASE_16} --batch-size 32 --lr 1e-3 --no-hflip".split(),
+    "batch 32, base 16, lr 1e-3, no attention": f"{BASE_16} --batch-size 32 --lr 1e-3 --attention none".split(),
+    "batch 32, base 16, lr 1e-3, 2 res blocks": "--base-channels 16 --channel-mults 1,2,2,2 --res-blocks 2 --attention 8 --batch-size 32 --lr 1e-3".split(),  # noqa: E501
 }
 
 
