@@ -77,7 +77,7 @@ RGB_CANDIDATES = {
     "batch 32": f"{PRESET_32} --batch-size 32".split(),
     "batch 16": f"{PRESET_32} --batch-size 16".split(),
     "batch 8": f"{PRESET_32} --batch-size 8".split(),
-    "batch 32, base 16": "--base-channels 16 --channel-mults 1,2,2,2 --res-blocks 1 --attention 8 --batch-size 32".split(),  # noqa: E501
+    "batch 32, base 16": f"{BASE_16} --batch-size 32".split(),
     "batch 32, base 48": "--base-channels 48 --channel-mults 1,2,2,2 --res-blocks 1 --attention 8 --batch-size 32".split(),  # noqa: E501
     "batch 32, 3 levels 1,2,4": "--base-channels 32 --channel-mults 1,2,4 --res-blocks 1 --attention 8 --batch-size 32".split(),  # noqa: E501
     "batch 32, 2 res blocks": "--base-channels 32 --channel-mults 1,2,2,2 --res-blocks 2 --attention 8 --batch-size 32".split(),  # noqa: E501
@@ -90,7 +90,7 @@ RGB_CANDIDATES = {
     "batch 32, no hflip": f"{PRESET_32} --batch-size 32 --no-hflip".split(),
     # round 2: lower learning rates won round 1 at batch 32; the batch again at a lower rate, and a narrower net
     "batch 128, lr 1e-3": f"{PRESET_32} --batch-size 128 --lr 1e-3".split(),
-    "batch 32, base 16, lr 1e-3": "--base-channels 16 --channel-mults 1,2,2,2 --res-blocks 1 --attention 8 --batch-size 32 --lr 1e-3".split(),  # noqa: E501
+    "batch 32, base 16, lr 1e-3": f"{BASE_16} --batch-size 32 --lr 1e-3".split(),
     "batch 32, lr 5e-4, logit-normal t": f"{PRESET_32} --batch-size 32 --lr 5e-4 --time-sampling logit-normal".split(),
     # round 3: around the winner of round 2 (16 channels at the top: 2.4x the images per second)
     "batch 32, base 16, lr 1e-3, logit-normal t": f"{BASE_16} --batch-size 32 --lr 1e-3 --time-sampling logit-normal".split(),  # noqa: E501

@@ -45,6 +45,9 @@ def main() -> int:
     parser.add_argument("--scores", default="unguided,guided", help="unguided (cfg 1), guided (fm sample's default)")
     parser.add_argument("train_options", nargs="*", help="extra fm train options (after --)")
     args = parser.parse_args()
+    scores = args.scores.split(",")
+    if not set(scores) <= {"unguided", "guided"}:
+        parser.error(f"--scores takes unguided and/or guided, not {args.scores!r}")
     from fmcli.cli.memory import keep_freed_memory
     from fmcli.training.budget import parse_duration
 
@@ -56,15 +59,18 @@ def main() -> int:
         subprocess.run([sys.executable, str(script), str(folder), "--size", str(args.size)], check=True)
     train, extra = str(folder / "train"), ["--image-size", str(args.size), *args.train_options]
     run = args.out / "runs" / slug(args.name)
-    length = ["--max-time", args.budget]
     entry: dict = {"options": args.train_options, "protocol": args.protocol, "budget": args.budget}
-    if args.protocol == "steps":
-        speed = measure_speed(args.name, train, extra, [], args.out)
-        entry["speed"] = speed
-        length = ["--steps", str(int((parse_duration(args.budget) - speed["startup"]) / speed["seconds_per_step"]))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
     timing = run / "train_seconds.json"
     if not (run / "last.safetensors").exists():
+        if args.phase == "score":
+            parser.error(f"--phase score: no trained run at {run}")
+        length = ["--max-time", args.budget]
+        if args.protocol == "steps":  # the speed only matters to a run still to train
+            speed = measure_speed(args.name, train, extra, [], args.out)
+            entry["speed"] = speed
+            steps = int((parse_duration(args.budget) - speed["startup"]) / speed["seconds_per_step"])
+            length = ["--steps", str(steps)]
         start = time.perf_counter()
         command = (
             ["train", "--resume", str(run)]
@@ -80,13 +86,13 @@ def main() -> int:
     entry.update(steps=config["steps"], batch_size=config["batch_size"], lr=config["lr"],
                  warmup_steps=config["warmup_steps"], decisions=config.get("decisions"))  # fmt: skip
     data = register_shapes(folder, args.size)
-    for how in args.scores.split(","):
+    for how in scores:
         entry[how] = score(run, data, args.num, None, "classifier", cfg=1.0 if how == "unguided" else None)
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results[args.name] = results.get(args.name, {}) | entry
     path.write_text(json.dumps(results, indent=2))
-    for how in args.scores.split(","):
+    for how in scores:
         got = entry[how]
         print(f"{args.name}, {how} (cfg {got['cfg']}): FID {got['fid']:.1f}, KID {got['kid']:.2f}, "
               f"accuracy {got['accuracy']:.3f}, per class {got['per_class']}")  # fmt: skip

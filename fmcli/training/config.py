@@ -303,9 +303,10 @@ def dataset_defaults(data: str) -> tuple[dict, str]:
 
 
 # Batch size and learning rate of image folders and full MNIST, per device. CPU: the winner of the RGB search
-# (bench/demo_search.py --rgb: FID and accuracy after 10 minutes of 2 cores; README "How the CPU defaults were
-# chosen"). GPU: not measured by fm (no GPU was lent); the batch and learning rate of published recipes for
-# U-Nets of the CUDA presets' size (DDPM's CIFAR-10 network, TorchCFM's CIFAR-10 example: batch 128, lr 2e-4).
+# (bench/demo_search.py --rgb: FID and accuracy after 10 minutes of 2 cores; README "How the CPU defaults for
+# image folders were chosen"). GPU: not measured by fm (no GPU was lent); the batch and learning rate of published
+# recipes for U-Nets of the CUDA presets' size (DDPM's CIFAR-10 network, TorchCFM's CIFAR-10 example: batch 128,
+# lr 2e-4).
 DEVICE_DEFAULTS = {
     ("folder", "cpu"): (
         {"batch_size": 32, "lr": 1e-3},
