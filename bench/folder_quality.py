@@ -8,8 +8,8 @@ Writes the procedural folder of coloured shapes (bench/procedural.py, 5,000 trai
 classes) at --size, trains `fm train FOLDER/train --image-size SIZE` with fm's defaults plus any options after
 `--`, and scores the model with fm eval against the test split (heun 20, 1,000 samples, equal per class, the
 same seed; features and accuracy from fm's classifier extractor trained on the train split): once without
-guidance (cfg 1) and once with `fm sample --class K`'s default guidance. Results: OUT/results.json, one entry
-per --name.
+guidance (cfg 1) and once with `fm sample --class K`'s default guidance, or at the scales --scores names
+(cfg:1.5). Results: OUT/results.json, one entry per --name.
 
 The wall time reaches the run in one of two ways, as in bench/demo_search.py:
 
@@ -20,6 +20,7 @@ The wall time reaches the run in one of two ways, as in bench/demo_search.py:
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,12 +43,15 @@ def main() -> int:
     parser.add_argument("--num", type=int, default=1000, help="samples per score")
     parser.add_argument("--phase", choices=("all", "train", "score"), default="all",
                         help="train only (alone on the machine), score only, or both")  # fmt: skip
-    parser.add_argument("--scores", default="unguided,guided", help="unguided (cfg 1), guided (fm sample's default)")
+    parser.add_argument("--scores", default="unguided,guided",
+                        help="unguided (cfg 1), guided (fm sample's default), cfg:X (guidance scale X)")  # fmt: skip
     parser.add_argument("train_options", nargs="*", help="extra fm train options (after --)")
     args = parser.parse_args()
     scores = args.scores.split(",")
-    if not set(scores) <= {"unguided", "guided"}:
-        parser.error(f"--scores takes unguided and/or guided, not {args.scores!r}")
+    try:
+        scales = {how: guidance_scale(how) for how in scores}
+    except ValueError:
+        parser.error(f"--scores takes unguided, guided and cfg:X (X a number), not {args.scores!r}")
     from fmcli.cli.memory import keep_freed_memory
     from fmcli.training.budget import parse_duration
 
@@ -87,7 +91,7 @@ def main() -> int:
                  warmup_steps=config["warmup_steps"], decisions=config.get("decisions"))  # fmt: skip
     data = register_shapes(folder, args.size)
     for how in scores:
-        entry[how] = score(run, data, args.num, None, "classifier", cfg=1.0 if how == "unguided" else None)
+        entry[how] = score(run, data, args.num, None, "classifier", cfg=scales[how])
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results[args.name] = results.get(args.name, {}) | entry
@@ -97,6 +101,16 @@ def main() -> int:
         print(f"{args.name}, {how} (cfg {got['cfg']}): FID {got['fid']:.1f}, KID {got['kid']:.2f}, "
               f"accuracy {got['accuracy']:.3f}, per class {got['per_class']}")  # fmt: skip
     return 0
+
+
+def guidance_scale(how: str) -> float | None:
+    """The cfg a --scores item asks for: unguided 1, guided None (fm sample's default), cfg:X X."""
+    if how in ("unguided", "guided"):
+        return 1.0 if how == "unguided" else None
+    name, _, value = how.partition(":")
+    if name != "cfg" or not math.isfinite(float(value)):
+        raise ValueError(how)
+    return float(value)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,23 @@ def test_folder_scale_smoke(tmp_path):
     assert [row["what"].split(",")[0] for row in report["rows"]][:3] == ["decode"] * 3
     assert all(row["images_per_s"] > 0 for row in report["rows"])
     assert len(list((tmp_path / "folder-scale-cache" / "folders").glob("*.fmc"))) == 1  # the user's cache untouched
+
+
+def test_folder_quality_guidance_scales(tmp_path):
+    """--scores names guidance scales as cfg:X; anything else stops in one argparse line, nothing written."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from folder_quality import guidance_scale
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert [guidance_scale(how) for how in ("unguided", "guided", "cfg:1.5")] == [1.0, None, 1.5]
+    out = tmp_path / "out"
+    for bad in ("cfg:abc", "cfg:nan", "strong"):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "folder_quality.py"), "--scores", bad, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2 and "--scores takes" in result.stderr.splitlines()[-1]
+        assert not out.exists()
