@@ -97,8 +97,8 @@ class TrainConfig:
     label_dropout: float = option(0.1, "Probability of training a label as the null class; enables `fm sample --cfg`.")
     time_sampling: str = option(
         "uniform",
-        "Training times t: uniform or logit-normal (on colour folders: better FID, but sample with --cfg 1.25-1.5, "
-        "not the default 2; README 'How the CPU defaults for image folders were chosen').",
+        "Training times t: uniform or logit-normal (the best FID of the RGB search, sampled with --cfg 1.25-1.5 "
+        "rather than the default 2; README 'How the CPU defaults for image folders were chosen').",
         default_text="uniform; logit-normal for --objective meanflow",
     )
     time_mean: float = option(0.0, "Mean of the logit-normal time distribution.", default_text="0; -0.4 for meanflow")
