@@ -4,11 +4,17 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ["FM_LOAD_PLUGINS"] = ""  # before fmcli.plugins loads: built-ins only
 os.environ.setdefault("FM_CACHE_DIR", str(Path(__file__).parent / ".cache"))
-torch.set_num_threads(1)  # tiny test models: a second OpenMP thread only adds overhead
+# Tiny test models: a second OpenMP thread only adds overhead. Set before torch loads (torch follows it) and read by
+# fm's thread rule as the user's choice, so no test's timing depends on what else the machine is doing; the
+# subprocesses tests start inherit it. tests/test_threads.py tests the rule itself.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 

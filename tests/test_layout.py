@@ -19,6 +19,7 @@ PACKAGE = REPO / "fmcli"
 RANKS = {
     "errors": 0, "specs": 0, "hookspecs": 0,
     "device": 1, "plugins": 1, "builtins": 1,  # builtins name their implementations as strings, never import them
+    "runtime": 1,  # the machine as it is (cores, load, memory) and the thread count
     "registry": 2,
     "models": 3,
     "flow": 4, "io": 4,

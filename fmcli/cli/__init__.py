@@ -52,4 +52,7 @@ def main() -> None:
     from fmcli.cli.memory import keep_freed_memory
 
     keep_freed_memory()  # ctypes only, no torch: the CPU computes instead of faulting in fresh pages
+    from fmcli.runtime.threads import mark_start
+
+    mark_start()  # the CPU counters now: the thread count is chosen from the load seen while torch imports
     app()

@@ -113,6 +113,30 @@ CheckpointArgument = Annotated[
 WeightsOption = Annotated[str, typer.Option(help="ema (the default, smoother) or raw weights.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+ThreadsOption = Annotated[
+    Optional[int],
+    typer.Option(
+        help="CPU threads torch computes with (OMP_NUM_THREADS fixes it too). \\[default: as many as the cores this "
+        "process may use minus those other processes keep busy, adapted while it works]",
+        show_default=False,
+    ),
+]
+
+
+def use_threads(threads: int | None, *, quiet: bool = False) -> dict:
+    """Set torch's CPU threads for this command (``fmcli.runtime.threads``); say the choice when it is not plainly
+    every core (fewer because the machine is busy, more than the cores, a bad OMP_NUM_THREADS). Returns it for
+    --json: {"threads": N, "threads_source": ...}."""
+    from fmcli.runtime.threads import configure
+
+    choice = configure(threads)
+    if choice.warning:
+        err_console.print(f"warning: {choice.warning}", highlight=False)
+    unusual = choice.threads < choice.usable if choice.adaptive else choice.threads > choice.usable
+    if not quiet and (unusual or choice.warning):
+        err_console.print(choice.describe(), highlight=False)
+    return {"threads": choice.threads, "threads_source": choice.source}
+
 
 CFG_HELP = (
     "Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
@@ -167,7 +191,17 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
         ],
         0,
     ),
-    "batch_size": (Annotated[int, typer.Option(help="Samples per solver call (memory vs speed).")], 500),
+    "batch_size": (
+        Annotated[
+            Optional[int],
+            typer.Option(
+                help="Samples per solver call (memory vs speed). \\[default: chosen from the model, the image size, "
+                "the guidance and the free memory: 1 GiB of activations a call on a CPU at most, up to 500]",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
 }
 
 

@@ -9,12 +9,14 @@ from fmcli.cli._common import (
     CheckpointArgument,
     DeviceOption,
     JsonOption,
+    ThreadsOption,
     WeightsOption,
     cli_errors,
     err_console,
     print_json,
     progress_bar,
     sampling_options,
+    use_threads,
 )
 from fmcli.errors import FMError
 
@@ -71,6 +73,7 @@ def animate_command(
     sampling=None,
     weights: WeightsOption = "ema",
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Animate sampling: frames of ONE solve from t = 1 (noise) to t = 0 (data), as a GIF or a PNG filmstrip.
@@ -114,6 +117,7 @@ def animate_command(
         nrow=nrow,
     )
     check_settings(settings)
+    machine = use_threads(threads, quiet=json_output)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
     points = loaded.meta.data["kind"] == "points"
@@ -157,6 +161,7 @@ def animate_command(
         "extra_nfe": animation.extra_nfe,
         "seed": sampling.seed,
         "seconds": round(animation.seconds, 3),
+        **machine,
     }
     if json_output:
         print_json(summary)

@@ -9,6 +9,7 @@ from rich.table import Table
 from fmcli import registry
 from fmcli.cli._common import (
     DeviceOption,
+    ThreadsOption,
     WeightsOption,
     cli_errors,
     console,
@@ -17,6 +18,7 @@ from fmcli.cli._common import (
     print_json,
     progress_bar,
     sampling_options,
+    use_threads,
 )
 from fmcli.errors import FMError
 
@@ -83,6 +85,7 @@ def eval_command(
     step_counts: list | None = None,
     weights: WeightsOption = "ema",
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     real: Annotated[
         bool,
         typer.Option(
@@ -174,6 +177,7 @@ def eval_command(
     from fmcli.eval.run import EvalOptions, evaluate_checkpoint
     from fmcli.eval.sweep import sweep
 
+    machine = use_threads(threads, quiet=json_output)
     if jumps:
         _jumps(checkpoint, jump_samples, device, weights, json_output)
         return
@@ -229,7 +233,7 @@ def eval_command(
         else:
             report = evaluate_checkpoint(checkpoint, options, progress)
     if json_output:
-        print_json(report)
+        print_json(report | {"machine": machine})
     elif solvers and not real:
         _print_sweep(report)
     else:

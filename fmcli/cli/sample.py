@@ -9,12 +9,14 @@ from fmcli.cli._common import (
     CheckpointArgument,
     DeviceOption,
     JsonOption,
+    ThreadsOption,
     WeightsOption,
     cli_errors,
     err_console,
     print_json,
     progress_bar,
     sampling_options,
+    use_threads,
 )
 from fmcli.errors import FMError
 
@@ -35,6 +37,7 @@ def sample_command(
     format: Annotated[Optional[str], typer.Option(help="png, folder or npz (default: from --out).")] = None,
     nrow: Annotated[Optional[int], typer.Option(help="Images per row of the PNG grid.")] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Sample from a trained model by integrating its velocity from t = 1 (noise) to t = 0 (data).
@@ -61,6 +64,7 @@ def sample_command(
         raise FMError(f"output folder {out} is not empty; choose another --out")
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
+    machine = use_threads(threads, quiet=json_output)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
     classes = parse_classes(class_, num, loaded.meta.class_names)
@@ -89,6 +93,8 @@ def sample_command(
         "class": class_,
         "cfg": result.cfg,
         "seed": sampling.seed,
+        "batch_size": result.batch_size,
+        **machine,
     }
     if json_output:
         print_json(summary)

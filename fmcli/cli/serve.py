@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from fmcli.cli._common import DeviceOption, cli_errors, err_console
+from fmcli.cli._common import DeviceOption, ThreadsOption, cli_errors, err_console
 
 
 @cli_errors
@@ -20,6 +20,7 @@ def serve_command(
     max_images: Annotated[int, typer.Option(help="Most images one request may ask for.")] = 64,
     max_steps: Annotated[int, typer.Option(help="Most steps one request may ask for.")] = 200,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
 ) -> None:
     """Serve a local page to sample from checkpoints, with two settings side by side.
 
@@ -38,9 +39,11 @@ def serve_command(
       fm serve runs/ --host 0.0.0.0   # the network can reach it: anyone there can use this machine
     """
     from fmcli.cli import _common
+    from fmcli.runtime.threads import parse_count
     from fmcli.serve.limits import Limits
     from fmcli.serve.server import ServeOptions, serve
 
     limits = Limits(max_images=max_images, max_steps=max_steps)
-    options = ServeOptions(root=checkpoints, host=host, port=port, device=device, limits=limits)
+    count = None if threads is None else parse_count(threads, "--threads")  # checked before the page starts
+    options = ServeOptions(root=checkpoints, host=host, port=port, device=device, limits=limits, threads=count)
     serve(options, say=lambda line: err_console.print(line, highlight=False, markup=False), started=_common.STARTED)

@@ -158,6 +158,8 @@ class _GroupNorm(torch.autograd.Function):
             return (None,) * 5
         x, weight, mean, rstd = ctx.saved_tensors
         n, c = x.shape[:2]
+        if x.device.type == "cpu" and weight is not None:
+            return (*_group_norm_backward(grad, x, weight, mean, rstd, ctx.groups), None, None)
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
         grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
             grad.contiguous(), x, mean, rstd, weight, n, c, x[0, 0].numel(), ctx.groups, mask
@@ -165,10 +167,58 @@ class _GroupNorm(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _group_norm_backward(grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, groups: int):
+    """GroupNorm's gradients (x, weight, bias), torch's CPU formulas written with sums that torch computes one
+    output at a time: the same bits at any thread count (torch's own kernel for the x gradient is not, for some
+    shapes). Per channel: ds = sum dy x, db = sum dy over the pixels; then per group, with s = 1 / (its size),
+    dx = rstd w dy + c2 x + c3 where c2 = (db_w mean - ds_w) rstd^3 s and c3 = -c2 mean - db_w rstd s."""
+    n, c = x.shape[:2]
+    per_group = (n, groups, c // groups)
+    dy, xs = grad.reshape(n, c, -1), x.reshape(n, c, -1)
+    ds, db = (dy * xs).sum(-1).reshape(per_group), dy.sum(-1).reshape(per_group)
+    mean_ = mean.to(x.dtype).reshape(n, groups, 1)
+    rstd_ = rstd.to(x.dtype).reshape(n, groups, 1)
+    w = weight.reshape(1, *per_group[1:])
+    ds_w, db_w = (ds * w).sum(-1, keepdim=True), (db * w).sum(-1, keepdim=True)
+    s = 1.0 / (per_group[2] * xs.shape[-1])
+    c2 = (db_w * mean_ - ds_w) * rstd_.pow(3) * s
+    c3 = -c2 * mean_ - db_w * rstd_ * s
+    per_channel = (n, c, 1)
+    grad_x = torch.addcmul(c3.expand(per_group).reshape(per_channel), xs, c2.expand(per_group).reshape(per_channel))
+    grad_x.addcmul_(dy, (w * rstd_).reshape(per_channel))
+    grad_w = ((ds - db * mean_) * rstd_).sum(0).reshape(c)
+    return grad_x.reshape(x.shape), grad_w, db.sum(0).reshape(c)
+
+
+def _per_sample(bias: Tensor, out: Tensor) -> Tensor:
+    """The bias as a [B, C, 1, 1] expansion, in the output's dtype (autocast): its gradient sums per sample first."""
+    return bias.to(out.dtype).view(1, -1, 1, 1).expand(out.shape[0], -1, 1, 1)
+
+
+FEW_CHANNELS = 16  # below this many output channels oneDNN splits the bias gradient over the batch
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (zero padding) with the cheap jvp of ``_Conv2d`` inside a forward-mode pass."""
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        # On the CPU the gradients must have the same bits at any thread count (the thread governor changes the
+        # count between steps, and resume stays exact: fmcli.runtime.threads). Two of torch's convolution
+        # gradients do not: oneDNN's weight gradient of a 1x1 convolution, and its bias gradient for a few output
+        # channels (an image's velocity: split over the batch by thread count). A 1x1 convolution is a matrix
+        # product (the same forward bits, and faster here); the bias of a narrow output is added so that its
+        # gradient sums per sample first, then over the samples.
+        narrow = bias is not None and weight.shape[0] < FEW_CHANNELS
+        if x.device.type == "cpu" and (self.kernel_size == (1, 1) or narrow):
+            if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding in ((0, 0), "valid"):
+                if self.groups == 1 and self.padding_mode == "zeros":
+                    # one product per sample (bmm: the same kernel in plain and forward-mode passes)
+                    out = torch.bmm(weight.flatten(1).expand(x.shape[0], -1, -1), x.flatten(2))
+                    out = out.view(x.shape[0], -1, *x.shape[2:])
+                    return out if bias is None else out + _per_sample(bias, out)
+            if bias is not None:
+                out = self._conv_forward(x, weight, None)
+                return out + _per_sample(bias, out)
         if self.padding_mode == "zeros" and in_forward_ad(x):
             return _Conv2d.apply(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         return super()._conv_forward(x, weight, bias)
@@ -178,6 +228,8 @@ class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` with the cheap jvp of ``_GroupNorm`` inside a forward-mode pass."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if in_forward_ad(x) and x.dim() == 4:
+        # In training on the CPU too: its backward is written to give the same bits at any thread count.
+        trains_on_cpu = x.device.type == "cpu" and torch.is_grad_enabled() and self.weight is not None
+        if (in_forward_ad(x) or trains_on_cpu) and x.dim() == 4:
             return _GroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)[0]
         return super().forward(x)

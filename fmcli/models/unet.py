@@ -79,9 +79,10 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Multi-head self-attention over the H*W positions, residual, heads of 32 channels (at least one)."""
 
-    def __init__(self, channels: int, num_groups: int, head_channels: int = 32) -> None:
+    def __init__(self, channels: int, num_groups: int, head_channels: int = 32, strided: bool = False) -> None:
         super().__init__()
         self.num_heads = max(1, channels // head_channels)
+        self.strided = strided  # interval (MeanFlow) models: torch's math attention in every pass, see forward
         self.norm = group_norm(channels, num_groups)
         self.qkv = Conv2d(channels, 3 * channels, 1)
         self.proj = zero_init(Conv2d(channels, channels, 1))
@@ -89,7 +90,14 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, head_dim]
+        # Each [B, heads, HW, head_dim]. In training they are made contiguous: torch's CPU attention is then its
+        # fused kernel, whose gradients have the same bits at any thread count (fmcli.runtime.threads: resume stays
+        # exact). Strided views select the math kernel: sampling (as in fm 0.2) and forward-mode AD (MeanFlow's
+        # jvp, which only the math kernel runs); interval models use it in every pass, so that a jvp's output is
+        # bit for bit the plain forward's.
+        q, k, v = qkv.transpose(-1, -2).unbind(1)
+        if torch.is_grad_enabled() and not (self.strided or in_forward_ad(x)):
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)
@@ -199,7 +207,7 @@ class UNet(nn.Module):
                 layers = [block(ch, base_channels * mult)]
                 ch = base_channels * mult
                 if resolution in attention_resolutions:
-                    layers.append(AttnBlock(ch, num_groups))
+                    layers.append(AttnBlock(ch, num_groups, strided=self.interval))
                 self.down.append(nn.ModuleList(layers))
                 skip_channels.append(ch)
             if level < len(channel_mults) - 1:
@@ -207,7 +215,7 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
                 resolution //= 2
 
-        mid_attn = [AttnBlock(ch, num_groups)] if attention_resolutions else []
+        mid_attn = [AttnBlock(ch, num_groups, strided=self.interval)] if attention_resolutions else []
         self.middle = nn.ModuleList([block(ch, ch), *mid_attn, block(ch, ch)])
 
         # Up path: mirror image; each block concatenates one skip, popped last-in first-out.
@@ -217,7 +225,7 @@ class UNet(nn.Module):
                 layers = [block(ch + skip_channels.pop(), base_channels * mult)]
                 ch = base_channels * mult
                 if resolution in attention_resolutions:
-                    layers.append(AttnBlock(ch, num_groups))
+                    layers.append(AttnBlock(ch, num_groups, strided=self.interval))
                 self.up.append(nn.ModuleList(layers))
             if level > 0:
                 self.up.append(nn.ModuleList([Upsample(ch)]))

@@ -241,7 +241,7 @@ def render_animation(
         velocity,
         labels=classes,
         device=loaded.device,
-        batch_size=sampling.batch_size,
+        batch_size=result.batch_size,  # the solve's (given, or chosen for the memory)
         one_step=bool(loaded.meta.model_config.get("interval")),
     )
     if loaded.meta.data["kind"] == "points":

@@ -18,6 +18,8 @@ from fmcli.io.checkpoint import LoadedModel
 from fmcli.io.files import atomic_write_bytes
 from fmcli.io.images import grid_image, png_bytes, scatter_image
 from fmcli.models.embedding import NO_INTERVAL_INPUT
+from fmcli.runtime import threads
+from fmcli.sampling.batching import sampling_batch
 from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity
 from fmcli.sampling.options import SamplingOptions, resolve_solver
 from fmcli.sampling.solvers.base import needs_interval
@@ -35,6 +37,28 @@ class SampleResult:
     times: Tensor | None = None  # [T] times of the trajectory, if save_at was given
     trajectory: Tensor | None = None  # [T, N, ...] on the CPU
     time_grid: str = "uniform"  # the grid used: "tuned" (fm tune's, for these settings), a grid name, "explicit"
+    batch_size: int = 0  # samples per solver call (the --batch-size given, or the one chosen for the memory)
+
+
+class WatchedVelocity:
+    """The velocity a solver calls, seen from outside: after each evaluation the thread governor hears that a
+    batch of samples was evaluated (``fmcli.runtime.threads.tick``), and ``report(done)`` hears how many of the
+    batch's ``count`` samples are done, by how far the solve has come from t = 1 to t = 0 (the largest distance
+    evaluated so far: adaptive solvers go back and forth within a step)."""
+
+    def __init__(self, velocity: Callable[..., Tensor], count: int = 0, report: Callable[[int], object] | None = None):
+        self.velocity, self.count, self.report, self.done = velocity, count, report, 0
+
+    def __call__(self, x: Tensor, t: Tensor, *args, **kwargs) -> Tensor:
+        v = self.velocity(x, t, *args, **kwargs)
+        threads.tick(x.shape[0], kind="evaluation")
+        if self.report is None:
+            return v
+        done = int(self.count * min(1.0, max(0.0, 1.0 - float(t))))
+        if done > self.done:
+            self.done = done
+            self.report(done)
+        return v
 
 
 @torch.inference_mode()
@@ -47,7 +71,9 @@ def generate(
     save_at: Sequence[float] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
-    """Sample ``num`` items from t = 1 (noise) to t = 0 (data). Same inputs, same outputs."""
+    """Sample ``num`` items from t = 1 (noise) to t = 0 (data). Same inputs, same outputs: the seed fixes each
+    sample's noise whatever the batches: fixed-step solvers give the same samples at any thread count, and at any
+    batch size up to the kernels' rounding (adaptive ones share one step size per batch: theirs depend on it)."""
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     options = options.for_model(loaded.meta)
@@ -60,25 +86,32 @@ def generate(
     setting = TunedSetting(options.solver_name or "", options.steps or 0, cfg, classes is not None, loaded.weights)
     grid = resolve_grid(options.time_grid, loaded.path, setting, adaptive=bool(getattr(solver, "adaptive", False)))
     integration = options.integration(save_at).with_(time_grid=grid.time_grid, step_scales=grid.step_scales)
-    velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
-    generator = torch.Generator().manual_seed(options.seed)
+    guided = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
+    passes = 2 if classes is not None and cfg != 1.0 else 1
+    batch_size = options.batch_size or sampling_batch(
+        loaded.model, loaded.meta.shape, device, passes, loaded.meta.num_classes
+    )
+    # All the noise at once: sample i's noise depends on the seed alone, not on how the batches are cut.
+    noise = torch.randn((num, *loaded.meta.shape), generator=torch.Generator().manual_seed(options.seed))
     outputs, trajectories, nfe, times = [], [], 0, None
     start = time.perf_counter()
-    for first in range(0, num, options.batch_size):
-        count = min(options.batch_size, num - first)
-        x1 = torch.randn((count, *loaded.meta.shape), generator=generator).to(device)
+    for first in range(0, num, batch_size):
+        count = min(batch_size, num - first)
+        x1 = noise[first : first + count].to(device)
         conditioning = {} if classes is None else {"y": classes[first : first + count].to(device)}
+        velocity = WatchedVelocity(guided, count, lambda done, first=first: progress and progress(first + done, num))
         result = solver.solve(velocity, x1, integration, conditioning)
         outputs.append(result.x.float().cpu())
         nfe = max(nfe, result.nfe)
         if result.trajectory is not None:
             trajectories.append(result.trajectory.float().cpu())
             times = result.times
-        if progress:
+        if progress and velocity.done < count:  # solvers whose last evaluation is before t = 0 (euler)
             progress(first + count, num)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return SampleResult(
+        batch_size=batch_size,
         samples=torch.cat(outputs),
         labels=classes,
         nfe=nfe,

@@ -38,7 +38,7 @@ from fmcli.sampling.solvers.base import Solver
 # What ``classes`` may be: None (unconditional), a class index or name, "all" (an equal share of every class),
 # or one class per sample (a list of indices or names, a 1-D integer tensor or array).
 Classes = Union[None, int, str, Sequence[Union[int, str]], Tensor, np.ndarray]
-ProgressFn = Callable[[int, int], None]  # (samples done, samples asked for), after each batch
+ProgressFn = Callable[[int, int], None]  # (samples done, samples asked for), as the solver's steps go
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -207,7 +207,7 @@ class Model:
         time_grid: str | Sequence[float] | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
-        batch_size: int = 500,
+        batch_size: int | None = None,
         save_at: Sequence[float] | int | None = None,
         progress: ProgressFn | None = None,
     ) -> Samples:
@@ -218,8 +218,9 @@ class Model:
         classes on a model trained with label dropout, else 1), ``seed`` (same seed and options, same samples),
         ``time_grid`` (a grid name, "tuned", or explicit times from 1 to 0; None: the grid ``fm tune`` fitted for
         exactly these settings if there is one, else uniform; ``samples.time_grid`` says which), ``rtol``/``atol`` and
-        ``batch_size``. ``save_at``: times in [0, 1] at which to keep the state (or a number of evenly spaced
-        times from 1 to 0), read back as ``samples.times`` and ``samples.trajectory``.
+        ``batch_size`` (None: chosen for the memory, as ``fm sample`` does). ``save_at``: times in [0, 1] at which
+        to keep the state (or a number of evenly spaced times from 1 to 0), read back as ``samples.times`` and
+        ``samples.trajectory``. ``progress(done, num)`` hears how many samples are done as the solver steps.
         """
         labels, num = self.labels(classes, num)
         options = self.options(solver=solver, steps=steps, cfg=cfg, seed=seed, time_grid=time_grid, rtol=rtol,
@@ -246,7 +247,7 @@ class Model:
         cfg: float | None = None,
         seed: int = 0,
         time_grid: str | Sequence[float] | None = None,
-        batch_size: int = 500,
+        batch_size: int | None = None,
     ) -> Animation:
         """Frames of ONE solve from noise to data, as ``fm animate`` draws them; written to ``out`` (.gif, or a
         .png filmstrip) when given. ``frames``, ``fps``, ``hold``, ``loop``, ``scale``, ``show`` (x, x0 or both)

@@ -73,7 +73,9 @@ class SamplingOptions:
     atol: float = 1e-5
     cfg: float | None = None  # guidance scale; None: ``default_cfg`` (2 for --class on a model with label dropout)
     seed: int = 0  # seed of the noise: same checkpoint, seed and options give the same samples
-    batch_size: int = 500  # samples per solver call
+    # samples per solver call; None: as many as fit the memory this process may use and still run fast
+    # (fmcli.sampling.batching). Adaptive solvers share one step size per call, so their samples depend on it.
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.solver is not None:
@@ -93,7 +95,7 @@ class SamplingOptions:
             raise FMError(f"--cfg must be a finite number (got {self.cfg})")
         if not 0 <= self.seed < MAX_SEED:
             raise FMError(f"--seed must be in [0, 2**63) (got {self.seed})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise FMError(f"--batch-size must be at least 1 (got {self.batch_size})")
 
     @property

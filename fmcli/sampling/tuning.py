@@ -36,6 +36,8 @@ from torch import Tensor
 from fmcli.errors import FMError
 from fmcli.io.checkpoint import LoadedModel
 from fmcli.models.embedding import NO_INTERVAL_INPUT
+from fmcli.sampling.batching import sampling_batch
+from fmcli.sampling.generate import WatchedVelocity
 from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity
 from fmcli.sampling.options import MAX_SEED, resolve_solver
 from fmcli.sampling.solvers.base import CountingVelocity
@@ -61,7 +63,7 @@ class TuneOptions:
     scales: bool = True  # fit one velocity scale per step as well as the times
     reference_steps: int = 20  # rk4 steps of the reference solve (on the quadratic grid)
     pool_seed: int = 0  # which calibration pool (its noise comes from seed MAX_SEED + pool_seed)
-    batch_size: int = 50  # draws per forward/backward pass
+    batch_size: int | None = None  # draws per forward/backward pass; None: at most 50, fewer where memory needs it
 
     def __post_init__(self) -> None:
         if not self.steps or min(self.steps) < 2:
@@ -70,7 +72,7 @@ class TuneOptions:
             )
         if len(set(self.steps)) != len(self.steps):
             raise FMError(f"--steps lists a step count twice ({list(self.steps)})")
-        if self.pool < 1 or self.iterations < 0 or self.reference_steps < 2 or self.batch_size < 1:
+        if self.pool < 1 or self.iterations < 0 or self.reference_steps < 2 or (self.batch_size or 1) < 1:
             raise FMError(
                 "--pool and --batch-size must be at least 1, --iterations at least 0, --reference-steps at least 2"
             )
@@ -383,14 +385,19 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
     check_guidance(loaded, cfg, labels)
     for parameter in loaded.model.parameters():  # gradients flow to the grid, never into the weights
         parameter.requires_grad_(False)
-    velocity = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
+    velocity = WatchedVelocity(guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes))
+    # The fit keeps every evaluation of a solve for its backward pass: memory for all of them, at most 50 draws.
+    passes = (2 if labels is not None and cfg != 1.0 else 1) * max(options.steps) * (solver.evals_per_step or 1)
+    batch = options.batch_size or min(
+        50, sampling_batch(loaded.model, loaded.meta.shape, loaded.device, passes, loaded.meta.num_classes)
+    )
     if progress:
         progress("reference solve", 0, 1)
-    trajectory = reference_solve(velocity, x1, labels, options.reference_steps, options.batch_size, loaded.device)
+    trajectory = reference_solve(velocity, x1, labels, options.reference_steps, batch, loaded.device)
     if progress:
         progress("reference solve", 1, 1)
     images = loaded.meta.data.get("kind") == "image"
-    calibration = Calibration(solver, velocity, x1, labels, trajectory, loaded.device, options.batch_size, images)
+    calibration = Calibration(solver, velocity, x1, labels, trajectory, loaded.device, batch, images)
     setting = {
         "solver": options.solver,
         "cfg": float(cfg),

@@ -48,6 +48,7 @@ class ServeOptions:
     port: int = DEFAULT_PORT
     device: str = "auto"
     limits: Limits = field(default_factory=Limits)
+    threads: int | None = None  # --threads; None: fmcli.runtime.threads chooses, and adapts per request
 
 
 @dataclass
@@ -175,6 +176,9 @@ def start(options: ServeOptions, say: Callable[[str], None] = print) -> Server:
         """torch and the first checkpoint, loaded after the page answers (a broken file is reported when used)."""
         try:
             import fmcli.serve.render  # noqa: F401  (torch, the samplers)
+            from fmcli.runtime.threads import configure
+
+            say(configure(options.threads).describe())  # the rule fm train uses; requests tick its governor
 
             models.get(usable[0])
         except Exception:  # noqa: BLE001 - a request for it says what is wrong

@@ -158,6 +158,12 @@ class TrainConfig:
     # machinery
     seed: int = option(0, "Seed of data order, times, noise and initialisation.")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.")
+    threads: int | None = option(
+        None,
+        "CPU threads torch computes with (OMP_NUM_THREADS fixes it too).",
+        default_text="as many as the cores this process may use minus those other processes keep busy, adapted "
+        "while training",
+    )
     precision: str = option("fp32", "fp32, bf16 or fp16 (autocast; fp16 adds a grad scaler).")
     compile: bool = option(False, "torch.compile the model (not with --objective meanflow).")
     grad_checkpoint: bool = option(False, "Recompute activations in backward to save memory.")
@@ -230,6 +236,7 @@ FREE_ON_RESUME = (
     "cache",
     "skip_nonfinite",
     "device",
+    "threads",
     "compile",
     "grad_checkpoint",
     "grad_accum",
@@ -358,6 +365,8 @@ def validate(config: TrainConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise FMError(f"--{key.replace('_', '-')} must be at least 1 (got {value})")
+    if config.threads is not None and config.threads < 1:
+        raise FMError(f"--threads must be at least 1 (got {config.threads})")
     if config.sample_every < 0:
         raise FMError(f"--sample-every must be 0 (no sample grids) or positive (got {config.sample_every})")
     if config.warmup_steps is not None and config.warmup_steps < 0:

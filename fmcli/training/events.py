@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmcli.errors import FMError
+from fmcli.runtime import threads
 
 
 class TrainingInterrupted(Exception):
@@ -94,6 +95,12 @@ class MetricsWindow:
         }
         self.start, self.images, self.losses = time.perf_counter(), 0, []
         return record
+
+
+def say_thread_changes(callbacks: "Callbacks", step: int) -> None:
+    """Tell the callbacks each change of the thread governor (``fmcli.runtime.threads``) not told yet."""
+    for _, before, after, why in threads.changes(unsaid=True):
+        callbacks.on_message(f"threads: {before} -> {after} at step {step:,} ({why})")
 
 
 def run_info(trainer) -> dict:

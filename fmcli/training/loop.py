@@ -21,6 +21,7 @@ import torch
 from fmcli.device import resolve_device
 from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, read_checkpoint, read_header
 from fmcli.io.files import atomic_write_bytes
+from fmcli.runtime import threads
 from fmcli.sampling.generate import preview_count, write_sample_grid
 from fmcli.training import distributed
 from fmcli.training.batches import BatchSampler, step_seed
@@ -41,17 +42,19 @@ from fmcli.training.events import (
     TrainResult,
     non_finite_error,
     run_info,
+    say_thread_changes,
     stop_signals,
 )
 from fmcli.training.loggers import Loggers, check_loggers
 from fmcli.training.objectives import make_objective
-from fmcli.training.optim import ema_decay_at, lr_at, planned_schedule, update_ema
+from fmcli.training.optim import clip_gradients, ema_decay_at, lr_at, planned_schedule, update_ema
 from fmcli.training.runs import checkpoint_name, lock_run, new_run_dir, publish_checkpoint, resume_target
 from fmcli.training.setup import (
     build_state,
     check_batch_split,
     check_device_flags,
     check_training_guidance,
+    choose_threads,
     load_teacher,
     load_training_data,
     place_data,
@@ -97,6 +100,7 @@ class Trainer:
         self.teacher = load_teacher(config, self.data, self.num_classes, device)
         check_training_guidance(config, self.num_classes, self.teacher)  # before a teacher pool is solved
         self.objective = make_objective(config, self.num_classes, self.teacher, self.data.shape)
+        self.config, threads_said = choose_threads(self.config, self.objective)  # before anything is timed
         self.state, self.last_good = self._state(resume_from)
         self.forward_model = wrap_for_forward(self.state.model, self.objective, config, dist, device)
         self.total_steps = planned_steps(config, self.state.step, len(self.data), UNPLANNED)
@@ -108,7 +112,7 @@ class Trainer:
         planned = self._budgeted_total() if self.budget else self.total_steps
         self.config = with_model_decision(planned_schedule(self.config, planned), self.data, device)
         per_epoch = max(1, len(self.data) // config.batch_size)
-        self.plan = plan_before(planned - self.state.step, self.probed, per_epoch, device.type)
+        self.plan = plan_before(planned - self.state.step, self.probed, per_epoch, device.type) + "\n" + threads_said
 
     def _state(self, resume_from: Path | None) -> tuple[TrainState, Path | None]:
         """A fresh training state, or the resumed checkpoint's (its data checked first); and the last good file."""
@@ -182,7 +186,7 @@ class Trainer:
         torch.manual_seed(step_seed(config.seed, state.step, 2 + self.dist.rank))
         loss = self._accumulate_gradients(batch)
         state.scaler.unscale_(state.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        grad_norm = clip_gradients(list(state.model.parameters()), config.grad_clip)
         # One host sync per step: agree across ranks on the loss, the gradient norm and a stop request.
         status = torch.stack(
             [
@@ -238,6 +242,7 @@ class Trainer:
             grad_norm=grad_norm,
             skipped_steps=self.state.skipped,
             time=time.perf_counter() - start_time,
+            threads=threads.now_threads(),
         )
         if self.device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -253,13 +258,8 @@ class Trainer:
             self.cb.on_message(self.plan)
             self.loggers.open(self.run_dir, config)
         start_time, window, loss = time.perf_counter(), MetricsWindow(), float("nan")
-        timer = StepTimer(
-            budget=self.budget,
-            started=self.started,
-            loop_start=start_time,
-            start_step=state.step,
-            warmup_steps=config.warmup_steps,
-        )
+        timer = StepTimer(budget=self.budget, started=self.started, loop_start=start_time, start_step=state.step,
+                          warmup_steps=config.warmup_steps)  # fmt: skip
         try:
             with stop_signals() as self.stop_flag:
                 while state.step < self.total_steps:
@@ -276,8 +276,10 @@ class Trainer:
 
     def _after_step(self, window: MetricsWindow, grad_norm: float, lr: float, start_time: float) -> None:
         config, step = self.config, self.state.step
+        threads.tick()  # the thread governor: fewer threads when steps stall, more when cores free up
         if self.dist.is_main:
             self.cb.on_step(step)
+            say_thread_changes(self.cb, step)
         last = step == self.total_steps
         if step % config.log_every == 0 or last or self.stop_requested:
             self.log(window, grad_norm, lr, start_time)

@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from fmcli.runtime.threads import invariant_sum
 from fmcli.training.config import TrainConfig
 
 
@@ -46,6 +47,22 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
+
+
+@torch.no_grad()
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale the gradients to a total norm of at most ``max_norm``; returns the norm before clipping.
+
+    On the CPU the norm is summed so that its bits do not depend on the thread count (``invariant_sum``):
+    the thread governor may change the count between steps, and resume must stay exact. Elsewhere torch's own.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads or grads[0].device.type != "cpu":
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    total = invariant_sum(torch.cat([g.detach().reshape(-1).float() for g in grads]).square()).sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, scale)
+    return total
 
 
 WARMUP_SHARE = 0.1  # of the planned steps

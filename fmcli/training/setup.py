@@ -20,6 +20,7 @@ from fmcli.errors import FMError
 from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
 from fmcli.models import build_model
 from fmcli.models.presets import default_model_config
+from fmcli.runtime import threads
 from fmcli.training.config import DEFAULT_STEPS, TrainConfig
 from fmcli.training.distributed import DistInfo
 from fmcli.training.objectives import Objective
@@ -163,6 +164,21 @@ def with_model_decision(config: TrainConfig, data: ArrayDataset, device: torch.d
     size = f"{data.shape[-1]} px" if data.kind == "image" else "point data"
     why = f"the {size} preset for {device.type} (fmcli/models/presets.py, measured as the README says)"
     return replace(config, decisions=config.decisions | {"model": why})
+
+
+def choose_threads(config: TrainConfig, objective: Objective) -> tuple[TrainConfig, str]:
+    """Set torch's CPU threads for this run (``fmcli.runtime.threads``); returns the config with the choice recorded
+    in its decisions when fm made it, and the line the plan says. An objective whose gradients depend on the
+    thread count keeps the first count for the whole run, and its resumed runs use it again (exact resume)."""
+    choice = threads.configure(config.threads)
+    said = choice.describe() + (f" ({choice.warning})" if choice.warning else "")
+    if not choice.adaptive:
+        return config, said
+    if not objective.thread_invariant:
+        threads.hold()
+        why = f"{said}; kept for the whole run: {objective.name}'s CPU gradients depend on the thread count"
+        return replace(config, threads=choice.threads, decisions=config.decisions | {"threads": why}), why
+    return replace(config, decisions=config.decisions | {"threads": said}), said
 
 
 def uses_channels_last(device: torch.device, data: ArrayDataset) -> bool:

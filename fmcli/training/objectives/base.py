@@ -71,6 +71,9 @@ class Objective:
     model_extras: dict = {}  # what the objective adds to the model config (the interval input and its scale)
     uses_ddp: bool = True  # the forward pass may run through DDP's wrapper (not so for torch.func.jvp)
     compiles: bool = True  # torch.compile may wrap the network
+    # Its CPU gradients have the same bits at any thread count (tests/test_threads.py checks it on the built-in
+    # presets), so the thread governor may change the count during training and resume stays exact.
+    thread_invariant: bool = True
 
     def draw_times(
         self, batch_size: int, generator: torch.Generator, device: torch.device

@@ -71,6 +71,7 @@ class MeanFlow(Objective):
     interval = True
     uses_ddp = False  # torch.func.jvp cannot run through DDP's wrapper: gradients are averaged after backward
     compiles = False  # nor through a compiled module
+    thread_invariant = False  # its forward-mode passes are not proven so: the run keeps one thread count
 
     def __init__(
         self,
