@@ -22,6 +22,7 @@ Time alone: anything else running poisons the figures. Writes busy_machine.json 
 """
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -80,14 +81,13 @@ def speed_rows(args: argparse.Namespace, work: Path) -> list[dict]:
     subprocess.run([*FM, "train", "mnist-mini", "--steps", "50", "--out", str(checkpoint), "--sample-every", "0"],
                    env=environment(None), check=True, capture_output=True)  # fmt: skip
     versions = [("fm", None)] + ([("fm 0.2 (baseline)", args.baseline)] if args.baseline else [])
-    rows = []
+    rows, counter = [], itertools.count()
     for task in ("train", "sample"):
         for version, checkout in versions:
-            counter = iter(range(100))
 
             def command(n: int, task=task) -> list[str]:
                 if task == "train":
-                    out = work / f"train-{version[:2]}-{n}"
+                    out = work / f"train-{n}"
                     return [*FM, "train", "mnist-mini", "--steps", str(args.steps), "--out", str(out),
                             "--sample-every", "0"]  # fmt: skip
                 return [*FM, "sample", str(checkpoint), "--class", "6", "--num", "64", "--solver", "heun", "--steps",
