@@ -1,6 +1,7 @@
 """fm on a machine that is doing something else too (issue 30's table), and what sampling holds in memory.
 
     python bench/busy_machine.py --out DIR [--baseline CHECKOUT] [--phase speed|memory|all] [--steps 200]
+                                 [--repeat N] [--timeout SECONDS]
 
 speed: the wall time a user waits for `fm train mnist-mini --steps N` and for `fm sample` of 64 digits (heun 20,
 --class 6, from a checkpoint this script trains first), each
@@ -10,7 +11,8 @@ speed: the wall time a user waits for `fm train mnist-mini --steps N` and for `f
     beside a second copy of the same command started at the same moment (each one's time);
 and, with --baseline (a checkout of an earlier fm, run from the same venv with PYTHONPATH), the same rows for it:
 alone (fm must be no slower) and beside the busy thread / a second copy (fm 0.2 set no thread count).
-A run longer than --timeout is stopped and reported as "> timeout".
+A run longer than --timeout is stopped and reported as "> timeout". --repeat runs every case N times: how much
+a busy machine costs depends on where the scheduler puts the threads, and varies from run to run.
 
 memory: `fm sample --class all --num 500` of a 128 px model (the 128 px CPU preset, 1 training step: the cost of
 a sample does not depend on the weights), peak RSS and seconds, with the batch fm chooses against --batch-size
@@ -18,6 +20,8 @@ a sample does not depend on the weights), peak RSS and seconds, with the batch f
 with the batch fm chooses. heun 2 steps (euler 1 at 256 px): the peak is per solver call, the step count only
 multiplies the time.
 
+Every program starts in its own session (a browser, a second terminal), which the kernel's autogroup
+scheduling treats as a group of its own; --same-session starts them all in this script's session.
 Time alone: anything else running poisons the figures. Writes busy_machine.json and busy_machine.md to --out.
 """
 
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SAME_SESSION = [False]  # --same-session
 FM = [sys.executable, "-m", "fmcli"]
 BUSY = [sys.executable, "-c", "while 1: pass"]
 PEAK = (  # runs a command and prints its peak RSS (the max over this wrapper's children: the one command)
@@ -51,12 +56,21 @@ def environment(baseline: Path | None, **extra: str) -> dict:
 def timed(commands: list[list[str]], env: dict, timeout: float, beside: list[str] | None = None) -> list[float | None]:
     """Start ``commands`` together (and ``beside`` first, killed at the end); each one's wall seconds (None: it
     ran past ``timeout`` and was stopped)."""
-    neighbour = subprocess.Popen(beside) if beside else None
+    # Each program in its own session, as a browser or a second terminal's run would be: with the kernel's
+    # autogroup scheduling (on by default on desktop Linux) a session shares the CPUs with other sessions as
+    # a whole, which is where torch's waiting threads collapse. --same-session measures them as one group.
+    own_session = not SAME_SESSION[0]
+    neighbour = subprocess.Popen(beside, start_new_session=own_session) if beside else None
     try:
         if neighbour:
             time.sleep(2.0)  # the neighbour is running before fm starts, as a browser would be
         start = time.perf_counter()
-        running = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
+        running = [
+            subprocess.Popen(
+                c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=own_session
+            )
+            for c in commands
+        ]
         seconds: list[float | None] = [None] * len(running)
         while any(s is None for s in seconds) and time.perf_counter() - start < timeout:
             for i, process in enumerate(running):
@@ -101,12 +115,12 @@ def speed_rows(args: argparse.Namespace, work: Path) -> list[dict]:
             cases += [("a second copy beside", env, 2, None)]
             alone = None
             for case, case_env, copies, beside in cases:
-                seconds = timed([command(next(counter)) for _ in range(copies)], case_env, args.timeout, beside)
-                if case == "alone":
-                    alone = seconds[0]
-                rows.append({"task": task, "version": version, "case": case, "seconds": seconds,
-                             "ratio": [None if s is None else round(s / alone, 2) for s in seconds]})  # fmt: skip
-                print(json.dumps(rows[-1]), flush=True)
+                for _ in range(args.repeat):  # the scheduler's luck varies from run to run: each run is a row
+                    seconds = timed([command(next(counter)) for _ in range(copies)], case_env, args.timeout, beside)
+                    alone = seconds[0] if case == "alone" and alone is None else alone
+                    rows.append({"task": task, "version": version, "case": case, "seconds": seconds,
+                                 "ratio": [None if s is None else round(s / alone, 2) for s in seconds]})  # fmt: skip
+                    print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -170,13 +184,17 @@ def main() -> int:
     parser.add_argument("--phase", choices=("speed", "memory", "all"), default="all")
     parser.add_argument("--steps", type=int, default=200, help="fm train --steps")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is stopped")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case (ratios: to the first alone run)")
+    parser.add_argument("--same-session", action="store_true", help="start everything in this script's session")
     args = parser.parse_args()
-    if args.steps < 1 or args.timeout <= 0:
-        parser.error("--steps and --timeout must be positive")
+    if args.steps < 1 or args.timeout <= 0 or args.repeat < 1:
+        parser.error("--steps, --timeout and --repeat must be positive")
     if args.baseline is not None and not (args.baseline / "fmcli" / "__init__.py").exists():
         parser.error(f"--baseline {args.baseline} is not a checkout of fm (no fmcli/__init__.py)")
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"cores": len(os.sched_getaffinity(0)), "steps": args.steps, "load_before": os.getloadavg()[0]}
+    SAME_SESSION[0] = args.same_session
+    result = {"cores": len(os.sched_getaffinity(0)), "steps": args.steps, "load_before": os.getloadavg()[0],
+              "sessions": "same" if args.same_session else "separate", "repeat": args.repeat}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         if args.phase in ("speed", "all"):
             result["speed"] = speed_rows(args, Path(tmp))

@@ -133,6 +133,13 @@ def test_started_in_one_line_listing_the_damaged_file(served):
     assert str(served["runs"]) not in text.split("listed as unreadable")[1].splitlines()[0]  # names, not paths
 
 
+def test_the_server_says_its_thread_count_once(served, client):
+    """Chosen by fm train's rule when torch loads (here the suite's OMP_NUM_THREADS=1 wins), said once."""
+    client.predict(**request(animate=False), api_name="/generate")
+    said = [line.strip() for line in served["lines"] if line.startswith("threads:")]
+    assert said == ["threads: 1 (set by OMP_NUM_THREADS)"], served["lines"]
+
+
 def test_describe_gives_classes_defaults_and_fm_info(client):
     klass, solver_a, steps_a, cfg_a, solver_b, steps_b, cfg_b, about, info = client.predict(TINY, api_name="/describe")
     choices = [c[0] for c in klass["choices"]]

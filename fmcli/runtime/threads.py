@@ -238,11 +238,12 @@ def configure(threads: int | None = None, *, environ: dict | None = None) -> Cho
             time.sleep(FIRST_WINDOW)
         now = machine.cpu_sample(cores)
         others = machine.others_cores(start, now)
-        count = rule(cores.usable, others)
-        _governor = Governor(cores.usable, count, cores, lambda: machine.cpu_sample(cores), set_threads, get_threads)
+        usable = min(cores.usable, get_threads())  # torch's own default: one per physical core, not hyperthreads
+        count = rule(usable, others)
+        _governor = Governor(usable, count, cores, lambda: machine.cpu_sample(cores), set_threads, get_threads)
         _governor.last = now
         _governor._apply_here()
-        _choice = Choice(count, cores.usable, "auto", others, warning)
+        _choice = Choice(count, usable, "auto", others, warning)
         return _choice
 
 
