@@ -262,11 +262,6 @@ def hold() -> None:
         _governor.active = False
 
 
-def current() -> Choice | None:
-    """The choice made so far (None before the first ``configure`` or ``tick``)."""
-    return _choice
-
-
 def changes(unsaid: bool = False) -> list[tuple[float, int, int, str]]:
     """The governor's changes so far: (monotonic time, from, to, why); ``unsaid``: only those no earlier call with
     ``unsaid`` returned (what a progress display has not shown yet)."""

@@ -20,7 +20,7 @@ from fmcli.io.images import grid_image, png_bytes, scatter_image
 from fmcli.models.embedding import NO_INTERVAL_INPUT
 from fmcli.runtime import threads
 from fmcli.sampling.batching import sampling_batch
-from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity
+from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity, model_passes
 from fmcli.sampling.options import SamplingOptions, resolve_solver
 from fmcli.sampling.solvers.base import needs_interval
 from fmcli.sampling.tuned import TunedSetting, resolve_grid
@@ -87,7 +87,7 @@ def generate(
     grid = resolve_grid(options.time_grid, loaded.path, setting, adaptive=bool(getattr(solver, "adaptive", False)))
     integration = options.integration(save_at).with_(time_grid=grid.time_grid, step_scales=grid.step_scales)
     guided = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
-    passes = 2 if classes is not None and cfg != 1.0 else 1
+    passes = model_passes(cfg, classes is not None)
     batch_size = options.batch_size or sampling_batch(
         loaded.model, loaded.meta.shape, device, passes, loaded.meta.num_classes
     )

@@ -67,6 +67,11 @@ def guided_velocity(model: torch.nn.Module, cfg: float, null_class: int) -> Call
     return velocity
 
 
+def model_passes(cfg: float, conditional: bool) -> int:
+    """Network passes per velocity evaluation of ``guided_velocity``: 2 when it guides (the batch doubled), else 1."""
+    return 2 if conditional and cfg != 1.0 else 1
+
+
 def default_cfg(loaded: "LoadedModel", classes: Tensor | None) -> float:
     """Guidance when the user gives no --cfg: 2 for class-conditional sampling from a model trained
     with label dropout (class-faithful samples, at some cost in diversity), otherwise 1 (none).

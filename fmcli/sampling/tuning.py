@@ -38,7 +38,7 @@ from fmcli.io.checkpoint import LoadedModel
 from fmcli.models.embedding import NO_INTERVAL_INPUT
 from fmcli.sampling.batching import sampling_batch
 from fmcli.sampling.generate import WatchedVelocity
-from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity
+from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity, model_passes
 from fmcli.sampling.options import MAX_SEED, resolve_solver
 from fmcli.sampling.solvers.base import CountingVelocity
 from fmcli.sampling.solvers.fixed import FixedStepSolver
@@ -387,7 +387,7 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
         parameter.requires_grad_(False)
     velocity = WatchedVelocity(guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes))
     # The fit keeps every evaluation of a solve for its backward pass: memory for all of them, at most 50 draws.
-    passes = (2 if labels is not None and cfg != 1.0 else 1) * max(options.steps) * (solver.evals_per_step or 1)
+    passes = model_passes(cfg, labels is not None) * max(options.steps) * (solver.evals_per_step or 1)
     batch = options.batch_size or min(
         50, sampling_batch(loaded.model, loaded.meta.shape, loaded.device, passes, loaded.meta.num_classes)
     )
