@@ -3,14 +3,15 @@ image size, the guidance and the memory this process may use.
 
 The estimate of one sample's memory is the sum of the outputs of every layer of one forward pass (one sample,
 forward hooks): an upper bound of what the pass keeps alive at once, since inference frees most outputs as it
-goes. Measured on 2 cores (``bench/busy_machine.py --phase memory``): the peak RSS a sample adds is 0.25-0.5x
-this sum (a 128 px model: 72 MB estimated, 17-36 MB measured).
+goes. Measured on 2 cores (``bench/sampling_batch.py CKPT``): the peak RSS a sample adds is 0.25-0.5x this sum
+(a 128 px model: 72 MB estimated, 17-36 MB measured).
 
 On a CPU bigger batches stop paying long before memory runs out: the activations fall out of the caches.
-Measured there (euler, 2 threads): the default MNIST model (2.5 MB a sample) is fastest at 50-250 samples a call
-(439 image-evaluations/s at 50, 400 at 500, 350 at 1,000); the 128 px preset (72 MB) at 8-16 (16.0/s at 16,
-11.1/s at 64). Both are near their best when a call holds about 1 GiB of estimated activations, so that is the
-CPU's budget per call, lowered to a quarter of the free memory (cgroup limits included) when that is less.
+Measured there (the same script; euler, 2 threads): the default MNIST model (2.5 MB a sample) is fastest at
+50-250 samples a call (439 image-evaluations/s at 50, 400 at 500, 350 at 1,000); the 128 px preset (72 MB) at
+8-16 (16.0/s at 16, 11.1/s at 64). Both are near their best when a call holds about 1 GiB of estimated
+activations, so that is the CPU's budget per call, lowered to a quarter of the free memory (cgroup limits
+included) when that is less.
 On a GPU (not yet measured here) the budget is half its free memory; at most ``MAX_BATCH`` samples a call.
 """
 
