@@ -72,6 +72,7 @@ def test_two_ranks_match_one_process_and_resume(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [
         ".lock",  # the run folder's lock, released when training ended
         "config.json",
+        "guide.safetensors",  # --guide-at 0.25 of the 3 planned steps: step 1, written once (rank 0)
         "last.safetensors",
         "metrics.jsonl",
         "step-0000003.safetensors",

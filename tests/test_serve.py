@@ -110,10 +110,11 @@ def client(served):
 
 
 def request(name=TINY, klass="3", seed=0, num=2, animate=True, solver="euler", steps=2, cfg=2.0, compare=False,
-            solver_b="heun", steps_b=1, cfg_b=1.0) -> dict:  # fmt: skip
+            solver_b="heun", steps_b=1, cfg_b=1.0, interval="full", interval_b="full") -> dict:  # fmt: skip
     """The inputs of /generate, by name."""
     return dict(name=name, klass=klass, seed=seed, num=num, animate=animate, solver_a=solver, steps_a=steps,
-                cfg_a=cfg, compare=compare, solver_b=solver_b, steps_b=steps_b, cfg_b=cfg_b)  # fmt: skip
+                cfg_a=cfg, compare=compare, solver_b=solver_b, steps_b=steps_b, cfg_b=cfg_b, interval_a=interval,
+                interval_b=interval_b)  # fmt: skip
 
 
 def refused(client, **change) -> str:
@@ -141,7 +142,10 @@ def test_the_server_says_its_thread_count_once(served, client):
 
 
 def test_describe_gives_classes_defaults_and_fm_info(client):
-    klass, solver_a, steps_a, cfg_a, solver_b, steps_b, cfg_b, about, info = client.predict(TINY, api_name="/describe")
+    klass, solver_a, steps_a, cfg_a, span_a, solver_b, steps_b, cfg_b, span_b, about, info = client.predict(
+        TINY, api_name="/describe"
+    )
+    assert span_a["value"] == span_b["value"] == "full"
     choices = [c[0] for c in klass["choices"]]
     assert klass["value"] == "all" and choices[:3] == ["all", "0", "1"] and choices[-1] == "none"
     assert (solver_a["value"], steps_a["value"], cfg_a["value"]) == ("heun", 20, 2.0)
@@ -149,7 +153,7 @@ def test_describe_gives_classes_defaults_and_fm_info(client):
     assert "mnist-mini" in about and "heun, 20 steps" in about
     assert "| step | `3` |" in info and "| path | `tiny/last.safetensors` |" in info
     broken = client.predict(BROKEN, api_name="/describe")
-    assert "⚠" in broken[7] and "not a readable safetensors checkpoint" in broken[7]
+    assert "⚠" in broken[9] and "not a readable safetensors checkpoint" in broken[9]
 
 
 def test_generate_gives_grid_animation_npz_and_the_figures(client):
@@ -186,6 +190,8 @@ def test_a_request_at_the_caps_runs(client):
         (dict(klass="12"), "out of range"),
         (dict(solver="meanflow"), "meanflow"),  # a few-step solver on a flow model
         (dict(klass="none", cfg=3.0), "guidance needs a class"),
+        (dict(interval="0.8,0.2"), "is empty"),
+        (dict(interval="0.2,1.5"), "outside"),
         (dict(name=BROKEN), "not a readable safetensors checkpoint"),
     ],
 )
@@ -288,10 +294,10 @@ def test_few_step_models_open_with_their_own_sampler():
     data = {"shape": [1, 28, 28], "num_classes": 10, "class_names": [str(i) for i in range(10)]}
     student = CheckpointMeta(1, {"name": "unet", "interval": True}, data, 50, 0.1, {"train_cfg": 2.0})
     assert default_sampler(student) == ("meanflow", 4) and compare_default(student) == ("meanflow", 1)
-    assert default_guidance(student, "3") == 1.0
+    assert default_guidance(student, "3") == (1.0, "full")
     flow = CheckpointMeta(1, {"name": "unet"}, data, 1600, 0.1, {})
     assert default_sampler(flow) == ("heun", 20) and compare_default(flow) == ("euler", 40)
-    assert default_guidance(flow, "all") == 2.0 and default_guidance(flow, "none") == 1.0
+    assert default_guidance(flow, "all") == (2.0, "full") and default_guidance(flow, "none") == (1.0, "full")
     assert class_choices(flow) == ["all", *data["class_names"], "none"]
     assert class_choices(CheckpointMeta(1, {}, data, 1, 0.0, {}))[-1] == "9"  # no label dropout: no 'none'
 

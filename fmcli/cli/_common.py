@@ -1,7 +1,8 @@
 """What every command shares: one-line errors, consoles, progress bars, JSON, and the options declared once.
 
 The sampling options (``--solver``, ``--steps``, ``--time-grid``, ``--rtol``, ``--atol``, ``--cfg``,
-``--seed``, ``--batch-size``) are declared ONCE, in ``SAMPLING_OPTIONS``, with one help text each;
+``--guidance-interval``, ``--guide``, ``--guide-label``, ``--seed``, ``--batch-size``) are declared ONCE, in
+``SAMPLING_OPTIONS``, with one help text each;
 ``@sampling_options()`` gives them to a command, which receives a validated
 ``fmcli.sampling.SamplingOptions``. A new sampling option is a field of ``SamplingOptions`` and an
 entry here, nothing else.
@@ -139,10 +140,25 @@ def use_threads(threads: int | None, *, quiet: bool = False) -> dict:
 
 
 CFG_HELP = (
-    "Classifier-free guidance scale S: v_uncond + S (v_cond - v_uncond). 1 is plain conditional sampling; "
-    "larger S gives more class-typical samples at the cost of diversity (and doubles the model batch). "
-    "\\[default: 2 for fm sample/animate with --class on a model trained with label dropout; else 1, and "
+    "Guidance scale S: v_ref + S (v_cond - v_ref), v_ref the unconditional velocity (classifier-free) or the "
+    "--guide's. 1 is plain conditional sampling; larger S gives more class-typical samples at the cost of "
+    "diversity (and a second network pass where it guides). \\[default: the setting fm tune --guidance stored "
+    "beside the checkpoint; else 2 for --class on a model trained with label dropout (or with a --guide), else 1; "
     "always 1 in fm eval so FID measures the model itself]"
+)
+INTERVAL_HELP = (
+    "Guide only for t in [LO,HI] (t = 1 noise, t = 0 data), e.g. 0.2,0.8: elsewhere one conditional pass, no "
+    "guidance (Kynkäänniemi et al. 2024); full: everywhere. \\[default: the stored setting's, else full]"
+)
+GUIDE_HELP = (
+    "Guide with this checkpoint's velocity instead of the model's own unconditional one: an earlier checkpoint of "
+    "the same run (the run's guide.safetensors) or a smaller model of the same data, whose errors the model "
+    "outgrew (Karras et al. 2024); none: classifier-free. \\[default: the stored setting's, else none]"
+)
+GUIDE_LABEL_HELP = (
+    "Which velocity of the --guide: null (its unconditional velocity: classifier-free guidance against a weaker "
+    "model) or same (its velocity for the sample's own class: autoguidance). \\[default: the stored setting's, "
+    "else null]"
 )
 
 # field of SamplingOptions -> (its command-line option, its default). The defaults are those of
@@ -185,6 +201,15 @@ SAMPLING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "rtol": (Annotated[float, typer.Option(help="Relative tolerance of adaptive solvers, in (0, 1).")], 1e-5),
     "atol": (Annotated[float, typer.Option(help="Absolute tolerance of adaptive solvers, in (0, 1).")], 1e-5),
     "cfg": (Annotated[Optional[float], typer.Option(help=CFG_HELP, show_default=False)], None),
+    "guidance_interval": (
+        Annotated[Optional[str], typer.Option(help=INTERVAL_HELP, show_default=False, metavar="LO,HI")],
+        None,
+    ),
+    "guide": (Annotated[Optional[str], typer.Option(help=GUIDE_HELP, show_default=False, metavar="CKPT")], None),
+    "guide_label": (
+        Annotated[Optional[str], typer.Option(help=GUIDE_LABEL_HELP, show_default=False, metavar="null|same")],
+        None,
+    ),
     "seed": (
         Annotated[
             int, typer.Option(help="Seed of the noise: the same checkpoint, seed and options give the same samples.")

@@ -159,6 +159,7 @@ def animate_command(
         "time_grid": animation.result.time_grid,
         "nfe": animation.nfe,
         "extra_nfe": animation.extra_nfe,
+        "passes": animation.result.passes,
         "seed": sampling.seed,
         "seconds": round(animation.seconds, 3),
         **machine,

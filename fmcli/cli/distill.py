@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmcli.cli._common import cli_errors
+from fmcli.cli._common import GUIDE_HELP, GUIDE_LABEL_HELP, INTERVAL_HELP, cli_errors
 from fmcli.cli._training import run_training, train_options
 from fmcli.cli.train import ConfigFile, JsonOutput
 from fmcli.errors import FMError
@@ -33,7 +33,9 @@ DEFAULTS = {
     "warmup_steps": "20",
     "sample_every": "0",
     "diagnose_every": "250",
-    "train_cfg": "the teacher's sampling guidance (2 with label dropout, else 1)",
+    "guide_at": "0 (a student samples with its guidance folded in: it needs no guide)",
+    "train_cfg": "the teacher's sampling guidance (fm tune --guidance's stored setting; else 2 with label dropout, "
+    "else 1)",
 }
 
 
@@ -48,16 +50,23 @@ def distill_command(
     resume: Annotated[
         Optional[str], typer.Option(help="Continue a distillation run: its folder or a checkpoint.")
     ] = None,
+    guidance_interval: Annotated[
+        Optional[str], typer.Option(help=f"The teacher's guidance interval folded in. {INTERVAL_HELP}", metavar="LO,HI")
+    ] = None,
+    guide: Annotated[
+        Optional[str], typer.Option(help=f"The teacher's guide, folded in. {GUIDE_HELP}", metavar="CKPT")
+    ] = None,
+    guide_label: Annotated[Optional[str], typer.Option(help=GUIDE_LABEL_HELP, metavar="null|same")] = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Distill a flow model into a model that samples in 1-4 steps (MeanFlow with the teacher's velocity).
 
     The student is the teacher's network with an interval input, starting from the teacher's
     weights, and learns the teacher's average velocity over \\[r, t]: one step x0 = x1 - u(x1, 0, 1)
-    replaces an ODE solve. Guidance is folded in (--train-cfg, by default what `fm sample --class`
-    uses on the teacher), so the student samples guided at --cfg 1. Run folder, checkpoints, resume,
-    Ctrl-C, EMA, precision and progress are those of `fm train`; `fm sample STUDENT` uses the
-    few-step sampler by default.
+    replaces an ODE solve. Guidance is folded in (--train-cfg, --guidance-interval, --guide: by default what `fm
+    sample --class` uses on the teacher, the setting fm tune --guidance stored if there is one), so the student
+    samples guided at --cfg 1. Run folder, checkpoints, resume, Ctrl-C, EMA, precision and progress are those of
+    `fm train`; `fm sample STUDENT` uses the few-step sampler by default.
 
     Examples:
 
@@ -79,6 +88,13 @@ def distill_command(
         return
     if teacher is None:
         raise FMError("give the flow checkpoint to distill (a .safetensors file or a run folder), or --resume RUN")
+    from fmcli.sampling.stored_guidance import parse_interval
+
+    interval = parse_interval(guidance_interval)
     run_training(
-        distill_overrides(teacher, options), config=config, resume=None, allow_change=False, json_output=json_output
+        distill_overrides(teacher, options, interval, guide),
+        config=config,
+        resume=None,
+        allow_change=False,
+        json_output=json_output,
     )

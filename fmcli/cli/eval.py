@@ -137,6 +137,23 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
+    cfgs: Annotated[
+        Optional[str],
+        typer.Option(help="Guidance scales a sweep compares, e.g. 1,2,3 (each with every --intervals and --guides)."),
+    ] = None,
+    intervals: Annotated[
+        Optional[str],
+        typer.Option(help='Guidance intervals a sweep compares, ";"-separated, e.g. "full;0.2,0.8" (t = 1 noise).'),
+    ] = None,
+    guides: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Guides a sweep compares, comma-separated checkpoints or none, e.g. none,runs/demo/guide.safetensors."
+        ),
+    ] = None,
+    guide_labels: Annotated[
+        Optional[str], typer.Option(help="Guide labels a sweep compares with each guide: null, same or null,same.")
+    ] = None,
     rtols: Annotated[
         Optional[str],
         typer.Option(help="Tolerances for adaptive solvers in a sweep, e.g. 1e-3,1e-5 (default: --rtol)."),
@@ -188,6 +205,12 @@ def eval_command(
     if grids and not sweep_solvers:
         raise FMError("--grids is for a sweep (--sweep); use --time-grid for one run")
     solvers = parse_list(sweep_solvers, "--sweep") if sweep_solvers else None
+    listed = cfgs or intervals or guides or guide_labels
+    guidances = _guidances(cfgs, intervals, guides, guide_labels, sampling) if listed else None
+    if guidances and not sweep_solvers:
+        raise FMError(
+            "--cfgs, --intervals and --guides are for a sweep (--sweep); use --cfg, --guidance-interval, --guide"
+        )
     tolerances = parse_list(rtols, "--rtols", float) if rtols else None
     if real and checkpoint is not None:
         raise FMError("--real scores real images; give either a checkpoint or --real, not both")
@@ -229,6 +252,7 @@ def eval_command(
                 out_dir=out,
                 progress=progress,
                 grids=parse_list(grids, "--grids") if grids else None,
+                guidances=guidances,
             )
         else:
             report = evaluate_checkpoint(checkpoint, options, progress)
@@ -356,21 +380,45 @@ def _jumps(checkpoint: Optional[Path], num: int, device: str, weights: str, json
     )
 
 
+def _guidances(cfgs, intervals, guides, labels, sampling) -> list[dict]:
+    """--cfgs x --intervals x --guides as SamplingOptions fields (what is not listed: --cfg, --guidance-interval,
+    --guide's single value)."""
+    from fmcli.sampling.stored_guidance import guidance_grid, parse_intervals
+
+    scales = parse_list(cfgs, "--cfgs", float) if cfgs else [sampling.cfg if sampling.cfg is not None else 1.0]
+    spans = parse_intervals(intervals) if intervals else [sampling.guidance_interval]
+    named = [None if g.lower() == "none" else g for g in parse_list(guides, "--guides")] if guides else [sampling.guide]
+    kinds = tuple(parse_list(labels, "--guide-labels")) if labels else (sampling.guide_label or "null",)
+    return [
+        {"cfg": g.scale, "guidance_interval": g.interval or (0.0, 1.0), "guide": g.guide or "none",
+         "guide_label": g.guide_label}
+        for g in guidance_grid(scales, spans, named, kinds)
+    ]  # fmt: skip
+
+
 def _print_sweep(report: dict) -> None:
+    from fmcli.sampling.stored_guidance import GuidanceSetting
+
     table = Table(
         title=f"fm eval sweep: {report['checkpoint']} ({report['num_samples']} samples per run, "
         f"{report['extractor']['name']} features)",
         title_justify="left",
     )
-    names = [m for m in ("fid", "kid", "precision", "recall") if any(m in run for run in report["runs"])]
-    for column in ["solver", "grid", "steps / rtol", "NFE", "seconds", *names]:
-        table.add_column(column, justify="left" if column in ("solver", "grid") else "right", no_wrap=True)
+    names = [m for m in ("fid", "kid", "precision", "recall") if any(run.get(m) is not None for run in report["runs"])]
+    guided = any(run["cfg"] != 1 for run in report["runs"])  # guidance columns only where guidance is compared
+    names += ["accuracy"] if guided and any(run.get("accuracy") is not None for run in report["runs"]) else []
+    columns = ["solver", "grid", "steps / rtol", *(["guidance"] if guided else []), "NFE",
+               *(["passes"] if guided else []), "seconds", *names]  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("solver", "grid", "guidance") else "right", no_wrap=True)
     for run in report["runs"]:
         budget = f"rtol {run['rtol']:g}" if run["adaptive"] else str(run["steps"])
         grid = "-" if run["adaptive"] else str(run.get("time_grid"))
-        table.add_row(
-            run["solver"], grid, budget, str(run["nfe"]), f"{run['seconds']:.2f}", *[_fmt(run.get(n)) for n in names]
-        )
+        interval = run["interval"] and tuple(run["interval"])
+        guidance = GuidanceSetting(run["cfg"], interval, run["guide"], run["guide_label"]).describe()
+        cells = [run["solver"], grid, budget, *([guidance] if guided else []), str(run["nfe"]),
+                 *([str(run["passes"])] if guided else []), f"{run['seconds']:.2f}"]  # fmt: skip
+        table.add_row(*cells, *[_fmt(run.get(n)) for n in names])
     console.print(table)
     for path in report.get("files", []):
         err_console.print(f"wrote {path}", highlight=False)

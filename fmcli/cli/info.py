@@ -53,4 +53,15 @@ def info_command(
         )
         note = f" (calibration error {error:.4f})" if isinstance(error, float) else ""
         table.add_row(f"tuned {what}", f"times {times}{scales}{note}")
+    guidance = payload["tuned_guidance"]
+    if guidance.get("error"):
+        table.add_row("tuned guidance", f"unusable: {guidance['error']}")
+    elif guidance.get("file"):
+        sampler = guidance["sampler"]
+        used = "--class sampling" if guidance["conditional"] else "unlabelled sampling"
+        table.add_row(
+            "tuned guidance",
+            f"{guidance['describe']} (fm tune --guidance for {sampler.get('solver')} {sampler.get('steps')} steps; "
+            f"used by default in {used}; flags win)",
+        )
     console.print(table)

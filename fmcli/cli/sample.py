@@ -50,6 +50,8 @@ def sample_command(
 
       fm sample runs/demo --class 3 --cfg 2 --solver dopri5 --out three.npz
 
+      fm sample runs/demo --class all --cfg 2.5 --guidance-interval 0.2,0.8 --guide runs/demo/guide.safetensors
+
       fm sample runs/demo --class all --solver euler --steps 4 --time-grid tuned --out tuned.png  (after fm tune)
     """
     from fmcli.data.base import to_uint8
@@ -57,7 +59,7 @@ def sample_command(
     from fmcli.io.checkpoint import load_checkpoint
     from fmcli.io.images import output_format, write_samples
     from fmcli.sampling.generate import generate
-    from fmcli.sampling.guidance import parse_classes
+    from fmcli.sampling.guidance import guidance_note, parse_classes
 
     fmt = output_format(out, format)
     if fmt == "folder" and out.exists() and any(out.iterdir()):
@@ -87,11 +89,13 @@ def sample_command(
         "steps": sampling.steps,
         "time_grid": result.time_grid,
         "nfe": result.nfe,
+        "passes": result.passes,
         "seconds": round(result.seconds, 3),
         "images_per_s": round(num / max(result.seconds, 1e-9), 1),
         "device": str(loaded.device),
         "class": class_,
         "cfg": result.cfg,
+        "guidance": result.guidance.setting.as_json() | {"source": result.guidance.source},
         "seed": sampling.seed,
         "batch_size": result.batch_size,
         **machine,
@@ -101,6 +105,6 @@ def sample_command(
     else:
         err_console.print(
             f"wrote {out} ({num} samples, {sampling.solver}{', tuned grid' if result.time_grid == 'tuned' else ''}, "
-            f"NFE {result.nfe}, {result.seconds:.2f} s)",
+            f"{guidance_note(result)}NFE {result.nfe}, {result.seconds:.2f} s)",
             highlight=False,
         )

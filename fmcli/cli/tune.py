@@ -1,5 +1,7 @@
-"""``fm tune``: fit a fixed-step solver's time grid to a checkpoint, stored beside it for sampling to find."""
+"""``fm tune``: fit a fixed-step solver's time grid (or, with --guidance, the guidance) to a checkpoint, stored beside
+it for sampling to find."""
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -7,17 +9,22 @@ from rich.table import Table
 
 from fmcli import registry
 from fmcli.cli._common import (
+    GUIDE_HELP,
+    INTERVAL_HELP,
     CheckpointArgument,
     DeviceOption,
     JsonOption,
+    ThreadsOption,
     WeightsOption,
     cli_errors,
     console,
     err_console,
     parse_int_list,
+    parse_list,
     print_json,
     progress_bar,
     solver_help,
+    use_threads,
 )
 
 
@@ -25,9 +32,21 @@ from fmcli.cli._common import (
 def tune_command(
     checkpoint: CheckpointArgument,
     solver: Annotated[
-        str, typer.Option(help=f"Fixed-step {solver_help()}", autocompletion=registry.completer(registry.solvers))
-    ] = "euler",
-    steps: Annotated[str, typer.Option(help="Step counts to tune, comma-separated (each at least 2).")] = "4,6,8",
+        Optional[str],
+        typer.Option(
+            help=f"Fixed-step {solver_help()} \\[default: euler; with --guidance the checkpoint's default sampler]",
+            autocompletion=registry.completer(registry.solvers),
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Step counts to tune, comma-separated (each at least 2); with --guidance one count. "
+            "\\[default: 4,6,8; with --guidance the checkpoint's default sampler's]",
+            show_default=False,
+        ),
+    ] = None,
     cfg: Annotated[
         Optional[float],
         typer.Option(
@@ -36,6 +55,10 @@ def tune_command(
             show_default=False,
         ),
     ] = None,
+    guidance_interval: Annotated[
+        Optional[str], typer.Option(help=f"The grid's guidance interval. {INTERVAL_HELP}", metavar="LO,HI")
+    ] = None,
+    guide: Annotated[Optional[str], typer.Option(help=f"The grid's guide. {GUIDE_HELP}", metavar="CKPT")] = None,
     unconditional: Annotated[
         bool,
         typer.Option(
@@ -52,11 +75,49 @@ def tune_command(
     ] = True,
     reference_steps: Annotated[int, typer.Option(help="rk4 steps of the reference solve (quadratic grid).")] = 20,
     pool_seed: Annotated[int, typer.Option(help="Which calibration pool (never a sampling seed's noise).")] = 0,
+    guidance: Annotated[
+        bool,
+        typer.Option(
+            "--guidance",
+            help="Instead of a grid: search guidance scale x interval x guide with fm eval's scores (FID, recall, "
+            "class accuracy) for the default sampler, and store the choice beside the checkpoint (NAME.guidance.json) "
+            "for fm sample, fm serve, fm distill and the Python API.",
+        ),
+    ] = False,
+    cfgs: Annotated[str, typer.Option(help="--guidance: the scales to try.")] = "2,3",
+    intervals: Annotated[
+        str, typer.Option(help='--guidance: the intervals to try, ";"-separated (t = 1 noise; full: everywhere).')
+    ] = "full;0.2,0.8",
+    guides: Annotated[
+        Optional[str],
+        typer.Option(
+            help="--guidance: guides to try, comma-separated checkpoints or none. \\[default: none and the run's "
+            "guide.safetensors, the early checkpoint fm train keeps]",
+            show_default=False,
+        ),
+    ] = None,
+    guide_labels: Annotated[
+        str, typer.Option(help="--guidance: the guide's velocities to try: null (unconditional), same (the class).")
+    ] = "null",
+    num: Annotated[
+        int, typer.Option(help="--guidance: samples per candidate (held-out noise, equal per class).")
+    ] = 500,
+    min_recall: Annotated[float, typer.Option(help="--guidance: keep at least this x the unguided recall.")] = 0.95,
+    min_accuracy: Annotated[float, typer.Option(help="--guidance: the class accuracy to reach.")] = 0.99,
+    data: Annotated[
+        Optional[str], typer.Option(help="--guidance: data set to score against (default: its own).")
+    ] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where data files live (else $FM_DATA_DIR).")] = None,
+    extractor: Annotated[
+        Optional[str], typer.Option(help="--guidance: fm eval's feature network (default: fm eval's for the data).")
+    ] = None,
     weights: WeightsOption = "ema",
     device: DeviceOption = "auto",
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Tune the time grid of a fixed-step solver to this checkpoint (t = 1 noise -> t = 0 data).
+    """Tune the time grid of a fixed-step solver to this checkpoint (t = 1 noise -> t = 0 data), or (--guidance)
+    the guidance it samples with.
 
     Fits the K - 1 interior times (and one velocity scale per step) to minimise the error of the final samples
     against an accurate solve of the same noise, on a small calibration pool, and writes them to CKPT's
@@ -70,7 +131,31 @@ def tune_command(
       fm tune runs/demo --steps 4 --cfg 1 --json
 
       fm sample runs/demo --class all --solver euler --steps 4 --out tuned.png
+
+      fm tune runs/demo --guidance --data mnist   (then fm sample runs/demo --class 6 guides as stored)
     """
+    machine = use_threads(threads, quiet=json_output)
+    if guidance:
+        from fmcli.eval.guidance_search import SearchOptions
+        from fmcli.eval.run import EvalOptions
+        from fmcli.sampling.stored_guidance import parse_intervals
+
+        named = None if guides is None else [None if g.lower() == "none" else g for g in parse_list(guides, "--guides")]
+        search = SearchOptions(
+            scales=tuple(parse_list(cfgs, "--cfgs", float)),
+            intervals=tuple(parse_intervals(intervals)),
+            guides=None if named is None else tuple(named),
+            guide_labels=tuple(parse_list(guide_labels, "--guide-labels")),
+            min_recall=min_recall,
+            min_accuracy=min_accuracy,
+            solver=solver,
+            steps=None if steps is None else parse_int_list(steps, "--steps")[0],
+            eval=EvalOptions(num_samples=num, metrics=("fid", "pr"), data=data, data_dir=data_dir, weights=weights,
+                             device=device, extractor=extractor),
+        )  # fmt: skip
+        _tune_guidance(checkpoint, search, json_output, machine)
+        return
+    solver, steps = solver or "euler", steps or "4,6,8"
     from fmcli.device import resolve_device
     from fmcli.io.checkpoint import load_checkpoint
     from fmcli.sampling.tuned import grid_file, read_grid_file, store_tuned
@@ -80,6 +165,8 @@ def tune_command(
         solver=solver,
         steps=tuple(parse_int_list(steps, "--steps")),
         cfg=cfg,
+        guidance_interval=guidance_interval,
+        guide=guide,
         conditional=not unconditional,
         pool=pool,
         iterations=iterations,
@@ -114,6 +201,50 @@ def tune_command(
         return
     _print_report(payload)
     err_console.print(f"wrote {path} ({report.seconds:.1f} s)", highlight=False)
+
+
+def _tune_guidance(checkpoint, options, json_output: bool, machine: dict) -> None:
+    from fmcli.eval.guidance_search import search_guidance
+    from fmcli.sampling.stored_guidance import store
+
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        found = search_guidance(checkpoint, options, progress)
+    path = store(checkpoint, found["stored"])
+    search = found["search"]
+    if json_output:
+        print_json({"checkpoint": str(checkpoint), "file": str(path), **search, **machine})
+        return
+    _print_guidance(str(checkpoint), search)
+    err_console.print(f"chose {search['chosen']} ({search['why']}); wrote {path} ({search['seconds']:.0f} s)",
+                      highlight=False)  # fmt: skip
+
+
+def _print_guidance(checkpoint: str, search: dict) -> None:
+    from fmcli.sampling.stored_guidance import GuidanceSetting
+
+    table = Table(
+        title=f"fm tune --guidance: {checkpoint} ({search['num_samples']} samples each, held-out noise, "
+        f"{search['extractor']} features against {search['data']}; {search['rule']})",
+        title_justify="left",
+    )
+    for column in ("guidance", "NFE", "passes", "FID", "recall", "precision", "accuracy", "seconds"):
+        table.add_column(column, justify="left" if column == "guidance" else "right")
+    for row in [search["baseline"], *search["rows"]]:
+        setting = GuidanceSetting(
+            row["cfg"], row["interval"] and tuple(row["interval"]), row["guide"], row["guide_label"]
+        )
+        accuracy = "-" if row.get("accuracy") is None else f"{row['accuracy']:.3f}"
+        mark = " (chosen)" if setting.describe() == search["chosen"] else ""
+        table.add_row(setting.describe() + mark, str(row["nfe"]), str(row["passes"]), f"{row['fid']:.2f}",
+                      f"{row['recall']:.3f}", f"{row['precision']:.3f}", accuracy, f"{row['seconds']:.1f}")  # fmt: skip
+    console.print(table)
 
 
 def _print_report(payload: dict) -> None:

@@ -26,6 +26,8 @@ def evaluate(
     solver: str | Solver | None = None,
     steps: int | None = None,
     cfg: float | None = None,
+    guidance_interval: tuple[float, float] | str | None = None,
+    guide: Union[str, "os.PathLike[str]", None] = None,
     seed: int | None = None,
     time_grid: str | Sequence[float] | None = None,
     batch_size: int | None = None,
@@ -40,7 +42,8 @@ def evaluate(
     ``checkpoint`` is a file, a run folder or a loaded ``Model`` (its file is evaluated, with the device and the
     weights of ``options``). Every keyword left at None keeps ``options``' value (default ``EvalOptions()``:
     5,000 samples, FID, KID and precision/recall, the data set's default feature extractor, heun 20 or a
-    few-step model's own sampler, no guidance (cfg 1), seed 0, the device ``auto``). ``progress(stage, done,
+    few-step model's own sampler, no guidance (cfg 1; ``guidance_interval`` and ``guide`` as
+    ``fm eval``'s), seed 0, the device ``auto``). ``progress(stage, done,
     total)`` hears about each stage. Returns the report ``fm eval --json`` prints: ``report["metrics"]["fid"]
     ["value"]``, the sampling's NFE and seconds, the sample counts behind each figure.
     """
@@ -49,6 +52,8 @@ def evaluate(
         "solver": solver,
         "steps": steps,
         "cfg": cfg,
+        "guidance_interval": guidance_interval,
+        "guide": None if guide is None else str(guide),
         "seed": seed,
         "time_grid": time_grid,
         "batch_size": batch_size,

@@ -298,6 +298,7 @@ class EvalContext:
     extractor: FeatureExtractor
     reference: ReferenceFeatures
     progress: Progress | None
+    classifiers: dict = field(default_factory=dict)  # the class-telling network, found once (``classifier``)
 
     @property
     def num_classes(self) -> int:
@@ -331,22 +332,56 @@ class EvalContext:
             "time_grid": result.time_grid,
             "rtol": sampling.rtol,
             "nfe": result.nfe,
+            "passes": result.passes,
+            "cfg": result.cfg,
+            "guidance": result.guidance.setting.as_json() | {"source": result.guidance.source},
             "seconds": round(result.seconds, 3),
             "samples_per_second": round(num / max(result.seconds, 1e-9), 2),
         }
         return result, logits, summary, score(self.reference, features, self.options)
 
+    def accuracy(self, result: SampleResult, logits: Tensor | None) -> float | None:
+        """How often the classifier sees the requested class (None: unlabelled samples, or no classifier)."""
+        if "network" not in self.classifiers:
+            self.classifiers["network"] = _classifier_for(self)
+        classifier = self.classifiers["network"]
+        if result.labels is None or classifier is None:
+            return None
+        names = self.data.class_names(classifier.num_classes)
+        if len(names) != self.num_classes:
+            return None
+        if classifier is not self.extractor or logits is None:
+            _, logits = extract_features(classifier, result.samples, device=self.device)
+        return class_accuracy(logits.argmax(1), result.labels, len(names))[0]
 
-def prepare(checkpoint: Path, options: EvalOptions, progress: Progress | None) -> EvalContext:
-    """Load the checkpoint, its data, the feature extractor and the reference features (cached)."""
+    def row(self, sampling: SamplingOptions) -> dict:
+        """One line of a sweep or a guidance search: the sampling, its cost (NFE, network passes), its scores."""
+        result, logits, summary, metrics = self.sample_and_score(sampling)
+        return {
+            **{key: summary[key] for key in ("solver", "steps", "time_grid", "nfe", "passes", "cfg", "seconds")},
+            "interval": summary["guidance"]["interval"],
+            "guide": summary["guidance"]["guide"],
+            "guide_label": summary["guidance"]["guide_label"],
+            **{metric: entry["value"] for metric, entry in metrics.items()},
+            **({"kid_std": metrics["kid"]["std"]} if "kid" in metrics else {}),
+            "accuracy": self.accuracy(result, logits),
+        }
+
+
+def prepare(
+    checkpoint: Path, options: EvalOptions, progress: Progress | None, *, train_reference: bool = False
+) -> EvalContext:
+    """Load the checkpoint, its data, the feature extractor and the reference features (cached). The reference
+    is the test split; ``train_reference``: the training split where there is no test split (an image folder)."""
     device = resolve_device(options.device)
     loaded = load_checkpoint(checkpoint, device=device, weights=options.weights)
     data = checkpoint_data(loaded.meta, options)
-    if "test" not in data.splits:
+    if "test" not in data.splits and not train_reference:
         raise FMError(f"data set {data.name!r} has no test split to score against; use a data set with one")
     extractor = load_extractor(options.extractor, data, options, device, progress)
+    split = "test" if "test" in data.splits else data.splits[0]
     reference = reference_features(
-        extractor, data.load("test"), cache=options.cache_dir or default_cache_dir(), device=device, progress=progress
+        extractor, data.load(split), cache=options.cache_dir or default_cache_dir(), device=device, progress=progress
     )
     return EvalContext(options, device, loaded, data, extractor, reference, progress)
 

@@ -17,7 +17,7 @@ from fmcli.eval.features import Progress
 from fmcli.eval.plot import plot_metric_vs_nfe
 from fmcli.eval.run import EvalContext, EvalOptions, extractor_report, prepare
 from fmcli.io.files import atomic_write_bytes
-from fmcli.sampling.guidance import default_cfg
+from fmcli.sampling.guidance import resolve_guidance
 from fmcli.sampling.tuned import TunedSetting, find_tuned
 
 
@@ -31,11 +31,14 @@ def sweep(
     out_dir: Path | None = None,
     progress: Progress | None = None,
     grids: list[str] | None = None,
+    guidances: list[dict] | None = None,
 ) -> dict:
-    """FID (and the other metrics) for every solver x step count x grid (adaptive: x tolerance), same seeds.
+    """FID (and the other metrics) for every solver x step count x grid (adaptive: x tolerance) x guidance,
+    same seeds.
 
     ``grids``: time grid names, "tuned" included (None: the sampling options' --time-grid if given, else
-    uniform plus tuned where fm tune made a grid). A tuned line appears where a grid exists for its setting."""
+    uniform plus tuned where fm tune made a grid). A tuned line appears where a grid exists for its setting.
+    ``guidances``: settings as SamplingOptions fields (cfg, guidance_interval, guide; None: the options' own)."""
     if not steps or min(steps) < 1:
         raise FMError("--steps values must be at least 1")
     chosen = grids or ([options.sampling.time_grid] if options.sampling.time_grid is not None else None)
@@ -51,24 +54,22 @@ def sweep(
             plans += [
                 (False, replace(options.sampling, solver=name, steps=n, time_grid=g)) for n in steps for g in names
             ]
+    if guidances:
+        plans = [(adaptive, replace(sampling, **g)) for adaptive, sampling in plans for g in guidances]
     ctx = prepare(checkpoint, options, progress)
     plans = [(adaptive, sampling) for adaptive, sampling in plans if adaptive or _has_grid(ctx, sampling)]
     if chosen and "tuned" in chosen and not any(s.time_grid == "tuned" for _, s in plans):
         raise FMError(f"--grids tuned: {checkpoint} has no tuned grid for these solvers, steps and cfg; run fm tune")
     runs = []
     for adaptive, sampling in plans:
-        _, _, summary, metrics = ctx.sample_and_score(sampling)
+        row = ctx.row(sampling)
         runs.append(
-            {
-                "solver": sampling.solver_name,
+            row
+            | {
                 "adaptive": adaptive,
                 "steps": None if adaptive else sampling.steps,
-                "time_grid": None if adaptive else summary["time_grid"],
+                "time_grid": None if adaptive else row["time_grid"],
                 "rtol": sampling.rtol if adaptive else None,
-                "nfe": summary["nfe"],
-                "seconds": summary["seconds"],
-                **{metric: entry["value"] for metric, entry in metrics.items()},
-                **({"kid_std": metrics["kid"]["std"]} if "kid" in metrics else {}),
             }
         )
     report = {
@@ -91,8 +92,11 @@ def _has_grid(ctx: EvalContext, sampling) -> bool:
     if sampling.time_grid != "tuned":
         return True
     classes = ctx.requested_classes()
-    cfg = default_cfg(ctx.loaded, classes) if sampling.cfg is None else sampling.cfg
-    setting = TunedSetting(sampling.solver_name, sampling.steps, cfg, classes is not None, ctx.loaded.weights)
+    guidance = resolve_guidance(ctx.loaded, sampling, classes)
+    setting = TunedSetting(
+        sampling.solver_name, sampling.steps, guidance.setting.scale, classes is not None, ctx.loaded.weights,
+        guidance.key(),
+    )  # fmt: skip
     return find_tuned(ctx.loaded.path, setting, required=False) is not None
 
 

@@ -1,7 +1,8 @@
 """Sampling: from noise (t = 1) to data (t = 0) with any registered solver.
 
     options.py    ``SamplingOptions``: solver, steps, time grid, tolerances, guidance, seed, batch size
-    guidance.py   classifier-free guidance (the velocity the solvers call) and ``--class`` labels
+    guidance.py   guidance (classifier-free, by a guide, in an interval: the velocity the solvers call), ``--class``
+    stored_guidance.py  a guidance setting as plain values, and the one ``fm tune --guidance`` stores (no torch)
     generate.py   ``generate``: samples from a loaded checkpoint; the training loop's preview grids
     animate.py    one solve recorded frame by frame: GIFs and filmstrips of noise turning into data
     solvers/      the ODE solvers and their one call, ``solve(velocity, x, integration, conditioning)``

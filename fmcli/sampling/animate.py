@@ -54,7 +54,6 @@ from fmcli.io.checkpoint import LoadedModel
 from fmcli.io.files import atomic_write_bytes
 from fmcli.io.images import PlotFrame, encode_filmstrip, encode_gif, grid_image, side_by_side, with_caption
 from fmcli.sampling.generate import SampleResult, generate
-from fmcli.sampling.guidance import guided_velocity
 from fmcli.sampling.options import SamplingOptions
 
 SHOW_MODES = ("x", "x0", "both")
@@ -235,7 +234,7 @@ def render_animation(
     times = [float(t) for t in result.times]
     trajectory = result.trajectory  # [T, N, ...] float32 on the CPU
     result.trajectory = None
-    velocity = guided_velocity(loaded.model, result.cfg, null_class=loaded.meta.num_classes)
+    velocity = result.velocity  # the guidance the solve used: scale, interval, guide
     x0 = functools.partial(
         predicted_x0,
         velocity,

@@ -20,7 +20,7 @@ from fmcli.io.images import grid_image, png_bytes, scatter_image
 from fmcli.models.embedding import NO_INTERVAL_INPUT
 from fmcli.runtime import threads
 from fmcli.sampling.batching import sampling_batch
-from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity, model_passes
+from fmcli.sampling.guidance import Guidance, balanced_classes, resolve_guidance
 from fmcli.sampling.options import SamplingOptions, resolve_solver
 from fmcli.sampling.solvers.base import needs_interval
 from fmcli.sampling.tuned import TunedSetting, resolve_grid
@@ -38,6 +38,9 @@ class SampleResult:
     trajectory: Tensor | None = None  # [T, N, ...] on the CPU
     time_grid: str = "uniform"  # the grid used: "tuned" (fm tune's, for these settings), a grid name, "explicit"
     batch_size: int = 0  # samples per solver call (the --batch-size given, or the one chosen for the memory)
+    passes: int = 0  # network passes per sample: nfe, plus one per guided evaluation (what was spent)
+    guidance: Guidance | None = None  # the guidance used: setting, guide, source (flags, tuned, default)
+    velocity: Callable[..., Tensor] | None = None  # the guided velocity the solver called (fm animate reuses it)
 
 
 class WatchedVelocity:
@@ -50,8 +53,10 @@ class WatchedVelocity:
         self.velocity, self.count, self.report, self.done = velocity, count, report, 0
 
     def __call__(self, x: Tensor, t: Tensor, *args, **kwargs) -> Tensor:
+        before = getattr(self.velocity, "passes", 0)
         v = self.velocity(x, t, *args, **kwargs)
-        threads.tick(x.shape[0], kind="evaluation")
+        # The work is the network passes: a guided evaluation (two) is no slowdown of a plain one.
+        threads.tick(x.shape[0] * max(1, getattr(self.velocity, "passes", 0) - before), kind="evaluation")
         if self.report is None:
             return v
         done = int(self.count * min(1.0, max(0.0, 1.0 - float(t))))
@@ -77,32 +82,35 @@ def generate(
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     options = options.for_model(loaded.meta)
-    cfg = default_cfg(loaded, classes) if options.cfg is None else options.cfg
-    check_guidance(loaded, cfg, classes)
+    guidance = resolve_guidance(loaded, options, classes)
+    cfg = guidance.setting.scale
     solver = resolve_solver(options.solver)  # a registered name, or a Solver object of the caller's
     if needs_interval(solver) and not loaded.meta.model_config.get("interval"):
         raise FMError(f"--solver {options.solver_name}: {NO_INTERVAL_INPUT} (use an ODE solver such as heun)")
     device = loaded.device
-    setting = TunedSetting(options.solver_name or "", options.steps or 0, cfg, classes is not None, loaded.weights)
+    setting = TunedSetting(
+        options.solver_name or "", options.steps or 0, cfg, classes is not None, loaded.weights, guidance.key()
+    )
     grid = resolve_grid(options.time_grid, loaded.path, setting, adaptive=bool(getattr(solver, "adaptive", False)))
     integration = options.integration(save_at).with_(time_grid=grid.time_grid, step_scales=grid.step_scales)
-    guided = guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes)
-    passes = model_passes(cfg, classes is not None)
+    guided = guidance.velocity(loaded)
+    passes = guidance.max_passes(classes is not None)
     batch_size = options.batch_size or sampling_batch(
         loaded.model, loaded.meta.shape, device, passes, loaded.meta.num_classes
     )
     # All the noise at once: sample i's noise depends on the seed alone, not on how the batches are cut.
     noise = torch.randn((num, *loaded.meta.shape), generator=torch.Generator().manual_seed(options.seed))
-    outputs, trajectories, nfe, times = [], [], 0, None
+    outputs, trajectories, nfe, spent, times = [], [], 0, 0, None
     start = time.perf_counter()
     for first in range(0, num, batch_size):
         count = min(batch_size, num - first)
         x1 = noise[first : first + count].to(device)
         conditioning = {} if classes is None else {"y": classes[first : first + count].to(device)}
         velocity = WatchedVelocity(guided, count, lambda done, first=first: progress and progress(first + done, num))
+        before = guided.passes
         result = solver.solve(velocity, x1, integration, conditioning)
         outputs.append(result.x.float().cpu())
-        nfe = max(nfe, result.nfe)
+        nfe, spent = max(nfe, result.nfe), max(spent, guided.passes - before)
         if result.trajectory is not None:
             trajectories.append(result.trajectory.float().cpu())
             times = result.times
@@ -121,6 +129,9 @@ def generate(
         times=times,
         trajectory=torch.cat(trajectories, dim=1) if trajectories else None,
         time_grid=grid.label,
+        passes=spent,
+        guidance=guidance,
+        velocity=guided,
     )
 
 

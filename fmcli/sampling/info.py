@@ -1,7 +1,8 @@
 """What a checkpoint holds, as one dictionary: ``fm info`` prints it, ``fm serve`` shows it, the API returns it.
 
 Reads only the safetensors header, so it is instant on any size, and imports no torch. Tuned grids (fm tune)
-are listed from the grid file beside the checkpoint (checked against the checkpoint's content).
+and the tuned guidance (fm tune --guidance) are listed from the files beside the checkpoint (checked against
+the checkpoint's content).
 """
 
 import math
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from fmcli.io.header import read_header
 from fmcli.sampling.options import default_sampler
+from fmcli.sampling.stored_guidance import listed_guidance
 from fmcli.sampling.tuned import listed_grids
 
 
@@ -32,4 +34,5 @@ def checkpoint_info(path: Path) -> dict:
         "label_dropout": meta.label_dropout,
         "train_config": meta.train_config,
         "tuned_grids": listed_grids(path),
+        "tuned_guidance": listed_guidance(path),
     }

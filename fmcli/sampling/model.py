@@ -59,6 +59,8 @@ class Samples:
     nfe: int  # model evaluations per sample
     seconds: float  # wall time of the solve
     cfg: float  # the guidance scale used
+    passes: int  # network passes per sample: the NFE plus one per guided evaluation
+    guidance: dict  # the guidance used: cfg, interval, guide, and its source (flags, tuned, default)
     options: SamplingOptions  # as used: the checkpoint's default solver and steps filled in
     times: np.ndarray | None
     trajectory: np.ndarray | None
@@ -74,6 +76,8 @@ class Samples:
             nfe=result.nfe,
             seconds=result.seconds,
             cfg=result.cfg,
+            passes=result.passes,
+            guidance=result.guidance.setting.as_json() | {"source": result.guidance.source},
             options=result.options,
             times=None if result.times is None else result.times.numpy(),
             trajectory=None if result.trajectory is None else result.trajectory.numpy(),
@@ -203,6 +207,8 @@ class Model:
         solver: str | Solver | None = None,
         steps: int | None = None,
         cfg: float | None = None,
+        guidance_interval: tuple[float, float] | str | None = None,
+        guide: PathLike | None = None,
         seed: int = 0,
         time_grid: str | Sequence[float] | None = None,
         rtol: float = 1e-5,
@@ -214,8 +220,11 @@ class Model:
         """Draw ``num`` samples (default 16, or one per listed class) from t = 1 (noise) to t = 0 (data).
 
         The options are ``fm sample``'s: ``solver`` (a registered name or a Solver object; None: heun, or a
-        few-step model's own meanflow), ``steps`` (None: 20, or 4 for meanflow), ``cfg`` (guidance; None: 2 for
-        classes on a model trained with label dropout, else 1), ``seed`` (same seed and options, same samples),
+        few-step model's own meanflow), ``steps`` (None: 20, or 4 for meanflow), ``cfg``, ``guidance_interval``
+        ((lo, hi) in fm's times, t = 1 noise) and ``guide`` (a checkpoint for autoguidance, or "none"): each None
+        takes the setting ``fm tune --guidance`` stored, else the default (cfg 2 for classes on a model trained with
+        label dropout, everywhere, no guide; ``samples.guidance`` says what was used), ``seed`` (same seed and
+        options, same samples),
         ``time_grid`` (a grid name, "tuned", or explicit times from 1 to 0; None: the grid ``fm tune`` fitted for
         exactly these settings if there is one, else uniform; ``samples.time_grid`` says which), ``rtol``/``atol`` and
         ``batch_size`` (None: chosen for the memory, as ``fm sample`` does). ``save_at``: times in [0, 1] at which
@@ -224,7 +233,8 @@ class Model:
         """
         labels, num = self.labels(classes, num)
         options = self.options(solver=solver, steps=steps, cfg=cfg, seed=seed, time_grid=time_grid, rtol=rtol,
-                               atol=atol, batch_size=batch_size)  # fmt: skip
+                               atol=atol, batch_size=batch_size, guidance_interval=guidance_interval,
+                               guide=None if guide is None else str(guide))  # fmt: skip
         times = _save_times(save_at)
         result = generate(self.loaded, options, num=num, classes=labels, save_at=times, progress=progress)
         return Samples.from_result(result, self.meta)
@@ -245,6 +255,8 @@ class Model:
         solver: str | Solver | None = None,
         steps: int | None = None,
         cfg: float | None = None,
+        guidance_interval: tuple[float, float] | str | None = None,
+        guide: PathLike | None = None,
         seed: int = 0,
         time_grid: str | Sequence[float] | None = None,
         batch_size: int | None = None,
@@ -259,7 +271,8 @@ class Model:
             nrow = num // max(self.num_classes, 1)  # one row per class, as fm animate --class all draws it
         settings = AnimationSettings(frames=frames, fps=fps, hold=hold, loop=loop, scale=scale, show=show, nrow=nrow)
         options = self.options(solver=solver, steps=steps, cfg=cfg, seed=seed, time_grid=time_grid,
-                               batch_size=batch_size)  # fmt: skip
+                               batch_size=batch_size, guidance_interval=guidance_interval,
+                               guide=None if guide is None else str(guide))  # fmt: skip
         animation = render_animation(self.loaded, options, num=num, classes=labels, settings=settings)
         if out is not None:
             write_animation(Path(out), animation, settings)

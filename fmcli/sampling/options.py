@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fmcli.errors import FMError
+from fmcli.sampling.stored_guidance import check_label, parse_interval
 
 if TYPE_CHECKING:  # imported where used: reading the defaults (fm info, fm serve's page) needs no torch
     from fmcli.io.header import CheckpointMeta
@@ -71,7 +72,14 @@ class SamplingOptions:
     time_grid: str | Sequence[float] | None = None
     rtol: float = 1e-5  # tolerances of adaptive solvers
     atol: float = 1e-5
-    cfg: float | None = None  # guidance scale; None: ``default_cfg`` (2 for --class on a model with label dropout)
+    cfg: float | None = None  # guidance scale; None: the stored setting's (fm tune --guidance), else ``default_cfg``
+    # Where guidance acts: (LO, HI) in fm's times (t = 1 noise), or "LO,HI"; (0, 1) everywhere. None: the stored
+    # setting's, else everywhere. Outside it the unconditional (or guide's) pass is skipped.
+    guidance_interval: tuple[float, float] | str | None = None
+    # The guide of autoguidance: a checkpoint path (an earlier checkpoint of the run, a smaller model), or "none"
+    # (the model's own unconditional velocity). None: the stored setting's, else none.
+    guide: str | None = None
+    guide_label: str | None = None  # the guide's velocity for the "null" class or the "same" class; None: stored/null
     seed: int = 0  # seed of the noise: same checkpoint, seed and options give the same samples
     # samples per solver call; None: as many as fit the memory this process may use and still run fast
     # (fmcli.sampling.batching). Adaptive solvers share one step size per call, so their samples depend on it.
@@ -93,6 +101,13 @@ class SamplingOptions:
         self.integration()  # the grid and the tolerances are checked where the solvers read them
         if self.cfg is not None and not math.isfinite(self.cfg):
             raise FMError(f"--cfg must be a finite number (got {self.cfg})")
+        object.__setattr__(self, "guidance_interval", parse_interval(self.guidance_interval))
+        if self.guide is not None:
+            object.__setattr__(self, "guide", str(self.guide))
+            if not self.guide.strip():
+                raise FMError("--guide is empty: give a checkpoint, or none")
+        if self.guide_label is not None:
+            check_label(self.guide_label)
         if not 0 <= self.seed < MAX_SEED:
             raise FMError(f"--seed must be in [0, 2**63) (got {self.seed})")
         if self.batch_size is not None and self.batch_size < 1:
@@ -105,6 +120,8 @@ class SamplingOptions:
     def as_dict(self) -> dict:
         """Plain values for reports: a solver object by its name, explicit grid times as a list."""
         plain = asdict(replace(self, solver=None)) | {"solver": self.solver_name}
+        if self.guidance_interval is not None:
+            plain["guidance_interval"] = list(self.guidance_interval)
         return plain | ({"time_grid": list(self.time_grid)} if isinstance(self.time_grid, tuple) else {})
 
     def integration(self, save_at=None) -> "Integration":

@@ -37,19 +37,22 @@ class TunedSetting:
     cfg: float
     conditional: bool  # calibrated on class-conditional draws (fm sample --class, fm eval) or unconditional
     weights: str = "ema"
+    guidance: str = ""  # the guidance's interval and guide (``Guidance.key``); "" for everywhere, no guide
 
     def matches(self, other: "TunedSetting") -> bool:
-        return (self.solver, self.steps, self.conditional, self.weights) == (
+        return (self.solver, self.steps, self.conditional, self.weights, self.guidance) == (
             other.solver,
             other.steps,
             other.conditional,
             other.weights,
+            other.guidance,
         ) and math.isclose(self.cfg, other.cfg, rel_tol=0, abs_tol=1e-9)
 
     def describe(self) -> str:
         pool = "" if self.conditional else ", unconditional"
         weights = "" if self.weights == "ema" else f", {self.weights} weights"
-        return f"{self.solver} {self.steps} steps, cfg {self.cfg:g}{pool}{weights}"
+        guidance = f", {self.guidance}" if self.guidance else ""
+        return f"{self.solver} {self.steps} steps, cfg {self.cfg:g}{guidance}{pool}{weights}"
 
 
 @dataclass
@@ -117,6 +120,7 @@ def _entry(raw: Any) -> TunedGrid:
             cfg=float(raw["cfg"]),
             conditional=bool(raw["conditional"]),
             weights=str(raw.get("weights", "ema")),
+            guidance=str(raw.get("guidance", "")),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise FMError(f"an entry lacks a readable solver, steps, cfg or conditional ({error})") from None

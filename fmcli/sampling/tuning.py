@@ -38,11 +38,12 @@ from fmcli.io.checkpoint import LoadedModel
 from fmcli.models.embedding import NO_INTERVAL_INPUT
 from fmcli.sampling.batching import sampling_batch
 from fmcli.sampling.generate import WatchedVelocity
-from fmcli.sampling.guidance import balanced_classes, check_guidance, default_cfg, guided_velocity, model_passes
+from fmcli.sampling.guidance import balanced_classes, resolve_guidance
 from fmcli.sampling.options import MAX_SEED, resolve_solver
 from fmcli.sampling.solvers.base import CountingVelocity
 from fmcli.sampling.solvers.fixed import FixedStepSolver
 from fmcli.sampling.solvers.grids import TIME_GRIDS, make_time_grid
+from fmcli.sampling.stored_guidance import parse_interval
 from fmcli.sampling.tuned import TunedGrid, TunedSetting
 from fmcli.specs import LazyItem
 
@@ -55,7 +56,10 @@ class TuneOptions:
 
     solver: str = "euler"
     steps: tuple[int, ...] = (4, 6, 8)
-    cfg: float | None = None  # None: as fm sample --class would guide (default_cfg)
+    cfg: float | None = None  # None: as fm sample --class would guide (the stored setting, else default_cfg)
+    guidance_interval: tuple[float, float] | str | None = None  # as SamplingOptions': None, the stored or everywhere
+    guide: str | None = None  # as SamplingOptions': a checkpoint, "none", or None (the stored, else none)
+    guide_label: str | None = None  # as SamplingOptions'
     conditional: bool = True  # class-conditional models: calibrate per class; False: unlabelled draws, cfg 1
     pool: int = 20  # noise draws in the calibration pool (rounded up to a multiple of the class count)
     iterations: int = 8  # Adam steps per step count (8: three step counts fit in 60 s on 2 CPU cores)
@@ -80,6 +84,7 @@ class TuneOptions:
             raise FMError(f"--learning-rate must be positive (got {self.learning_rate})")
         if self.cfg is not None and not math.isfinite(self.cfg):
             raise FMError(f"--cfg must be a finite number (got {self.cfg})")
+        object.__setattr__(self, "guidance_interval", parse_interval(self.guidance_interval))
         if not 0 <= self.pool_seed < 2**62:
             raise FMError(f"--pool-seed must be in [0, 2**62) (got {self.pool_seed})")
         tunable_solver(self.solver)
@@ -381,13 +386,14 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
     x1, labels = calibration_pool(
         loaded, options.pool, options.conditional and loaded.meta.num_classes > 0, options.pool_seed
     )
-    cfg = default_cfg(loaded, labels) if options.cfg is None else options.cfg
-    check_guidance(loaded, cfg, labels)
-    for parameter in loaded.model.parameters():  # gradients flow to the grid, never into the weights
+    guidance = resolve_guidance(loaded, options, labels)
+    cfg = guidance.setting.scale
+    guides = [loaded.model] + ([] if guidance.guide is None else [guidance.guide.model])
+    for parameter in (p for model in guides for p in model.parameters()):  # gradients reach the grid alone
         parameter.requires_grad_(False)
-    velocity = WatchedVelocity(guided_velocity(loaded.model, cfg, null_class=loaded.meta.num_classes))
+    velocity = WatchedVelocity(guidance.velocity(loaded))
     # The fit keeps every evaluation of a solve for its backward pass: memory for all of them, at most 50 draws.
-    passes = model_passes(cfg, labels is not None) * max(options.steps) * (solver.evals_per_step or 1)
+    passes = guidance.max_passes(labels is not None) * max(options.steps) * (solver.evals_per_step or 1)
     batch = options.batch_size or min(
         50, sampling_batch(loaded.model, loaded.meta.shape, loaded.device, passes, loaded.meta.num_classes)
     )
@@ -401,6 +407,7 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
     setting = {
         "solver": options.solver,
         "cfg": float(cfg),
+        "guidance": guidance.key(),
         "conditional": labels is not None,
         "weights": loaded.weights,
         "pool": x1.shape[0],
@@ -419,7 +426,9 @@ def tune(loaded: LoadedModel, options: TuneOptions, progress: Progress | None = 
     for steps in options.steps:
         fit = fit_grid(calibration, steps, options, progress)
         fits.append(fit)
-        key = TunedSetting(options.solver, steps, setting["cfg"], setting["conditional"], loaded.weights)
+        key = TunedSetting(
+            options.solver, steps, setting["cfg"], setting["conditional"], loaded.weights, setting["guidance"]
+        )
         notes = {
             "error_uniform": round(fit.error_uniform, 5),
             "error_tuned": round(fit.error_tuned, 5),

@@ -18,6 +18,7 @@ from fmcli.errors import FMError
 from fmcli.io.header import CheckpointMeta
 from fmcli.sampling.info import checkpoint_info
 from fmcli.sampling.options import DEFAULT_GUIDANCE, FLOW_DEFAULT, default_sampler
+from fmcli.sampling.stored_guidance import interval_text, listed_guidance
 from fmcli.serve.catalog import Catalog, Entry
 from fmcli.serve.limits import Limits, ServeError, check_item_size, check_setting, whole
 
@@ -55,11 +56,16 @@ def class_choices(meta: CheckpointMeta) -> list[str]:
     return choices
 
 
-def default_guidance(meta: CheckpointMeta, classes: str | None) -> float:
-    """fm sample's default guidance (``fmcli.sampling.guidance.default_cfg``), from the header alone."""
+def default_guidance(meta: CheckpointMeta, classes: str | None, path: Path | None = None) -> tuple[float, str]:
+    """fm sample's default guidance scale and interval, from the header and the stored setting alone: the setting
+    fm tune --guidance stored (``fmcli.sampling.guidance.resolve_guidance``), else ``default_cfg``'s scale."""
+    labelled = classes not in (None, NO_CLASS)
+    stored = listed_guidance(path) if path is not None else {}
+    if stored.get("setting") and stored["conditional"] == labelled:
+        return float(stored["setting"]["cfg"]), interval_text(stored["setting"]["interval"])
     if float((meta.train_config or {}).get("train_cfg") or 1.0) != 1.0:
-        return 1.0
-    return DEFAULT_GUIDANCE if classes not in (None, NO_CLASS) and meta.num_classes and meta.label_dropout > 0 else 1.0
+        return 1.0, "full"
+    return (DEFAULT_GUIDANCE if labelled and meta.num_classes and meta.label_dropout > 0 else 1.0), "full"
 
 
 def compare_default(meta: CheckpointMeta) -> tuple[str, int]:
@@ -134,10 +140,10 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             about, info = summary(entry), info_markdown(entry)
         except Exception as error:  # noqa: BLE001 - shown on the page, in one line
             text = str(error) if isinstance(error, FMError) else f"{type(error).__name__}: {error}"
-            return (gr.update(choices=[], value=None), keep, keep, keep, keep, keep, keep, f"⚠ {text}", "")
+            return (gr.update(choices=[], value=None), *[keep] * 8, f"⚠ {text}", "")
         meta = entry.meta
         classes = class_choices(meta)
-        cfg = default_guidance(meta, classes[0] if classes else None)
+        cfg, span = default_guidance(meta, classes[0] if classes else None, entry.path)
         solver_a, steps_a = default_sampler(meta)
         solver_b, steps_b = compare_default(meta)
         steps_a, steps_b = min(steps_a, limits.max_steps), min(steps_b, limits.max_steps)
@@ -146,9 +152,11 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             gr.update(value=solver_a),
             gr.update(value=steps_a),
             gr.update(value=cfg),
+            gr.update(value=span),
             gr.update(value=solver_b),
             gr.update(value=steps_b),
             gr.update(value=cfg),
+            gr.update(value=span),
             about,
             info,
         )
@@ -156,10 +164,11 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
     def class_changed(name: str | None, klass: str | None):
         """Guidance needs a class: 'none' sets both guidance sliders to 1, a class to the default."""
         try:
-            cfg = default_guidance(catalog.get(name).meta, klass)
+            entry = catalog.get(name)
+            cfg, span = default_guidance(entry.meta, klass, entry.path)
         except ServeError:
-            return gr.update(), gr.update()
-        return gr.update(value=cfg), gr.update(value=cfg)
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        return gr.update(value=cfg), gr.update(value=span), gr.update(value=cfg), gr.update(value=span)
 
     def rescan(current: str | None):
         found = catalog.scan()
@@ -168,12 +177,12 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
         return gr.update(choices=[(e.label, e.name) for e in found], value=value)
 
     def generate(name, klass, seed, num, animate, solver_a, steps_a, cfg_a, compare, solver_b, steps_b, cfg_b,
-                 progress=gr.Progress()):  # fmt: skip
+                 interval_a=None, interval_b=None, progress=gr.Progress()):  # fmt: skip
         started = time.perf_counter()
         try:
-            settings = [check_setting(limits, solver_a, steps_a, cfg_a, solver_names)]
+            settings = [check_setting(limits, solver_a, steps_a, cfg_a, solver_names, interval_a)]
             if compare:
-                settings.append(check_setting(limits, solver_b, steps_b, cfg_b, solver_names))
+                settings.append(check_setting(limits, solver_b, steps_b, cfg_b, solver_names, interval_b))
             num = whole(num, "number of images", 1, limits.max_images)
             seed = whole(seed, "seed", 0, limits.max_seed)
             entry = catalog.get(name)
@@ -227,7 +236,9 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             steps = gr.Slider(1, limits.max_steps, value=min(FLOW_DEFAULT[1], limits.max_steps), step=1,
                               label="Steps", elem_id=f"steps_{tag}")  # fmt: skip
             cfg = gr.Slider(0, limits.max_cfg, value=1.0, step=0.25, label="Guidance", elem_id=f"cfg_{tag}")
-        return solver, steps, cfg
+            interval = gr.Textbox("full", label="Guidance interval", elem_id=f"interval_{tag}", max_lines=1,
+                                  info="LO,HI: guide for t in [LO, HI] (t = 1 noise); full: everywhere")  # fmt: skip
+        return solver, steps, cfg, interval
 
     with gr.Blocks(title="fm serve", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -249,10 +260,10 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
         with gr.Row(equal_height=True):
             with gr.Column(variant="panel"):
                 gr.Markdown("**Setting A**")
-                solver_a, steps_a, cfg_a = setting_controls("a")
+                solver_a, steps_a, cfg_a, interval_a = setting_controls("a")
             with gr.Column(variant="panel"):
                 compare = gr.Checkbox(False, label="Compare: setting B", elem_id="compare")
-                solver_b, steps_b, cfg_b = setting_controls("b")
+                solver_b, steps_b, cfg_b, interval_b = setting_controls("b")
         run = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Row(equal_height=False):
             with gr.Column():
@@ -268,14 +279,30 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
         with gr.Accordion("Checkpoint info (fm info)", open=False):
             info = gr.Markdown(elem_id="info")
 
-        described = [klass, solver_a, steps_a, cfg_a, solver_b, steps_b, cfg_b, about, info]
+        described = [klass, solver_a, steps_a, cfg_a, interval_a, solver_b, steps_b, cfg_b, interval_b, about, info]
         checkpoint.change(describe, checkpoint, described, api_name="describe", queue=False)
         demo.load(describe, checkpoint, described, queue=False, api_visibility="private")
-        klass.input(class_changed, [checkpoint, klass], [cfg_a, cfg_b], queue=False, api_visibility="private")
+        klass.input(class_changed, [checkpoint, klass], [cfg_a, interval_a, cfg_b, interval_b], queue=False,
+                    api_visibility="private")  # fmt: skip
         rescan_button.click(rescan, checkpoint, checkpoint, api_name="rescan", queue=False)
         run.click(
             generate,
-            [checkpoint, klass, seed, num, animate, solver_a, steps_a, cfg_a, compare, solver_b, steps_b, cfg_b],
+            [
+                checkpoint,
+                klass,
+                seed,
+                num,
+                animate,
+                solver_a,
+                steps_a,
+                cfg_a,
+                compare,
+                solver_b,
+                steps_b,
+                cfg_b,
+                interval_a,
+                interval_b,
+            ],  # fmt: skip
             [grid_a, gif_a, caption_a, grid_b, gif_b, caption_b, downloads],
             api_name="generate",
             concurrency_limit=1,  # one sampling at a time: a second request waits in the queue

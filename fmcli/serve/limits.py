@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from fmcli.errors import FMError
+from fmcli.sampling.stored_guidance import parse_interval
 
 
 class ServeError(FMError):
@@ -37,6 +38,7 @@ class Setting:
     solver: str
     steps: int
     cfg: float
+    interval: tuple[float, float] | None = None  # where guidance acts (t = 1 noise); None: the stored setting's
 
 
 def whole(value: object, name: str, low: int, high: int) -> int:
@@ -48,7 +50,9 @@ def whole(value: object, name: str, low: int, high: int) -> int:
     return int(value)
 
 
-def check_setting(limits: Limits, solver: object, steps: object, cfg: object, solvers: list[str]) -> Setting:
+def check_setting(
+    limits: Limits, solver: object, steps: object, cfg: object, solvers: list[str], interval: object = None
+) -> Setting:
     if not isinstance(solver, str) or solver not in solvers:
         raise ServeError(f"unknown solver {str(solver)[:40]!r}: choose one of {', '.join(solvers)}")
     steps = whole(steps, "steps", 1, limits.max_steps)
@@ -56,7 +60,13 @@ def check_setting(limits: Limits, solver: object, steps: object, cfg: object, so
         raise ServeError(f"guidance must be a number in 0..{limits.max_cfg:g} (got {str(cfg)[:40]!r})")
     if not 0 <= cfg <= limits.max_cfg:
         raise ServeError(f"guidance must be in 0..{limits.max_cfg:g} (got {cfg:g})")
-    return Setting(solver, steps, float(cfg))
+    if interval is not None and not isinstance(interval, str):
+        raise ServeError(f"the guidance interval must be text such as 0.2,0.8 or full (got {str(interval)[:40]!r})")
+    try:
+        span = parse_interval(interval.strip() or None if interval else None, "the guidance interval")
+    except FMError as error:
+        raise ServeError(str(error)) from None
+    return Setting(solver, steps, float(cfg), span)
 
 
 def check_item_size(limits: Limits, shape: tuple[int, ...]) -> None:

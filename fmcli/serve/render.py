@@ -84,8 +84,10 @@ def render(
     adaptive = bool(getattr(solver, "adaptive", False))
     expected = None if adaptive else setting.steps * (getattr(solver, "evals_per_step", None) or 1)
     counted = CountingNet(loaded.model, report, expected, limits.max_nfe)
-    model = Model(LoadedModel(model=counted, meta=loaded.meta), entry.path)
-    options = dict(solver=setting.solver, steps=setting.steps, cfg=setting.cfg, seed=seed)
+    # The file's path too: its tuned grids and stored guidance apply, as they do in fm sample.
+    model = Model(LoadedModel(model=counted, meta=loaded.meta, path=loaded.path, weights=loaded.weights), entry.path)
+    options = dict(solver=setting.solver, steps=setting.steps, cfg=setting.cfg, seed=seed,
+                   guidance_interval=setting.interval)  # fmt: skip
     points = model.kind == "points"
     scale = display_scale(model.shape)
     nrow = grid_rows(classes, num, model.num_classes) or math.ceil(math.sqrt(num))  # the same in PNG and GIF
@@ -108,9 +110,13 @@ def render(
     npz = out_dir / f"{stem}.npz"
     samples.save(npz)
     steps = "adaptive steps" if adaptive else f"{samples.steps} steps"
+    guidance = samples.result.guidance.setting
+    passes = f" ({samples.passes} network passes)" if samples.passes != samples.nfe else ""
     caption = (
-        f"**{samples.solver}**, {steps} · **NFE {samples.nfe}** · **{samples.seconds:.2f} s** sampling · "
-        f"guidance {samples.cfg:g} · seed {seed} · {num} {'points' if points else 'images'}"
+        f"**{samples.solver}**, {steps} · **NFE {samples.nfe}**{passes} · **{samples.seconds:.2f} s** sampling · "
+        f"{'guidance ' + guidance.describe().removeprefix('cfg ') if guidance.active else 'no guidance'}"
+        f"{' (tuned)' if samples.result.guidance.source == 'tuned' else ''} · seed {seed} · "
+        f"{num} {'points' if points else 'images'}"
     )
     return Output(grid, gif, npz, caption, samples.nfe, samples.seconds)
 

@@ -125,6 +125,11 @@ class TrainConfig:
         default_text="1 for meanflow; the teacher's sampling default (2 with label dropout) for fm distill",
     )
     teacher: str | None = option(None, "distillation: the flow checkpoint whose velocity replaces x1 - x0.", cli=False)
+    teacher_guidance: dict = option(
+        factory=dict,
+        help="distillation: the teacher's guidance interval and guide, folded in with --train-cfg.",
+        cli=False,
+    )
     interval_sampling: str = option(
         "pair",
         "meanflow: how intervals r < t are drawn: pair (two times, sorted: the paper's; long intervals are rare) or "
@@ -181,6 +186,11 @@ class TrainConfig:
     sample_every: int = option(1000, "Save a sample grid every N steps and at the end (0: never).")
     checkpoint_every: int = option(1000, "Write a checkpoint every N steps.")
     keep: int = option(3, "Keep the newest N step checkpoints.")
+    guide_at: float = option(
+        0.25,
+        "Keep the checkpoint at this fraction of the steps as guide.safetensors: the autoguide fm tune --guidance "
+        "tries and --guide takes (0: none).",
+    )
     decisions: dict = option(
         factory=dict,
         help="What fm chose for options the user left unset, and why (written to config.json).",
@@ -232,6 +242,7 @@ FREE_ON_RESUME = (
     "sample_every",
     "checkpoint_every",
     "keep",
+    "guide_at",
     "log_to",
     "cache",
     "skip_nonfinite",
@@ -365,6 +376,8 @@ def validate(config: TrainConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise FMError(f"--{key.replace('_', '-')} must be at least 1 (got {value})")
+    if not 0 <= config.guide_at < 1:
+        raise FMError(f"--guide-at must be a fraction of the steps in [0, 1) (got {config.guide_at})")
     if config.threads is not None and config.threads < 1:
         raise FMError(f"--threads must be at least 1 (got {config.threads})")
     if config.sample_every < 0:

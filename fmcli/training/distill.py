@@ -11,13 +11,15 @@ from pathlib import Path
 
 from fmcli.errors import FMError
 from fmcli.io.checkpoint import checkpoint_file, read_header
+from fmcli.sampling.stored_guidance import EVERYWHERE, check_label, read_stored
 from fmcli.training.config import LENGTH_KEYS
 
 # The default, chosen by bench/one_step.py (equal wall time, fm eval FID / recall / accuracy at 1, 2 and 4 steps):
 # a pool of 1,000 teacher solves and every batch regressed on its exact jumps. Against the MeanFlow identity alone,
 # one step went from FID 408 (the class means) to 21.8, below the teacher's heun-20 23.0.
+# A student keeps no guide (guide_at 0): it samples with its guidance folded in.
 DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0, "diagnose_every": 250, "pool": 1000,
-                    "pool_fraction": 1.0}  # fmt: skip
+                    "pool_fraction": 1.0, "guide_at": 0.0}  # fmt: skip
 # How long the student trains, as a share of the teacher's steps, so that fm distill takes no longer than the
 # teacher's training did. Measured on the demo (bench/one_step.py's scorer, 2 idle cores, the teacher's training
 # 239 s): 55% took 214 s (one step FID 35.8), 60% 229 s (30.8), 70% 269 s (25.3). With the identity's jvp and the
@@ -27,21 +29,37 @@ POOL_STEP_SHARE, IDENTITY_STEP_SHARE = 0.6, 0.3
 DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional", "hflip")
 
 
-def distill_overrides(teacher: Path, options: dict) -> dict:
+def distill_overrides(
+    teacher: Path, options: dict, interval=None, guide: str | None = None, guide_label: str | None = None
+) -> dict:
     """The training overrides for distilling ``teacher``: its data and classes, the meanflow objective, the
-    teacher's own sampling guidance folded in, and distillation's defaults under the user's ``options``."""
+    teacher's own sampling guidance folded in (what ``fm sample --class`` guides it with: the setting ``fm tune
+    --guidance`` stored, else the default; ``interval`` and ``guide`` as --guidance-interval / --guide), and
+    distillation's defaults under the user's ``options``."""
     path = checkpoint_file(teacher).resolve()
     _, meta = read_header(path)
     trained = meta.train_config or {}
     if "data" not in trained:
         raise FMError(f"{teacher} records no training data; fm distill needs a checkpoint written by fm train")
     guidance = 2.0 if meta.num_classes and meta.label_dropout > 0 else 1.0  # fmcli.sampling.guidance.default_cfg's rule
+    stored = read_stored(path) if meta.num_classes else None
+    chosen = {"interval": None, "guide": None, "guide_label": "null"}
+    if stored is not None and stored.conditional:
+        guidance = stored.setting.scale
+        chosen = {"interval": stored.setting.interval and list(stored.setting.interval), "guide": stored.setting.guide,
+                  "guide_label": stored.setting.guide_label}  # fmt: skip
+    if interval is not None:
+        chosen["interval"] = None if tuple(interval) == EVERYWHERE else list(interval)
+    if guide is not None:
+        chosen["guide"] = None if guide.lower() == "none" else str(Path(guide).resolve())
+    if guide_label is not None:
+        chosen["guide_label"] = check_label(guide_label)
     given = {key: value for key, value in options.items() if value is not None}
     if any(given.get(key) is not None for key in LENGTH_KEYS):  # the user's length replaces the default steps
         given.setdefault("steps", None)
     overrides = {key: trained.get(key) for key in DATA_KEYS}
     overrides |= {"label_dropout": meta.label_dropout, "objective": "meanflow", "teacher": str(path),
-                  "train_cfg": guidance}  # fmt: skip
+                  "train_cfg": guidance, "teacher_guidance": chosen}  # fmt: skip
     teacher_steps = int(meta.extra.get("total_steps") or meta.step or 1)
     pooled = (given.get("pool", DISTILL_DEFAULTS["pool"]) or 0) > 0
     share = (

@@ -23,10 +23,10 @@ from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, read_checkpoint, re
 from fmcli.io.files import atomic_write_bytes
 from fmcli.runtime import threads
 from fmcli.sampling.generate import preview_count, write_sample_grid
+from fmcli.sampling.stored_guidance import GUIDE_FILE
 from fmcli.training import distributed
 from fmcli.training.batches import BatchSampler, step_seed
 from fmcli.training.budget import (
-    EndCosts,
     StepTimer,
     budgeted_steps,
     end_costs,
@@ -152,14 +152,15 @@ class Trainer:
             meta.extra["planned_for_max_time"] = self.budget  # the budget that chose --steps
         return meta
 
-    def save(self) -> Path:
-        """Write step-N.safetensors (rank 0), repoint last.safetensors, prune to --keep."""
-        path = self.run_dir / checkpoint_name(self.state.step)
+    def save(self, name: str | None = None) -> Path:
+        """Write step-N.safetensors (rank 0), repoint last.safetensors, prune to --keep; or ``name`` (the guide)."""
+        path = self.run_dir / (name or checkpoint_name(self.state.step))
         if self.dist.is_main:
             save_state(path, self.state, self.meta())
-            publish_checkpoint(self.run_dir, path, self.config.keep)
+            if name is None:
+                publish_checkpoint(self.run_dir, path, self.config.keep)
         distributed.barrier(self.dist)
-        self.last_good = path
+        self.last_good = self.last_good if name else path
         return path
 
     def save_sample_grid(self) -> Path | None:
@@ -287,6 +288,10 @@ class Trainer:
             raise TrainingInterrupted(step, self.save(), self.run_dir, self.stop_requested)
         if step % config.checkpoint_every == 0 and not last:
             self.save()
+        if config.guide_at and step == max(1, round(config.guide_at * self.total_steps)):
+            self.save(GUIDE_FILE)  # an early checkpoint: the autoguide fm tune --guidance tries
+            if self.dist.is_main:
+                self.cb.on_message(f"guide: step {step} kept as {GUIDE_FILE} (fm tune --guidance tries it)")
         if config.sample_every and step % config.sample_every == 0 and not last:
             self.save_sample_grid()
         if config.diagnose_every and (step % config.diagnose_every == 0 or last) and self.dist.is_main:
@@ -305,7 +310,8 @@ class Trainer:
     def _plan(self, timer: StepTimer, seconds_per_step: float) -> None:
         """Fix the total of a --max-time run, or tell how long the planned steps will take."""
         config, step = self.config, self.state.step
-        costs = self._end_costs(seconds_per_step)
+        images, per_step = preview_count(self.num_classes, self.data.kind), config.batch_size // self.dist.world_size
+        costs = end_costs(seconds_per_step, self.state.model, per_step, images, config.sample_every)
         what = f"{self.total_steps:,} steps"
         if config.max_time is not None:
             fitted = timer.fit(step, seconds_per_step, costs, config.checkpoint_every, config.sample_every)
@@ -320,11 +326,6 @@ class Trainer:
         if self.dist.is_main:
             epoch = seconds_per_step * len(self.data) / config.batch_size
             self.cb.on_message(plan_message(what, seconds_per_step, left, epoch))
-
-    def _end_costs(self, seconds_per_step: float) -> EndCosts:
-        images = preview_count(self.num_classes, self.data.kind)
-        per_step = self.config.batch_size // self.dist.world_size
-        return end_costs(seconds_per_step, self.state.model, per_step, images, self.config.sample_every)
 
 
 def train(

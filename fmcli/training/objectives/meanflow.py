@@ -51,13 +51,14 @@ class SelfGuidedVelocity:
 
 
 class TeacherVelocity:
-    """v = the teacher's velocity at x_t, guided with scale S (v_u + S (v_c - v_u)) when labelled."""
+    """v = the teacher's velocity at x_t, guided as it samples when labelled: v_ref + S (v_c - v_ref), v_ref its
+    unconditional velocity or a guide's, within an interval of times (``fmcli.sampling.guidance``)."""
 
-    def __init__(self, teacher: torch.nn.Module, scale: float, num_classes: int):
+    def __init__(self, teacher, scale: float, num_classes: int, interval=None, guide=None, guide_label="null"):
         from fmcli.sampling.guidance import guided_velocity
 
         self.teacher = teacher  # the guided velocity is also the flow a pool and the jump diagnostics solve
-        self.guided = guided_velocity(teacher, scale, num_classes)
+        self.guided = guided_velocity(teacher, scale, num_classes, interval, guide, guide_label)
 
     @torch.no_grad()
     def __call__(self, net, batch: Batch, xt: Tensor) -> Tensor:
@@ -177,11 +178,23 @@ def _take(conditioning: dict, index: Tensor, batch_size: int) -> dict:
     }
 
 
+def teacher_guidance(config, teacher):
+    """The teacher's guidance interval ((lo, hi) or None) and guide network (None: its unconditional velocity)."""
+    from fmcli.sampling.guidance import load_guide
+
+    chosen = config.teacher_guidance or {}
+    interval = tuple(chosen["interval"]) if chosen.get("interval") else None
+    guide = load_guide(chosen["guide"], teacher).model.requires_grad_(False) if chosen.get("guide") else None
+    return interval, guide
+
+
 def make_meanflow(config, times: TimeDistribution, num_classes: int, teacher=None, item_shape=None) -> MeanFlow:
     """MeanFlow against x1 - x0, a teacher's guided velocity, or x1 - x0 with guidance folded in (--train-cfg);
     with ``--pool N`` (distillation only) also against the teacher's solved jumps."""
     if teacher is not None:
-        target = TeacherVelocity(teacher.model, config.train_cfg, num_classes)
+        interval, guide = teacher_guidance(config, teacher)
+        label = (config.teacher_guidance or {}).get("guide_label", "null")
+        target = TeacherVelocity(teacher.model, config.train_cfg, num_classes, interval, guide, label)
     elif config.train_cfg != 1:
         target = SelfGuidedVelocity(config.train_cfg, num_classes)
     else:

@@ -1,0 +1,124 @@
+"""``fm tune --guidance``: the guidance setting a checkpoint samples best with, found by measuring, then stored.
+
+Every candidate (scale x interval x guide, ``fmcli.sampling.stored_guidance.guidance_grid``) samples the same
+held-out noise (a seed no sampling default uses) with the checkpoint's default sampler, and is scored by
+``fm eval``'s own extractor against the test split: FID, recall (diversity) and class accuracy. The unguided
+model is the baseline. A candidate is admissible when its recall is at least ``min_recall`` x the baseline's and
+its FID no worse than the baseline's: guidance may not buy accuracy with diversity or fidelity. Among the
+admissible, those reaching ``min_accuracy`` compete on FID; if none does, the most accurate wins (FID breaks ties).
+Unlabelled sampling (no classes) has no accuracy: the lowest admissible FID wins. Fewer network passes break
+what is left. Nothing admissible: no guidance, and the report says why.
+"""
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fmcli.errors import FMError
+from fmcli.eval.features import Progress
+from fmcli.eval.run import EvalOptions, prepare
+from fmcli.sampling.options import MAX_SEED, SamplingOptions
+from fmcli.sampling.stored_guidance import GUIDE_FILE, GuidanceSetting, StoredGuidance, guidance_grid
+
+SEARCH_SEED = MAX_SEED - 1  # held out: fm sample, fm eval and the training previews never default to it
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    scales: tuple[float, ...] = (2.0, 3.0)
+    intervals: tuple[tuple[float, float] | None, ...] = (None, (0.2, 0.8))
+    guides: tuple[str | None, ...] | None = None  # None: the null class, and the run's guide.safetensors if any
+    guide_labels: tuple[str, ...] = ("null",)  # the guide's velocity tried: its null class, the same class
+    min_recall: float = 0.95  # x the unguided recall
+    min_accuracy: float = 0.99
+    solver: str | None = None  # the sampler searched for; None: the checkpoint's default (heun 20, ...)
+    steps: int | None = None
+    eval: EvalOptions = field(default_factory=lambda: EvalOptions(num_samples=500, metrics=("fid", "pr")))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_recall <= 1.5 or not 0 <= self.min_accuracy <= 1:
+            raise FMError("--min-recall must be in (0, 1.5] and --min-accuracy in [0, 1]")
+        if not {"fid", "pr"} <= set(self.eval.metrics):
+            raise FMError("the guidance search scores FID and recall: keep fid and pr in --metrics")
+
+
+def run_guide(checkpoint: Path) -> str | None:
+    """The guide fm train keeps beside a run's checkpoints (guide.safetensors), if there is one."""
+    from fmcli.io.header import checkpoint_file
+
+    guide = checkpoint_file(Path(checkpoint)).resolve().parent / GUIDE_FILE
+    return str(guide) if guide.exists() else None
+
+
+def choose(baseline: dict, rows: list[dict], min_recall: float, min_accuracy: float) -> tuple[dict, str]:
+    """The row to store, and why (see the module's rule)."""
+    admissible = [r for r in rows if r["recall"] >= min_recall * baseline["recall"] and r["fid"] <= baseline["fid"]]
+    if not admissible:
+        return baseline, "no guided setting kept the unguided recall and FID: no guidance"
+    if baseline.get("accuracy") is None:
+        best = min(admissible, key=lambda r: (r["fid"], r["passes"]))
+        return best, "the lowest FID with the recall kept"
+    reaching = [r for r in admissible if r["accuracy"] >= min_accuracy]
+    if reaching:
+        best = min(reaching, key=lambda r: (r["fid"], r["passes"]))
+        return best, f"the lowest FID with accuracy >= {min_accuracy:g} and the recall and FID kept"
+    best = max(admissible, key=lambda r: (r["accuracy"], -r["fid"], -r["passes"]))
+    return best, f"no setting reached accuracy {min_accuracy:g}: the most accurate with the recall and FID kept"
+
+
+def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress | None = None) -> dict:
+    """Measure every candidate on the same held-out noise and choose (nothing is written here)."""
+    SamplingOptions(solver=options.solver, steps=options.steps)  # an unknown solver fails before any work
+    started = time.perf_counter()
+    # An image folder has no test split: its own images are the reference (the choice compares settings alike).
+    ctx = prepare(
+        checkpoint, replace(options.eval, sampling=SamplingOptions(seed=SEARCH_SEED)), progress, train_reference=True
+    )
+    loaded = ctx.loaded
+    if float((loaded.meta.train_config or {}).get("train_cfg") or 1.0) != 1.0:
+        raise FMError(f"{checkpoint} has its guidance folded in (--train-cfg / fm distill): tune its teacher instead")
+    conditional = ctx.num_classes > 0
+    if conditional and loaded.meta.label_dropout <= 0 and options.guides is None and run_guide(checkpoint) is None:
+        raise FMError(
+            f"{checkpoint} was trained without label dropout and has no guide.safetensors: nothing to guide with "
+            "(give --guides CKPT, an earlier checkpoint of the same data)"
+        )
+    guides = list(options.guides) if options.guides is not None else [None, run_guide(checkpoint)]
+    if conditional and loaded.meta.label_dropout <= 0:
+        guides = [g for g in guides if g is not None]  # classifier-free guidance needs the unconditional velocity
+    if not conditional:
+        guides = [g for g in guides if g is not None]
+        if not guides:
+            raise FMError(f"{checkpoint} is unconditional: only a --guides checkpoint can guide it")
+    labels = options.guide_labels if conditional else ("same",)
+    candidates = guidance_grid(list(options.scales), list(options.intervals), list(dict.fromkeys(guides)), labels)
+    candidates = [c for c in candidates if c.active]
+    base = SamplingOptions(solver=options.solver, steps=options.steps, seed=SEARCH_SEED).for_model(loaded.meta)
+
+    def measure(setting: GuidanceSetting) -> dict:
+        sampling = replace(base, cfg=setting.scale, guidance_interval=setting.interval or (0.0, 1.0),
+                           guide=setting.guide or "none", guide_label=setting.guide_label)  # fmt: skip
+        return ctx.row(sampling)
+
+    baseline = measure(GuidanceSetting(1.0))
+    rows = [measure(candidate) for candidate in candidates]
+    best, why = choose(baseline, rows, options.min_recall, options.min_accuracy)
+    chosen = GuidanceSetting(
+        best["cfg"], best["interval"] and tuple(best["interval"]), best["guide"], best["guide_label"]
+    )
+    seconds = time.perf_counter() - started
+    search = {
+        "chosen": chosen.describe(),
+        "why": why,
+        "rule": f"recall >= {options.min_recall:g} x unguided, FID <= unguided, accuracy >= {options.min_accuracy:g}",
+        "num_samples": options.eval.num_samples,
+        "seed": SEARCH_SEED,
+        "extractor": ctx.extractor.name,
+        "data": ctx.data.name,
+        "reference_split": "test" if "test" in ctx.data.splits else ctx.data.splits[0],
+        "baseline": baseline,
+        "rows": rows,
+        "seconds": round(seconds, 1),
+    }
+    sampler = {"solver": base.solver_name, "steps": base.steps, "weights": loaded.weights}
+    return {"stored": StoredGuidance(chosen, conditional, sampler, search), "search": search}
