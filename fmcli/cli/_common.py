@@ -83,6 +83,23 @@ def parse_list(text: str, option: str, kind: Callable[[str], Any] = str) -> list
     return values
 
 
+def parse_guides(text: str, option: str = "--guides") -> list[str | None]:
+    """``--guides none,runs/a/guide.safetensors`` -> [None, "runs/a/guide.safetensors"] (none: no guide)."""
+    return [None if guide.lower() == "none" else guide for guide in parse_list(text, option)]
+
+
+class StageProgress:
+    """A ``progress(stage, done, total)`` callback: one rich bar per stage, created on its first report."""
+
+    def __init__(self, bar: Progress):
+        self.bar, self.tasks = bar, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+
 def parse_int_list(text: str, option: str) -> list[int]:
     return parse_list(text, option, int)
 

@@ -9,11 +9,13 @@ from rich.table import Table
 from fmcli import registry
 from fmcli.cli._common import (
     DeviceOption,
+    StageProgress,
     ThreadsOption,
     WeightsOption,
     cli_errors,
     console,
     err_console,
+    parse_guides,
     parse_list,
     print_json,
     progress_bar,
@@ -28,18 +30,6 @@ EXTRACTOR_HELP = (
     "other 1-channel/small images), inception (FID Inception-v3, comparable to papers; default for RGB "
     ">= 32x32; needs pip install 'fmcli[inception]'), points (2-D toys). `fm plugins` lists all."
 )
-
-
-class _StageProgress:
-    """One rich bar per stage ("sampling (heun)", "features of samples", ...), created on first report."""
-
-    def __init__(self, bar):
-        self.bar, self.tasks = bar, {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
-        self.bar.update(self.tasks[stage], completed=done, total=total)
 
 
 @cli_errors
@@ -239,7 +229,7 @@ def eval_command(
         else None,
     )
     with progress_bar() as bar:
-        progress = _StageProgress(bar)
+        progress = StageProgress(bar)
         if real:
             report = evaluate_real(data, options, progress)
         elif solvers:
@@ -387,7 +377,7 @@ def _guidances(cfgs, intervals, guides, labels, sampling) -> list[dict]:
 
     scales = parse_list(cfgs, "--cfgs", float) if cfgs else [sampling.cfg if sampling.cfg is not None else 1.0]
     spans = parse_intervals(intervals) if intervals else [sampling.guidance_interval]
-    named = [None if g.lower() == "none" else g for g in parse_list(guides, "--guides")] if guides else [sampling.guide]
+    named = parse_guides(guides) if guides else [sampling.guide]
     kinds = tuple(parse_list(labels, "--guide-labels")) if labels else (sampling.guide_label or "null",)
     return [
         {"cfg": g.scale, "guidance_interval": g.interval or (0.0, 1.0), "guide": g.guide or "none",

@@ -14,11 +14,13 @@ from fmcli.cli._common import (
     CheckpointArgument,
     DeviceOption,
     JsonOption,
+    StageProgress,
     ThreadsOption,
     WeightsOption,
     cli_errors,
     console,
     err_console,
+    parse_guides,
     parse_int_list,
     parse_list,
     print_json,
@@ -140,7 +142,7 @@ def tune_command(
         from fmcli.eval.run import EvalOptions
         from fmcli.sampling.stored_guidance import parse_intervals
 
-        named = None if guides is None else [None if g.lower() == "none" else g for g in parse_list(guides, "--guides")]
+        named = None if guides is None else parse_guides(guides)
         search = SearchOptions(
             scales=tuple(parse_list(cfgs, "--cfgs", float)),
             intervals=tuple(parse_intervals(intervals)),
@@ -179,14 +181,7 @@ def tune_command(
         read_grid_file(grid_file(checkpoint))  # a damaged file is refused now, not after the fit
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        report = tune(loaded, options, progress)
+        report = tune(loaded, options, StageProgress(bar))
     path = store_tuned(loaded.path, report.grids)
     payload = {
         "checkpoint": str(loaded.path),
@@ -208,14 +203,7 @@ def _tune_guidance(checkpoint, options, json_output: bool, machine: dict) -> Non
     from fmcli.sampling.stored_guidance import store
 
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        found = search_guidance(checkpoint, options, progress)
+        found = search_guidance(checkpoint, options, StageProgress(bar))
     path = store(checkpoint, found["stored"])
     search = found["search"]
     if json_output:
