@@ -106,7 +106,8 @@ def fm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def register_shapes(folder: Path, image_size: int = 32) -> str:
-    """The procedural folder's train/ and test/ as one data set with two splits (at ``image_size``), for fm eval."""
+    """The procedural folder's train/ and test/ as the data set "shapes-folder" with two splits (at ``image_size``),
+    for fm eval."""
     from dataclasses import replace
 
     from fmcli import hookimpl
@@ -122,11 +123,11 @@ def register_shapes(folder: Path, image_size: int = 32) -> str:
     class Shapes:
         @hookimpl
         def fm_register_datasets(self, register):
-            register(DatasetSpec(name="shapes", description="procedural shapes", kind="image",
+            register(DatasetSpec(name="shapes-folder", description="procedural shapes folder", kind="image",
                                  splits=("train", "test"), load=load))  # fmt: skip
 
     pm.register(Shapes(), name="bench-shapes")
-    return "shapes"
+    return "shapes-folder"  # not "shapes": that is fm's built-in captioned data set
 
 
 def score(run: Path, data: str, num: int, data_dir: str | None, extractor: str | None, cfg: float | None = 1.0) -> dict:

@@ -10,7 +10,7 @@ network passes each sample cost. A row is CFG[@LO,HI][+GUIDE]: the scale, the in
 guide (a checkpoint path, or "guide" for the run's guide.safetensors, or "step-N" for its step-N checkpoint; a
 ":same" suffix takes its velocity for the sample's class, else its unconditional velocity);
 "tuned" is the setting fm tune --guidance stored beside the checkpoint. --shapes FOLDER registers a procedural
-folder's train/ and test/ (bench/procedural.py) as the data set "shapes", as bench/folder_quality.py does.
+folder's train/ and test/ (bench/procedural.py) as the data set "shapes-folder", as bench/folder_quality.py does.
 """
 
 import argparse

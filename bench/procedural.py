@@ -4,67 +4,55 @@
 
 Writes OUT/train/<class>/NNNNN.png and OUT/test/<class>/NNNNN.png. The class is the shape (circle,
 square, triangle, cross, ring); colours, background, position, size and rotation are random, so a
-model must learn shapes, not colours. Seeded: the same arguments give the same files.
+model must learn shapes, not colours. Seeded: the same arguments give the same files. The drawing is
+``fmcli.data.shapes.draw_shapes``, shared with the built-in data set ``shapes`` (named colours, with captions,
+no files); the folders measured in bench/measured before it was shared were drawn with Pillow instead.
 """
 
 import argparse
-import math
+import colorsys
+import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
-CLASSES = ("circle", "square", "triangle", "cross", "ring")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fmcli.data.shapes import SHAPES, draw_shapes  # noqa: E402 - the drawing the built-in `shapes` set uses
 
-def _colour(rng: np.random.Generator, light: bool) -> tuple[int, int, int]:
-    hue, sat = rng.uniform(0, 1), rng.uniform(0.5, 1.0)
-    value = rng.uniform(0.75, 1.0) if light else rng.uniform(0.05, 0.35)
-    rgb = Image.new("HSV", (1, 1), (int(hue * 255), int(sat * 255), int(value * 255))).convert("RGB")
-    return rgb.getpixel((0, 0))
+CLASSES = SHAPES  # circle, square, triangle, cross, ring
 
 
-def shape_image(kind: str, size: int, rng: np.random.Generator, scale: int = 4) -> Image.Image:
-    """One ``size`` x ``size`` RGB image of ``kind``, drawn at ``scale`` x and shrunk (smooth edges)."""
-    big = size * scale
-    light_background = rng.uniform() < 0.5
-    image = Image.new("RGB", (big, big), _colour(rng, light_background))
-    draw = ImageDraw.Draw(image)
-    fill = _colour(rng, not light_background)
-    radius = rng.uniform(0.22, 0.38) * big
-    cx, cy = (rng.uniform(0.35, 0.65) * big for _ in range(2))
-    angle = rng.uniform(0, 2 * math.pi)
+def _colours(rng: np.random.Generator, light: np.ndarray) -> np.ndarray:
+    """uint8 RGB [N, 3]: random hue and saturation, light (value 0.75-1) or dark (0.05-0.35) per item."""
+    hue, sat = rng.uniform(0, 1, len(light)), rng.uniform(0.5, 1.0, len(light))
+    value = np.where(light, rng.uniform(0.75, 1.0, len(light)), rng.uniform(0.05, 0.35, len(light)))
+    rgb = [colorsys.hsv_to_rgb(h, s, v) for h, s, v in zip(hue, sat, value, strict=True)]
+    return np.rint(np.array(rgb) * 255).astype(np.uint8)
 
-    def polygon(corners: int) -> list[tuple[float, float]]:
-        turns = [angle + 2 * math.pi * k / corners for k in range(corners)]
-        return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in turns]
 
-    if kind == "circle":
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
-    elif kind == "square":
-        draw.polygon(polygon(4), fill=fill)
-    elif kind == "triangle":
-        draw.polygon(polygon(3), fill=fill)
-    elif kind == "cross":
-        width = radius * 0.35
-        for turn in (0.0, math.pi / 2):
-            dx, dy = math.cos(angle + turn), math.sin(angle + turn)
-            ends = [(cx - dx * radius, cy - dy * radius), (cx + dx * radius, cy + dy * radius)]
-            draw.line(ends, fill=fill, width=int(width * 2))
-    else:  # ring
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), outline=fill, width=int(radius * 0.35))
-    image = image.filter(ImageFilter.GaussianBlur(scale * 0.3)).resize((size, size), Image.Resampling.LANCZOS)
-    noise = rng.normal(0, 4, (size, size, 3))
-    return Image.fromarray(np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
+def shape_images(kinds: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [N, size, size, 3]: shape ``kinds[i]`` (an index into CLASSES) in a random colour on a random
+    background of the opposite lightness, at a random size, position and rotation, plus a little noise."""
+    count = len(kinds)
+    light_background = rng.uniform(size=count) < 0.5
+    backgrounds, fills = _colours(rng, light_background), _colours(rng, ~light_background)
+    radii = rng.uniform(0.22, 0.38, count) * size
+    centres = rng.uniform(0.35, 0.65, (count, 2)) * size
+    angles = rng.uniform(0, 2 * np.pi, count)
+    images = draw_shapes(kinds, centres, radii, angles, fills, backgrounds, size)
+    noise = rng.normal(0, 4, images.shape)
+    return np.clip(images + noise, 0, 255).astype(np.uint8)
 
 
 def write_folder(out: Path, count: int, size: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        kind = CLASSES[index % len(CLASSES)]
-        folder = out / kind
+    kinds = np.arange(count) % len(CLASSES)
+    images = shape_images(kinds, size, np.random.default_rng(seed))
+    for index, (kind, image) in enumerate(zip(kinds, images, strict=True)):
+        folder = out / CLASSES[kind]
         folder.mkdir(parents=True, exist_ok=True)
-        shape_image(kind, size, rng).save(folder / f"{index:05d}.png")
+        Image.fromarray(image).save(folder / f"{index:05d}.png")
     return out
 
 

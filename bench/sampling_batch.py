@@ -28,7 +28,7 @@ batch, cfg = int(sys.argv[2]), float(sys.argv[3])
 estimate = bytes_per_sample(loaded.model, loaded.meta.shape, loaded.meta.num_classes)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 classes = torch.zeros(batch, dtype=torch.long) if loaded.meta.num_classes else None
-generate(loaded, SamplingOptions(solver="heun", steps=2, cfg=cfg, batch_size=batch), num=batch, classes=classes)
+generate(loaded, SamplingOptions(solver="heun", steps=2, cfg=cfg, batch_size=batch), num=batch, condition=classes)
 added = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
 passes = 2 if cfg != 1 and classes is not None else 1
 print(json.dumps({"batch": batch, "cfg": cfg, "estimate_mb": round(estimate / 1e6, 2),
@@ -61,11 +61,11 @@ def main() -> int:
     loaded = load_checkpoint(args.checkpoint, device=torch.device("cpu"))
     classes = torch.zeros(args.num, dtype=torch.long) if loaded.meta.num_classes else None
     warm = SamplingOptions(solver="euler", steps=1, cfg=1.0, batch_size=batches[0])
-    generate(loaded, warm, num=batches[0], classes=None if classes is None else classes[: batches[0]])
+    generate(loaded, warm, num=batches[0], condition=None if classes is None else classes[: batches[0]])
     for batch in batches:
         start = time.perf_counter()
         options = SamplingOptions(solver="euler", steps=4, cfg=1.0, batch_size=batch)
-        generate(loaded, options, num=args.num, classes=classes)
+        generate(loaded, options, num=args.num, condition=classes)
         rate = args.num * 4 / (time.perf_counter() - start)
         print(json.dumps({"batch": batch, "image_evaluations_per_s": round(rate, 1)}), flush=True)
     for cfg in ("1", "2"):

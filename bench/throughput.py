@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
         def sample(options=options):
             with autocast:
-                generate(loaded, options, num=args.sample_batch, classes=classes)
+                generate(loaded, options, num=args.sample_batch, condition=classes)
 
         elapsed, iters = timed(sample, device, args.seconds, min_iters=2)
         nfe = steps * (1 if solver == "euler" else 2)

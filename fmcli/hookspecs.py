@@ -47,3 +47,14 @@ def fm_register_loggers(register):
 @hookspec
 def fm_register_feature_extractors(register):
     """Register feature extractors for ``fm eval``: ``register(spec)``, a ``fmcli.eval.features.ExtractorSpec``."""
+
+
+@hookspec
+def fm_register_text_encoders(register):
+    """Register text encoders for caption-conditioned models: ``register(spec)``, a ``fmcli.specs.TextEncoderSpec``.
+
+    ``spec.build(captions, **options)`` returns a new ``fmcli.text.base.TextEncoder`` (a torch module with
+    ``tokenize``, ``forward(ids) -> (tokens, pooled, mask)`` and ``export()``); ``spec.restore(exported)`` rebuilds
+    the one ``export()`` described. The built-in ``builtin`` (trained from scratch on the captions) and ``clip``
+    (a CLIP text tower from a local directory) come through this hook.
+    """

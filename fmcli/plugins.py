@@ -20,6 +20,7 @@ BUILTIN_PLUGINS = (
     "fmcli.builtins.models",
     "fmcli.builtins.extractors",
     "fmcli.builtins.loggers",
+    "fmcli.builtins.text_encoders",
 )
 
 pm = pluggy.PluginManager("fmcli")

@@ -80,6 +80,14 @@ def loggers() -> dict[str, Any]:
     return _collect("fm_register_loggers")
 
 
+def text_encoders() -> dict[str, Any]:
+    return _collect("fm_register_text_encoders")
+
+
+def get_text_encoder(name: str) -> Any:
+    return _lookup("fm_register_text_encoders", "text encoder", name)
+
+
 def get_logger(name: str) -> Any:
     return _lookup("fm_register_loggers", "logger", name)
 

@@ -1,4 +1,5 @@
-"""What plugins register (data sets, models, feature extractors, loggers), and lazy references to implementations.
+"""What plugins register (data sets, models, feature extractors, loggers, text encoders), and lazy references to
+implementations.
 
 Registering costs nothing: a spec names its item and describes it; the code behind it (torch,
 the network, the loader) is imported only when the item is used. That is what lets ``fm --help``,
@@ -47,6 +48,20 @@ class LoggerSpec:
     name: str
     description: str
     open: Callable[..., Any]  # open(run_dir: Path, config: TrainConfig) -> logger (see fmcli.hookspecs)
+    requires: str | None = None  # a package it imports, checked before training starts ...
+    install: str | None = None  # ... and how to get it, for the error message
+
+
+@dataclass
+class TextEncoderSpec:
+    """A text encoder for caption-conditioned models (``fmcli.text.base.TextEncoder``)."""
+
+    name: str
+    description: str
+    # build(captions: Sequence[str], **options) -> TextEncoder, new: the built-in one takes its vocabulary from these
+    # training captions (random weights); clip loads options["path"] (or FM_CLIP_PATH)
+    build: Callable[..., Any]
+    restore: Callable[..., Any]  # restore(exported: dict) -> TextEncoder, the one encoder.export() describes
     requires: str | None = None  # a package it imports, checked before training starts ...
     install: str | None = None  # ... and how to get it, for the error message
 

@@ -58,7 +58,7 @@ def test_sample_is_fm_sample(model, tiny_checkpoint):
     assert samples.cfg == 2.0 and samples.seconds > 0 and samples.trajectory is None  # fm sample's default guidance
     loaded = load_checkpoint(tiny_checkpoint, device="cpu")
     direct = generate(loaded, SamplingOptions(solver="euler", steps=3, seed=5), num=6,
-                      classes=parse_classes("3", 6, loaded.meta.class_names))  # fmt: skip
+                      condition=parse_classes("3", 6, loaded.meta.class_names))  # fmt: skip
     assert torch.equal(samples.result.samples, direct.samples)  # the same code path, the same numbers
 
 

@@ -10,7 +10,7 @@ from conftest import train_tiny
 from helpers import assert_one_line_error, fm
 
 import fmcli.eval.classifier as classifier_module
-from fmcli.eval.guidance_search import choose
+from fmcli.eval.guidance_search import SearchOptions, choose, screened
 from fmcli.io.checkpoint import load_checkpoint, read_header
 from fmcli.sampling.stored_guidance import GuidanceSetting, StoredGuidance, guidance_file, read_stored, store
 
@@ -112,6 +112,8 @@ def test_a_stored_setting_is_used_by_default_flags_win_and_fm_info_shows_it(copy
     flagged = sample_json(copy, *args, "--cfg", "1.5")
     assert flagged["cfg"] == 1.5 and flagged["guidance"]["interval"] == [0.2, 0.9]  # only the flag given changes
     assert flagged["guidance"]["source"] == "options"
+    restated = sample_json(copy, *args, "--cfg", "3", "--guidance-interval", "0.2,0.9")  # as fm serve's boxes do
+    assert restated["guidance"]["source"] == "tuned"
     classifier_free = sample_json(copy, *args, "--guide", "none")
     assert classifier_free["guidance"]["guide"] is None and classifier_free["cfg"] == 3.0
     unlabelled = sample_json(copy, "--num", "2", "--solver", "euler", "--steps", "4", "--out", tmp_path / "u.png")
@@ -151,13 +153,37 @@ def test_choose_keeps_recall_and_fid_then_reaches_accuracy_at_the_lowest_fid():
     assert choose(base | {"accuracy": None}, unlabelled, 0.95, 0.99)[0]["cfg"] == 1.5
 
 
+def test_the_screen_keeps_the_finalists_the_rule_would_favour_with_slack():
+    # The demo search's 500-sample rows (bench/measured/guidance_search_demo.json), as a screen would see them.
+    base = {"fid": 57.9, "recall": 0.832, "accuracy": 0.88, "passes": 40, "name": "none"}
+    rows = [
+        {"fid": 24.2, "recall": 0.752, "accuracy": 0.994, "passes": 80, "name": "cfg 2"},  # recall 0.904x: slack
+        {"fid": 24.7, "recall": 0.808, "accuracy": 0.990, "passes": 80, "name": "cfg 2 + guide"},
+        {"fid": 15.6, "recall": 0.826, "accuracy": 0.982, "passes": 66, "name": "cfg 2 in [0.2, 0.8]"},  # 0.99 - 0.01
+        {"fid": 12.2, "recall": 0.870, "accuracy": 0.972, "passes": 66, "name": "cfg 2 in [0.2, 0.8] + guide"},
+        {"fid": 74.8, "recall": 0.594, "accuracy": 1.000, "passes": 80, "name": "cfg 3"},  # recall and FID spent
+        {"fid": 28.5, "recall": 0.800, "accuracy": 0.994, "passes": 66, "name": "cfg 3 in [0.2, 0.8] + guide"},
+    ]
+    kept = [r["name"] for r in screened(base, rows, SearchOptions(finalists=3))]
+    assert kept == ["cfg 2 in [0.2, 0.8]", "cfg 2", "cfg 2 + guide"]  # the 500-sample choice is among them
+    assert [r["name"] for r in screened(base, rows, SearchOptions(finalists=5))][3:] == [
+        "cfg 3 in [0.2, 0.8] + guide",
+        "cfg 2 in [0.2, 0.8] + guide",  # short of 0.98: after every one reaching it
+    ]
+
+
 def test_fm_tune_guidance_measures_stores_and_sampling_uses_it(copy, fast_classifier, tmp_path):
     result = fm("tune", copy, "--guidance", "--solver", "euler", "--steps", "4", "--num", "150", "--cfgs", "2",
-                "--intervals", "full;0.3,0.8",
+                "--intervals", "full;0.3,0.8", "--finalists", "2",
                 "--min-recall", "0.5", "--device", "cpu", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     rows = report["rows"]
+    # The screen: every setting on 129 samples (FID's minimum in the classifier's 128 dimensions, above 150 / 4),
+    # the unguided and two finalists on to 150; the choice is one of those.
+    assert report["screen"] == {"num_samples": 129, "finalists": 2} and report["baseline"]["num_samples"] == 150
+    assert sorted(r["num_samples"] for r in rows) == [129, 129, 150, 150]
+    assert report["chosen"] in {setting_of(r).describe() for r in rows if r["num_samples"] == 150} | {"no guidance"}
     # none and the run's guide.safetensors, each everywhere and in [0.3, 0.8], beside the unguided baseline
     assert len(rows) == 4 and report["baseline"]["cfg"] == 1.0 and report["baseline"]["passes"] == 4
     assert {(r["guide"] is not None, r["interval"] is not None) for r in rows} == {
@@ -170,6 +196,10 @@ def test_fm_tune_guidance_measures_stores_and_sampling_uses_it(copy, fast_classi
     assert stored is not None and stored.search["chosen"] == report["chosen"] == stored.setting.describe()
     used = sample_json(copy, "--class", "1", "--num", "2", "--out", tmp_path / "s.png")
     assert used["guidance"]["source"] == "tuned" and used["cfg"] == stored.setting.scale
+
+
+def setting_of(row: dict) -> GuidanceSetting:
+    return GuidanceSetting(row["cfg"], row["interval"] and tuple(row["interval"]), row["guide"], row["guide_label"])
 
 
 def test_eval_sweeps_guidance_settings_as_rows(run, fast_classifier):

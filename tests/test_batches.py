@@ -10,7 +10,7 @@ from PIL import Image
 
 from fmcli.data.base import to_model_space
 from fmcli.io.checkpoint import read_checkpoint
-from fmcli.training.batches import BatchSampler
+from fmcli.training.batches import BatchSampler, Conditions
 from fmcli.training.config import TrainConfig, resolve
 from fmcli.training.loop import train
 from fmcli.training.objectives import make_objective
@@ -32,7 +32,8 @@ def sampler(config: TrainConfig, rank: int = 0, world: int = 1, inputs=None) -> 
     images = torch.randint(0, 256, (40, 1, 6, 6), dtype=torch.uint8, generator=generator) if inputs is None else inputs
     labels = torch.arange(40) % 4
     objective = make_objective(config, num_classes=4)
-    return BatchSampler(images, labels, 4, "image", config, objective, rank, world, torch.device("cpu"))
+    conditions = Conditions(labels, 4, config.label_dropout)
+    return BatchSampler(images, conditions, "image", config, objective, rank, world, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("coupling", ["independent", "ot"])
@@ -99,3 +100,20 @@ def test_a_flipped_run_resumes_bit_for_bit(tmp_path):
     assert read_checkpoint(whole.checkpoint)[1].train_config["hflip"] is True
     first, second = read_checkpoint(whole.checkpoint)[0], read_checkpoint(resumed.checkpoint)[0]
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_captions_are_drawn_per_item_from_the_step_seed_and_uncaptioned_items_train_the_empty_prompt():
+    captions = [("a b",), ("c", "d e"), ()]
+    vocab = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
+    tokenize = lambda texts: torch.tensor([[vocab[w] for w in t.split()] + [0] * (2 - len(t.split())) for t in texts])  # noqa: E731
+    conditions = Conditions.of_captions(captions, tokenize, dropout=0.0)
+    index = torch.tensor([0, 1, 2, 1])
+    seen = set()
+    for step in range(20):
+        rows = conditions.rows(index, torch.Generator().manual_seed(step), torch.device("cpu"))
+        assert rows[0].tolist() == [1, 2] and rows[2].tolist() == [0, 0]  # one caption; none: the empty prompt
+        assert rows[1].tolist() in ([3, 0], [4, 5]) and rows[3].tolist() in ([3, 0], [4, 5])
+        seen.add(tuple(rows[1].tolist()))
+        again = conditions.rows(index, torch.Generator().manual_seed(step), torch.device("cpu"))
+        assert torch.equal(rows, again)  # from the step's generator alone: resume stays exact
+    assert seen == {(3, 0), (4, 5)}  # every caption of an item is trained

@@ -38,9 +38,9 @@ def test_raw_and_ema_weights_differ_after_training(tiny_checkpoint):
 def test_sampling_is_deterministic(tiny_checkpoint):
     loaded = load_checkpoint(tiny_checkpoint)
     classes = torch.tensor([1, 6, 6])
-    first = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=7), num=3, classes=classes)
-    second = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=7), num=3, classes=classes)
-    other = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=8), num=3, classes=classes)
+    first = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=7), num=3, condition=classes)
+    second = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=7), num=3, condition=classes)
+    other = generate(loaded, SamplingOptions(solver="heun", steps=4, seed=8), num=3, condition=classes)
     assert torch.equal(first.samples, second.samples)
     assert not torch.equal(first.samples, other.samples)
     assert first.nfe == 8

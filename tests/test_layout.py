@@ -21,6 +21,7 @@ RANKS = {
     "device": 1, "plugins": 1, "builtins": 1,  # builtins name their implementations as strings, never import them
     "runtime": 1,  # the machine as it is (cores, load, memory) and the thread count
     "registry": 2,
+    "text": 2.5,  # text encoders (transformers only inside clip.py's functions); models import them
     "models": 3,
     "flow": 4, "io": 4,
     "data": 5,
@@ -102,7 +103,7 @@ def test_the_package_root_holds_few_modules_and_every_room_says_what_it_holds():
     for package in (p for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert doc and len(doc) > 80, f"{package.name}/__init__.py needs a docstring saying what lives there"
-    for name in ("training", "sampling", "flow", "io", "eval", "data", "models", "cli", "builtins"):
+    for name in ("training", "sampling", "flow", "io", "eval", "data", "models", "cli", "builtins", "text"):
         doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
         assert "import" in doc, f"fmcli/{name}/__init__.py should say what the room may import"
 
@@ -137,6 +138,7 @@ def test_help_lists_exactly_the_builtins_the_registry_holds():
     assert set(BUILTIN_NAMES["datasets"]) == set(registry.datasets())
 
 
+TEXT_LIBRARIES = ("transformers", "tokenizers")  # the clip text encoder's, imported only when it is used
 STARTUP = """
 import json, sys
 sys.argv = {argv}
@@ -184,8 +186,15 @@ def test_help_imports_neither_torch_nor_gradio_nor_any_plugin(argv):
     assert not [m for m in loaded if m == "torch" or m.startswith("torch.")]
     assert not [m for m in loaded if m.split(".")[0] in ("gradio", "gradio_client")]
     assert "fmcli.serve" not in loaded and "fmcli.sampling.model" not in loaded
+    assert not [m for m in loaded if m.split(".")[0] in TEXT_LIBRARIES or m.startswith("fmcli.text")]
     plugins = plugin_modules()
     assert not [m for m in loaded if m.split(".")[0] in plugins], "help must not run plugin code"
+
+
+def test_listing_plugins_imports_no_text_encoder():
+    """``fm plugins`` lists the text encoders from their specs: neither fmcli.text nor transformers is imported."""
+    loaded = startup_modules(["fm", "plugins"])
+    assert not [m for m in loaded if m.split(".")[0] in TEXT_LIBRARIES or m.startswith("fmcli.text")]
 
 
 def test_completion_imports_no_torch_and_no_plugin_implementation():

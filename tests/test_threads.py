@@ -168,6 +168,19 @@ def test_the_governor_tries_one_more_thread_when_cores_free_up_and_keeps_it_only
     assert fake.governor.threads == 2 and fake.governor.active
 
 
+def test_a_trial_judged_after_the_count_fell_back_says_nothing():
+    fake = FakeMachine(usable=2)
+    fake.others = 1.0
+    fake.steps(15, 0.1)
+    fake.others = 0.0
+    while fake.governor.threads == 1:  # room again: the trial of a second thread starts
+        fake.steps(1, 0.1)
+    fake.others = 1.0  # the neighbour is back before the trial is judged: one thread again, by the counters
+    fake.steps(20, 0.3)
+    assert fake.governor.threads == 1
+    assert all(before != after for _, before, after, _ in fake.governor.changes)  # no "threads: 1 -> 1"
+
+
 def test_other_kinds_of_work_and_pauses_are_not_stalls():
     """A preview grid between training steps (evaluations of 80 samples: microseconds per sample), a pause of a
     minute (a served page waiting for its next request): the step times stay comparable, nothing changes."""

@@ -247,7 +247,7 @@ def test_the_tuned_samples_are_the_stored_grid_and_scales(model):
     from fmcli.sampling.options import SamplingOptions
 
     labels = balanced_classes(10, 10)
-    result = generate(loaded, SamplingOptions(solver="euler", steps=3, seed=5), num=10, classes=labels)
+    result = generate(loaded, SamplingOptions(solver="euler", steps=3, seed=5), num=10, condition=labels)
     x1 = torch.randn((10, *loaded.meta.shape), generator=torch.Generator().manual_seed(5))
     spec = Integration(time_grid=stored.times, step_scales=stored.scales)
     with torch.inference_mode():

@@ -1,4 +1,5 @@
-"""Built-in data sets: MNIST, the embedded MNIST subset and four 2-D toys (loaders imported on first load).
+"""Built-in data sets: MNIST, the embedded MNIST subset, captioned shapes and four 2-D toys (loaders imported on
+first load).
 
 Image folders are not registered here: they need a path, which ``fmcli.data.resolve`` handles.
 """
@@ -14,7 +15,7 @@ TOYS = {  # name -> description; the samplers are fmcli.data.toys.TOYS
 }
 
 
-NAMES = ("mnist", "mnist-mini", *TOYS)  # for --help, which never loads plugins
+NAMES = ("mnist", "mnist-mini", "shapes", *TOYS)  # for --help, which never loads plugins
 
 
 @hookimpl
@@ -39,6 +40,18 @@ def fm_register_datasets(register):
             # (bench/demo_search.py: batch 16 > 32 > 64 >> 128 in FID after the same wall time). The warm-up is
             # the general rule's (10% of the planned steps, at most 200), so --max-time runs scale it too.
             train_defaults={"steps": 1600, "batch_size": 16},
+        )
+    )
+    register(
+        DatasetSpec(
+            name="shapes",
+            description="coloured shapes with captions, 32x32 RGB, 8,000 train / 2,000 test, drawn on the fly",
+            kind="image",
+            splits=("train", "test"),
+            load=lazy_callable("fmcli.data.shapes:load_shapes"),
+            # A mirror image is as likely as the image: every shape is mirror-symmetric (a flipped one is the same
+            # shape turned, and turns are uniform), and no caption speaks of left or right.
+            flip_invariant=True,
         )
     )
     for name, description in TOYS.items():

@@ -137,8 +137,9 @@ class RichCallbacks:
     def on_start(self, total_steps: int, start_step: int, info: dict) -> None:
         if not self.quiet:
             processes = f" x {info['world_size']} processes" if info["world_size"] > 1 else ""
+            condition = "captioned" if info.get("captions") else f"{info['classes'] or 'no'} classes"
             err_console.print(
-                f"training on {info['data']} ({info['size']:,} items, {info['classes'] or 'no'} classes) "
+                f"training on {info['data']} ({info['size']:,} items, {condition}) "
                 f"with {info['parameters']:,} parameters on {info['device']}{processes} -> {info['run_dir']}",
                 highlight=False,
             )

@@ -40,6 +40,10 @@ def animate_command(
     class_: Annotated[
         Optional[str], typer.Option("--class", help="Class index, class name, or 'all' (one grid row per class).")
     ] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Text models: what to draw, e.g. 'a red triangle'.")] = None,
+    prompts: Annotated[
+        Optional[Path], typer.Option(help="Text models: a file of prompts, one a line (one grid row per prompt).")
+    ] = None,
     num: Annotated[
         Optional[int],
         typer.Option(
@@ -93,6 +97,8 @@ def animate_command(
       fm animate runs/demo --class 3 --show both --frames 8 --out three.png
 
       fm animate runs/toy/last.safetensors --out flow.gif
+
+      fm animate runs/shapes --prompt "a blue star on a white background" --out star.gif
     """
     from fmcli.device import resolve_device
     from fmcli.io.checkpoint import load_checkpoint
@@ -105,7 +111,9 @@ def animate_command(
         write_animation,
     )
     from fmcli.sampling.guidance import parse_classes
+    from fmcli.sampling.prompts import check_condition_kind, prompt_condition, read_prompts
 
+    wanted = read_prompts(prompt, prompts)
     kind = output_kind(out)
     settings = AnimationSettings(
         frames=frames if frames is not None else DEFAULT_FRAMES[kind],
@@ -121,7 +129,11 @@ def animate_command(
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
     points = loaded.meta.data["kind"] == "points"
-    if class_ == "all":
+    check_condition_kind(loaded, wanted, class_ is not None)
+    if wanted is not None and len(wanted) > 1:  # a file of prompts: one row each, like --class all
+        per_class = num if num is not None else 8
+        total, settings.nrow = per_class * len(wanted), settings.nrow or per_class
+    elif class_ == "all":
         per_class = num if num is not None else 8
         total = per_class * max(1, loaded.meta.num_classes)
         if settings.nrow is None and not points:
@@ -130,7 +142,12 @@ def animate_command(
         total = num if num is not None else (512 if points else 16)
     if total < 1:
         raise FMError(f"--num must be at least 1 (got {total})")
-    classes = parse_classes(class_, total, loaded.meta.class_names)
+    if wanted is not None:
+        classes, notes = prompt_condition(loaded, [p for p in wanted for _ in range(total // len(wanted))])
+        for note in notes:
+            err_console.print(f"note: {note}", highlight=False, markup=False)
+    else:
+        classes = parse_classes(class_, total, loaded.meta.class_names)
     with progress_bar() as bar:
         tasks = {"solve": bar.add_task("solve", total=total), "render": bar.add_task("render", total=settings.frames)}
         animation = render_animation(
@@ -153,6 +170,7 @@ def animate_command(
         "bytes": size,
         "num": total,
         "class": class_,
+        "prompts": wanted,
         "show": show,
         "solver": sampling.solver,
         "steps": sampling.steps,

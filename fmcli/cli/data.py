@@ -1,4 +1,5 @@
-"""``fm data``: build the decoded cache of an image folder ahead of time, and show what is cached."""
+"""``fm data``: build the decoded cache of an image folder ahead of time, show what is cached, and describe a data
+set (items, classes, captions)."""
 
 from pathlib import Path
 from typing import Annotated, Optional
@@ -6,12 +7,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from fmcli.cli._common import cli_errors, console, err_console, print_json, progress_bar
+from fmcli import registry
+from fmcli.cli._common import cli_errors, console, dataset_help, err_console, print_json, progress_bar
 from fmcli.data import DEFAULT_IMAGE_SIZE
 
 app = typer.Typer(
     name="data",
-    help="Image folders: decode once into a memory-mapped cache ($FM_CACHE_DIR/folders), list what is cached.",
+    help="Image folders: decode once into a memory-mapped cache ($FM_CACHE_DIR/folders), list what is cached; "
+    "describe any data set (items, classes, captions).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -116,3 +119,96 @@ def info_command(
             state,
         )
     console.print(table)
+
+
+LONGEST_SHOWN = 80  # characters of the longest caption shown in text (--json has it whole)
+CLASSES_SHOWN = 10
+
+
+@app.command("describe")
+@cli_errors
+def describe_command(
+    target: Annotated[
+        str,
+        typer.Argument(help=dataset_help(), autocompletion=registry.completer(registry.datasets), show_default=False),
+    ],
+    split: Annotated[str, typer.Option(help="Which split: train or test where the data set has them.")] = "train",
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Where a data set's files live (MNIST); default $FM_DATA_DIR.")
+    ] = None,
+    captions: Annotated[
+        str,
+        typer.Option(
+            help="auto: read captions where the data has them (metadata.jsonl, metadata.csv, NAME.txt); "
+            "none: ignore them; classes: the class names as captions."
+        ),
+    ] = "auto",
+    caption_column: Annotated[
+        str, typer.Option(help="The metadata column holding the captions (Hugging Face's default: text).")
+    ] = "text",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """Describe a data set or an image folder: items, item shape, classes, and its captions (coverage, captions
+    per item, vocabulary, the longest), attributes and held-out pairs when it has them.
+
+    A folder is loaded as `fm train` loads it (at 32 px), so its decoded cache is built here if it was not.
+
+    Examples:
+
+      fm data describe shapes
+
+      fm data describe shapes --split test --json
+
+      fm data describe ~/data/pokemon --caption-column caption
+
+      fm data describe ./flowers --captions classes
+    """
+    from fmcli.data.base import LoadOptions
+    from fmcli.data.captions import summarise
+    from fmcli.data.resolve import load_data
+
+    options = LoadOptions(split=split, data_dir=data_dir, captions=captions, caption_column=caption_column)
+    summary = summarise(load_data(target, options))
+    if json_output:
+        print_json(summary)
+        return
+    for line in describe_lines(summary):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def describe_lines(summary: dict) -> list[str]:
+    """``fm data describe``'s text: one line per fact."""
+    shape = "x".join(map(str, summary["shape"]))
+    noun = {"image": "images", "points": "points"}.get(summary["kind"], "items")
+    lines = [f"{summary['name']} ({summary['split']}): {summary['items']} {noun} of {shape}"]
+    if summary["class_names"]:
+        names = summary["class_names"]
+        shown = ", ".join(names[:CLASSES_SHOWN]) + (", ..." if len(names) > CLASSES_SHOWN else "")
+        lines.append(f"classes: {len(names)} ({shown})")
+    if summary["skipped_files"]:
+        lines.append(f"skipped: {summary['skipped_files']} unreadable file(s)")
+    caption = summary["captions"]
+    if caption is None:
+        lines.append("captions: none")
+    else:
+        per = caption["per_item"]
+        spread = f"{per['min']}" if per["min"] == per["max"] else f"{per['min']}-{per['max']}"
+        lines.append(
+            f"captions: {caption['captioned']} of {caption['total']} items captioned (from {caption['source']}); "
+            f"{spread} per item, mean {per['mean']:.2f}"
+        )
+        longest = caption["longest"]["text"]
+        if len(longest) > LONGEST_SHOWN:
+            longest = longest[: LONGEST_SHOWN - 3] + "..."
+        lines.append(f"vocabulary: {caption['vocabulary']} distinct words")
+        words = caption["longest"]["words"]
+        lines.append(f'longest caption: {words} word{"" if words == 1 else "s"}: "{longest}"')
+        if caption["missing_files"]:
+            lines.append(f"metadata rows naming no image here: {caption['missing_files']}")
+    if summary["attributes"]:
+        attributes = ", ".join(f"{name} ({len(names)})" for name, names in summary["attributes"].items())
+        lines.append(f"attributes: {attributes}")
+    if summary["held_out"]:
+        pairs = ", ".join(" ".join(pair) for pair in summary["held_out"])
+        lines.append(f"held out of train: {pairs}")
+    return lines

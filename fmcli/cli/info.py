@@ -37,8 +37,11 @@ def info_command(
     table.add_row("default_sampling", f"{sampler['solver']}, {sampler['steps']} steps")
     for key, value in payload["data"].items():
         table.add_row(f"data.{key}", json.dumps(value) if not isinstance(value, str) else value)
+    condition = payload["condition"]
+    table.add_row("condition", ", ".join(f"{key} {value}" for key, value in condition.items()))
     for key, value in payload["model_config"].items():
-        table.add_row(f"model.{key}", json.dumps(value))
+        if key != "text":  # a text model's encoder (its vocabulary): summarised in "condition"
+            table.add_row(f"model.{key}", json.dumps(value))
     for key, value in sorted(payload["train_config"].items()):
         table.add_row(f"train.{key}", json.dumps(value))
     tuned = payload["tuned_grids"]

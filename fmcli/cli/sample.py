@@ -28,9 +28,16 @@ def sample_command(
     out: Annotated[Path, typer.Option(help="Output: grid.png, samples.npz, or a folder of PNGs.")] = Path(
         "samples.png"
     ),
-    num: Annotated[int, typer.Option(help="Number of samples.")] = 64,
+    num: Annotated[
+        Optional[int], typer.Option(help="Number of samples. \\[default: 64; with --prompts one per prompt]")
+    ] = None,
     class_: Annotated[
         Optional[str], typer.Option("--class", help="Class index, class name, or 'all' (an equal number per class).")
+    ] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Text models: what to draw, e.g. 'a red triangle'.")] = None,
+    prompts: Annotated[
+        Optional[Path],
+        typer.Option(help="Text models: a file of prompts, one a line; samples in that order, the .npz keeps them."),
     ] = None,
     sampling=None,
     weights: WeightsOption = "ema",
@@ -53,6 +60,8 @@ def sample_command(
       fm sample runs/demo --class all --cfg 2.5 --guidance-interval 0.2,0.8 --guide runs/demo/guide.safetensors
 
       fm sample runs/demo --class all --solver euler --steps 4 --time-grid tuned --out tuned.png  (after fm tune)
+
+      fm sample runs/shapes --prompt "a red triangle on a black background" --num 16 --out triangle.png
     """
     from fmcli.data.base import to_uint8
     from fmcli.device import resolve_device
@@ -60,7 +69,10 @@ def sample_command(
     from fmcli.io.images import output_format, write_samples
     from fmcli.sampling.generate import generate
     from fmcli.sampling.guidance import guidance_note, parse_classes
+    from fmcli.sampling.prompts import check_condition_kind, prompt_condition, read_prompts, spread
 
+    wanted = read_prompts(prompt, prompts)
+    num = num if num is not None else (len(wanted) if prompts is not None else 64)
     fmt = output_format(out, format)
     if fmt == "folder" and out.exists() and any(out.iterdir()):
         raise FMError(f"output folder {out} is not empty; choose another --out")
@@ -69,16 +81,24 @@ def sample_command(
     machine = use_threads(threads, quiet=json_output)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
-    classes = parse_classes(class_, num, loaded.meta.class_names)
+    check_condition_kind(loaded, wanted, class_ is not None)
+    if wanted is not None:
+        wanted = spread(wanted, num)
+        classes, notes = prompt_condition(loaded, wanted)
+        for note in notes:
+            err_console.print(f"note: {note}", highlight=False, markup=False)
+    else:
+        classes = parse_classes(class_, num, loaded.meta.class_names)
     if fmt == "folder":
         out.mkdir(parents=True, exist_ok=True)
     with progress_bar() as bar:
         task = bar.add_task("sample", total=num)
         result = generate(
-            loaded, sampling, num=num, classes=classes, progress=lambda done, total: bar.update(task, completed=done)
+            loaded, sampling, num=num, condition=classes, progress=lambda done, total: bar.update(task, completed=done)
         )
     if loaded.meta.data["kind"] == "image":
-        written = write_samples(out, to_uint8(result.samples), result.labels, fmt, nrow=nrow)
+        labels = None if wanted is not None else result.labels
+        written = write_samples(out, to_uint8(result.samples), labels, fmt, nrow=nrow, prompts=wanted)
     else:
         written = write_samples(out, None, result.labels, fmt, points=result.samples)
     summary = {
@@ -94,6 +114,7 @@ def sample_command(
         "images_per_s": round(num / max(result.seconds, 1e-9), 1),
         "device": str(loaded.device),
         "class": class_,
+        "prompts": None if wanted is None else list(dict.fromkeys(wanted)),
         "cfg": result.cfg,
         "guidance": result.guidance.setting.as_json() | {"source": result.guidance.source},
         "seed": sampling.seed,

@@ -104,6 +104,16 @@ def tune_command(
     num: Annotated[
         int, typer.Option(help="--guidance: samples per candidate (held-out noise, equal per class).")
     ] = 500,
+    screen: Annotated[
+        float,
+        typer.Option(
+            help="--guidance: every candidate first samples this share of --num (at least the FID's "
+            "minimum); 1: no screen."
+        ),
+    ] = 0.25,
+    finalists: Annotated[
+        int, typer.Option(help="--guidance: candidates the screen sends on to --num samples (with the unguided).")
+    ] = 3,
     min_recall: Annotated[float, typer.Option(help="--guidance: keep at least this x the unguided recall.")] = 0.95,
     min_accuracy: Annotated[float, typer.Option(help="--guidance: the class accuracy to reach.")] = 0.99,
     data: Annotated[
@@ -150,6 +160,8 @@ def tune_command(
             guide_labels=tuple(parse_list(guide_labels, "--guide-labels")),
             min_recall=min_recall,
             min_accuracy=min_accuracy,
+            screen=screen,
+            finalists=finalists,
             solver=solver,
             steps=None if steps is None else parse_int_list(steps, "--steps")[0],
             eval=EvalOptions(num_samples=num, metrics=("fid", "pr"), data=data, data_dir=data_dir, weights=weights,
@@ -217,12 +229,16 @@ def _tune_guidance(checkpoint, options, json_output: bool, machine: dict) -> Non
 def _print_guidance(checkpoint: str, search: dict) -> None:
     from fmcli.sampling.stored_guidance import GuidanceSetting
 
+    screen = search.get("screen")
+    counts = f"{search['num_samples']} samples each" if not screen else (
+        f"{screen['num_samples']} samples each, the {screen['finalists']} best and the unguided {search['num_samples']}"
+    )  # fmt: skip
     table = Table(
-        title=f"fm tune --guidance: {checkpoint} ({search['num_samples']} samples each, held-out noise, "
+        title=f"fm tune --guidance: {checkpoint} ({counts}, held-out noise, "
         f"{search['extractor']} features against {search['data']}; {search['rule']})",
         title_justify="left",
     )
-    for column in ("guidance", "NFE", "passes", "FID", "recall", "precision", "accuracy", "seconds"):
+    for column in ("guidance", "samples", "NFE", "passes", "FID", "recall", "precision", "accuracy", "seconds"):
         table.add_column(column, justify="left" if column == "guidance" else "right")
     for row in [search["baseline"], *search["rows"]]:
         setting = GuidanceSetting(
@@ -230,8 +246,9 @@ def _print_guidance(checkpoint: str, search: dict) -> None:
         )
         accuracy = "-" if row.get("accuracy") is None else f"{row['accuracy']:.3f}"
         mark = " (chosen)" if setting.describe() == search["chosen"] else ""
-        table.add_row(setting.describe() + mark, str(row["nfe"]), str(row["passes"]), f"{row['fid']:.2f}",
-                      f"{row['recall']:.3f}", f"{row['precision']:.3f}", accuracy, f"{row['seconds']:.1f}")  # fmt: skip
+        counted = [str(row[key]) for key in ("num_samples", "nfe", "passes")]
+        table.add_row(setting.describe() + mark, *counted, f"{row['fid']:.2f}", f"{row['recall']:.3f}",
+                      f"{row['precision']:.3f}", accuracy, f"{row['seconds']:.1f}")  # fmt: skip
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 Images are kept as uint8 [N, C, H, W] (MNIST's 60,000 digits are 47 MB) and normalised to
 [-1, 1] on the training device, batch by batch. 2-D toy data sets are float32 [N, D].
+Captions, when a data set has them, are one tuple of strings per item (``fmcli.data.captions``).
 """
 
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from fmcli.specs import DatasetSpec  # re-exported: plugins import it from here
 
 __all__ = ["ArrayDataset", "DatasetSpec", "LoadOptions", "to_model_space", "to_uint8"]
 
+CAPTION_MODES = ("auto", "none", "classes")
+
 
 @dataclass
 class LoadOptions:
@@ -26,6 +29,16 @@ class LoadOptions:
     seed: int = 0  # for procedural data sets
     download: bool = True  # may fetch official files when absent (never in tests)
     cache: bool = True  # image folders: decode once into a file under $FM_CACHE_DIR, then map it
+    # Captions: "auto" reads them where the data has them (a folder's metadata.jsonl / metadata.csv / NAME.txt),
+    # "none" ignores them, "classes" uses the class names ("golden_retriever" -> "golden retriever").
+    captions: str = "auto"
+    caption_column: str = "text"  # the metadata column holding the captions (Hugging Face's default)
+
+    def __post_init__(self) -> None:
+        if self.captions not in CAPTION_MODES:
+            raise FMError(f"captions must be one of {', '.join(CAPTION_MODES)}, not {self.captions!r}")
+        if not isinstance(self.caption_column, str) or not self.caption_column.strip():
+            raise FMError("the caption column needs a name, e.g. text (the column of metadata.jsonl holding captions)")
 
 
 @dataclass
@@ -36,7 +49,11 @@ class ArrayDataset:
     data: Tensor  # uint8 [N, C, H, W] for images, float32 [N, D] for points
     labels: Tensor | None = None  # int64 [N], or None when unlabelled
     class_names: list[str] | None = None
-    info: dict = field(default_factory=dict)  # e.g. skipped files, source path, content hash
+    info: dict = field(default_factory=dict)  # e.g. skipped files, source path, content hash, caption coverage
+    # Per item, its captions (one or more phrasings; training draws one); () = none: it trains the empty prompt.
+    captions: list[tuple[str, ...]] | None = None
+    attributes: dict[str, Tensor] | None = None  # e.g. {"shape": int64 [N], "colour": int64 [N]}: what each item shows
+    attribute_names: dict[str, list[str]] | None = None  # per attribute, code -> name
 
     def __len__(self) -> int:
         return self.data.shape[0]

@@ -527,14 +527,15 @@ def build(
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
     writer = CacheWriter(final, size, channels)
     try:
-        class_names, class_counts, empty_classes, skipped = [], [], [], []
+        class_names, class_counts, empty_classes, skipped, reasons = [], [], [], [], []
         with closing(decode_rows(paths, size, mode, progress=progress)) as rows:  # closing stops the workers
             for class_name, files in listing.groups:
                 readable = 0
                 for file in files:
                     row = next(rows)
                     if isinstance(row, str):
-                        skipped.append(f"{file.relative_to(root)}: {row}")
+                        skipped.append(file.relative_to(root))
+                        reasons.append(f"{file.relative_to(root)}: {row}")
                     else:
                         writer.add(row)
                         readable += 1
@@ -544,7 +545,7 @@ def build(
                 elif class_name:
                     empty_classes.append(class_name)
         if writer.count == 0:
-            raise none_readable(path_text, len(paths), skipped[0])
+            raise none_readable(path_text, len(paths), reasons[0])
         writer.finish(
             {
                 "key": key,
@@ -553,7 +554,12 @@ def build(
                 "channels_option": channels,
                 "class_names": class_names if listing.labelled else None,
                 "class_counts": class_counts,
-                "skipped": {"count": len(skipped), "examples": skipped[:MAX_LISTED_SKIPS]},
+                # every skipped file, so captions (read at load time) find their rows: row i is the i-th file kept
+                "skipped": {
+                    "count": len(skipped),
+                    "examples": reasons[:MAX_LISTED_SKIPS],
+                    "files": [file.as_posix() for file in skipped],
+                },
                 "ignored_top_level": len(listing.ignored),
                 "empty_classes": empty_classes,
                 "files": len(paths),

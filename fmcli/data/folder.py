@@ -22,6 +22,9 @@ Rules:
   and later loads map that file instead of decoding again (``fmcli.data.cache``); the tensor is
   then backed by the file, not by RAM. ``LoadOptions(cache=False)`` decodes into memory as before;
   so does a cache folder that cannot be written, with ``info["cache_warning"]`` saying why.
+* Captions: ``metadata.jsonl`` / ``metadata.csv`` (Hugging Face's layout) or ``NAME.txt`` beside each image, read
+  at every load before anything is decoded, never cached (``fmcli.data.captions``): ``captions[i]`` holds the
+  captions of row ``i``, ``info["captions"]`` the coverage.
 """
 
 import os
@@ -35,6 +38,7 @@ from PIL import Image
 
 from fmcli.data import cache, decode
 from fmcli.data.base import ArrayDataset, LoadOptions
+from fmcli.data.captions import FolderCaptions, apply_caption_mode, read_folder_captions, relative_key, set_captions
 from fmcli.data.decode import (  # noqa: F401 - re-exported: this module's names since the first release
     DEFAULT_IMAGE_SIZE,
     IMAGE_EXTENSIONS,
@@ -66,25 +70,41 @@ def load_folder(
     options: LoadOptions,
     progress: Callable[[int, int], None] | None = None,
 ) -> ArrayDataset:
-    """All readable images under ``path``; see the module docstring for labels, size, channels and the cache.
+    """All readable images under ``path``; see the module docstring for labels, size, channels, captions and the cache.
 
     ``progress(done, total)`` is called while images are decoded into the cache (not on a cache hit).
     """
     root, size = check_folder(path, options)
     listing = list_folder(root, path)
-    warning = None
+    captions = read_folder_captions(listing, options)  # first: a bad caption file stops the load before any work
+    data, warning = None, None
     if options.cache:
         try:
-            return cache.load_cached(path, listing, size, options, progress)
+            data = cache.load_cached(path, listing, size, options, progress)
         except cache.CacheUnavailable as error:  # e.g. a read-only home or a full disk: still train, say so once
             warning = (
                 f"image cache not used ({error}); decoding into memory instead "
                 f"(set FM_CACHE_DIR to a writable folder with room for the images)"
             )
-    data = load_in_memory(path, listing, size, options)
+        skipped = data.info.get("skipped") if data is not None else None
+        if captions and skipped and "files" not in skipped:
+            data = None  # an entry written before fm listed every skipped file: its rows cannot be matched to files
+    if data is None:
+        data = load_in_memory(path, listing, size, options)
     if warning:
         data.info["cache_warning"] = warning
-    return data
+    if captions:
+        attach_captions(data, listing, captions)
+    return apply_caption_mode(data, options)
+
+
+def attach_captions(data: ArrayDataset, listing: FolderListing, captions: FolderCaptions) -> None:
+    """``data.captions[i]`` = the captions of the file row ``i`` was decoded from (skipped files have no row)."""
+    skipped = set(data.info.get("skipped", {}).get("files", ()))
+    rows = [file for file in listing.paths if not skipped or relative_key(file, listing.root) not in skipped]
+    set_captions(data, captions.for_rows(rows), captions.source)
+    if captions.missing_files:
+        data.info["captions_missing_files"] = captions.missing_files
 
 
 def load_in_memory(path: str | Path, listing: FolderListing, size: int, options: LoadOptions) -> ArrayDataset:
@@ -95,13 +115,15 @@ def load_in_memory(path: str | Path, listing: FolderListing, size: int, options:
     labels: list[int] = []
     class_names: list[str] = []
     empty_classes: list[str] = []
-    skipped: list[str] = []
+    skipped: list[Path] = []
+    reasons: list[str] = []
     position = 0
     for class_name, files in listing.groups:
         readable = []
         for file, result in zip(files, results[position : position + len(files)], strict=True):
             if isinstance(result, str):
-                skipped.append(f"{file.relative_to(root)}: {result}")
+                skipped.append(file.relative_to(root))
+                reasons.append(f"{file.relative_to(root)}: {result}")
             else:
                 readable.append(result)
         position += len(files)
@@ -112,7 +134,7 @@ def load_in_memory(path: str | Path, listing: FolderListing, size: int, options:
         labels += [len(class_names)] * len(readable)
         class_names.append(class_name)
     if not images:
-        raise none_readable(path, len(paths), skipped[0])
+        raise none_readable(path, len(paths), reasons[0])
 
     channels = options.channels or (1 if all(image.mode == "L" for image in images) else 3)
     mode = "L" if channels == 1 else "RGB"
@@ -121,7 +143,11 @@ def load_in_memory(path: str | Path, listing: FolderListing, size: int, options:
     labelled = listing.labelled
     info: dict = {"source": str(root), "image_size": size}
     if skipped:  # only present when something was skipped, so callers can warn on ``if info.get("skipped")``
-        info["skipped"] = {"count": len(skipped), "examples": skipped[:MAX_LISTED_SKIPS]}
+        info["skipped"] = {
+            "count": len(skipped),
+            "examples": reasons[:MAX_LISTED_SKIPS],
+            "files": [file.as_posix() for file in skipped],  # every one (captions find their rows by file)
+        }
     if labelled:
         info["ignored_top_level"] = len(listing.ignored)
         info["empty_classes"] = [name for name in empty_classes if name]

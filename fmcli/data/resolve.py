@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fmcli import registry
 from fmcli.data.base import ArrayDataset, DatasetSpec, LoadOptions
+from fmcli.data.captions import apply_caption_mode
 from fmcli.data.folder import load_folder
 from fmcli.errors import FMError
 
@@ -28,7 +29,7 @@ def load_data(name_or_path: str, options: LoadOptions) -> ArrayDataset:
 
     A bare word that is both a registered name and a folder in the working directory (say a
     ``mnist/`` folder holding the IDX files) means the registered data set; write ``./mnist``
-    for the folder.
+    for the folder. ``options.captions`` "none" / "classes" apply to every data set (``apply_caption_mode``).
     """
     spec = registered_dataset(name_or_path)
     if spec is None and (looks_like_path(name_or_path) or Path(name_or_path).exists()):
@@ -36,7 +37,7 @@ def load_data(name_or_path: str, options: LoadOptions) -> ArrayDataset:
     spec = spec or registry.get_dataset(name_or_path)  # unknown name: FMError with the closest match
     if options.split not in spec.splits:
         raise FMError(f"data set {spec.name!r} has no split {options.split!r}; available: {', '.join(spec.splits)}")
-    return spec.load(options)
+    return apply_caption_mode(spec.load(options), options)
 
 
 def content_hash(dataset: ArrayDataset) -> str:

@@ -8,19 +8,31 @@ its FID no worse than the baseline's: guidance may not buy accuracy with diversi
 admissible, those reaching ``min_accuracy`` compete on FID; if none does, the most accurate wins (FID breaks ties).
 Unlabelled sampling (no classes) has no accuracy: the lowest admissible FID wins. Fewer network passes break
 what is left. Nothing admissible: no guidance, and the report says why.
+
+Successive halving spends the samples where the choice is made: every candidate first samples a ``screen`` share
+of ``num_samples``, the same rule with slack (``SLACK``) ranks them, and the ``finalists`` best (with the
+baseline) go on with fresh held-out noise to the full count; the choice is made on the finalists' full rows. The
+screened-out keep their screen rows (``num_samples`` says how many) in the report.
 """
 
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from fmcli.errors import FMError
 from fmcli.eval.features import Progress
-from fmcli.eval.run import EvalOptions, prepare
+from fmcli.eval.metrics import fid_min_samples
+from fmcli.eval.run import EvalContext, EvalOptions, prepare, score, table_row
 from fmcli.sampling.options import MAX_SEED, SamplingOptions
 from fmcli.sampling.stored_guidance import GUIDE_FILE, GuidanceSetting, StoredGuidance, guidance_grid
 
-SEARCH_SEED = MAX_SEED - 1  # held out: fm sample, fm eval and the training previews never default to it
+SEARCH_SEED = MAX_SEED - 1  # held out: fm sample, fm eval and the training previews never default to it (nor to
+# SEARCH_SEED - 1, the finalists' second part)
+# The screen's rule is the search's, loosened: recall down to (min_recall - 0.05) x, FID up to 1.1 x the baseline's,
+# accuracy counted as reached from min_accuracy - 0.01 (a few hundred samples measure each to about that).
+SLACK = {"recall": 0.05, "fid": 1.1, "accuracy": 0.01}
 
 
 @dataclass(frozen=True)
@@ -34,10 +46,14 @@ class SearchOptions:
     solver: str | None = None  # the sampler searched for; None: the checkpoint's default (heun 20, ...)
     steps: int | None = None
     eval: EvalOptions = field(default_factory=lambda: EvalOptions(num_samples=500, metrics=("fid", "pr")))
+    screen: float = 0.25  # share of the samples every candidate gets before the finalists are chosen (1: no screen)
+    finalists: int = 3  # candidates that go on to eval.num_samples
 
     def __post_init__(self) -> None:
         if not 0 < self.min_recall <= 1.5 or not 0 <= self.min_accuracy <= 1:
             raise FMError("--min-recall must be in (0, 1.5] and --min-accuracy in [0, 1]")
+        if not 0 < self.screen <= 1 or self.finalists < 1:
+            raise FMError("--screen must be in (0, 1] and --finalists at least 1")
         if not {"fid", "pr"} <= set(self.eval.metrics):
             raise FMError("the guidance search scores FID and recall: keep fid and pr in --metrics")
 
@@ -64,6 +80,49 @@ def choose(baseline: dict, rows: list[dict], min_recall: float, min_accuracy: fl
         return best, f"the lowest FID with accuracy >= {min_accuracy:g} and the recall and FID kept"
     best = max(admissible, key=lambda r: (r["accuracy"], -r["fid"], -r["passes"]))
     return best, f"no setting reached accuracy {min_accuracy:g}: the most accurate with the recall and FID kept"
+
+
+def screened(baseline: dict, rows: list[dict], options: SearchOptions) -> list[dict]:
+    """The ``finalists`` rows a screen keeps: the search's rule with ``SLACK``, ranked as ``choose`` ranks."""
+    loose = [
+        r
+        for r in rows
+        if r["recall"] >= (options.min_recall - SLACK["recall"]) * baseline["recall"]
+        and r["fid"] <= SLACK["fid"] * baseline["fid"]
+    ]
+    target = options.min_accuracy - SLACK["accuracy"]
+
+    def rank(r: dict) -> tuple:  # reaching the accuracy first (by FID), then the most accurate
+        accuracy = r.get("accuracy")
+        if accuracy is None:
+            return (0, r["fid"], r["passes"])
+        return (0, r["fid"], r["passes"]) if accuracy >= target else (1, -accuracy, r["fid"])
+
+    return sorted(loose, key=rank)[: options.finalists]
+
+
+@dataclass
+class _Measured:
+    """One candidate's samples so far: their features, correct-class count and cost, part by part."""
+
+    summary: dict
+    features: list = field(default_factory=list)
+    correct: float | None = 0.0
+
+    def add(self, ctx: EvalContext, sampling: SamplingOptions, num: int, seed: int) -> "_Measured":
+        view = replace(ctx, options=replace(ctx.options, num_samples=num))
+        result, features, logits, summary = view.sample_features(replace(sampling, seed=seed))
+        accuracy = view.accuracy(result, logits)
+        self.features.append(features)
+        self.correct = None if accuracy is None or self.correct is None else self.correct + accuracy * num
+        seconds = summary["seconds"] + (self.summary["seconds"] if self.summary else 0.0)
+        self.summary = summary | {"num_samples": sum(len(f) for f in self.features), "seconds": round(seconds, 3)}
+        return self
+
+    def row(self, ctx: EvalContext) -> dict:
+        metrics = score(ctx.reference, torch.cat(self.features), ctx.options)
+        num = self.summary["num_samples"]
+        return table_row(self.summary, metrics, None if self.correct is None else self.correct / num)
 
 
 def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress | None = None) -> dict:
@@ -95,14 +154,27 @@ def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress
     candidates = [c for c in candidates if c.active]
     base = SamplingOptions(solver=options.solver, steps=options.steps, seed=SEARCH_SEED).for_model(loaded.meta)
 
-    def measure(setting: GuidanceSetting) -> dict:
-        sampling = replace(base, cfg=setting.scale, guidance_interval=setting.interval or (0.0, 1.0),
-                           guide=setting.guide or "none", guide_label=setting.guide_label)  # fmt: skip
-        return ctx.row(sampling)
+    def sampling(setting: GuidanceSetting) -> SamplingOptions:
+        return replace(base, cfg=setting.scale, guidance_interval=setting.interval or (0.0, 1.0),
+                       guide=setting.guide or "none", guide_label=setting.guide_label)  # fmt: skip
 
-    baseline = measure(GuidanceSetting(1.0))
-    rows = [measure(candidate) for candidate in candidates]
-    best, why = choose(baseline, rows, options.min_recall, options.min_accuracy)
+    # Rung 1: everyone on the screen's noise (all of it without a screen); rung 2: the finalists on fresh noise.
+    total = options.eval.num_samples
+    first = max(int(total * options.screen), fid_min_samples(ctx.extractor.dim))  # FID needs N > the dimension
+    first = total if first >= total or len(candidates) <= options.finalists else first
+    settings = [GuidanceSetting(1.0), *candidates]
+    measured = [_Measured({}).add(ctx, sampling(s), first, SEARCH_SEED) for s in settings]
+    rows = [m.row(ctx) for m in measured]
+    if first < total:
+        kept = {id(r) for r in screened(rows[0], rows[1:], options)}
+        for index, row in enumerate(rows):
+            if index == 0 or id(row) in kept:
+                rows[index] = (
+                    measured[index].add(ctx, sampling(settings[index]), total - first, SEARCH_SEED - 1).row(ctx)
+                )
+    baseline, rows = rows[0], rows[1:]
+    finals = [r for r in rows if r["num_samples"] == total]
+    best, why = choose(baseline, finals, options.min_recall, options.min_accuracy)
     chosen = GuidanceSetting(
         best["cfg"], best["interval"] and tuple(best["interval"]), best["guide"], best["guide_label"]
     )
@@ -111,7 +183,8 @@ def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress
         "chosen": chosen.describe(),
         "why": why,
         "rule": f"recall >= {options.min_recall:g} x unguided, FID <= unguided, accuracy >= {options.min_accuracy:g}",
-        "num_samples": options.eval.num_samples,
+        "num_samples": total,
+        "screen": {"num_samples": first, "finalists": options.finalists} if first < total else None,
         "seed": SEARCH_SEED,
         "extractor": ctx.extractor.name,
         "data": ctx.data.name,

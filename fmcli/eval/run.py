@@ -313,31 +313,27 @@ class EvalContext:
             self.loaded,
             sampling,
             num=self.options.num_samples,
-            classes=classes,
+            condition=classes,
             progress=_progress_of(self.progress, stage),
         )
 
-    def sample_and_score(self, sampling: SamplingOptions) -> tuple[SampleResult, Tensor | None, dict, dict]:
-        """Samples with ``sampling``, their features, and (logits, sampling summary, metrics)."""
+    def sample_features(self, sampling: SamplingOptions) -> tuple[SampleResult, Tensor, Tensor | None, dict]:
+        """Samples with ``sampling``, their features and logits, and the sampling's summary (its cost)."""
         sampling = sampling.for_model(self.loaded.meta)
         result = self.sample(sampling, self.requested_classes(), f"sampling ({sampling.solver_name})")
         features, logits = extract_features(
             self.extractor, result.samples, device=self.device, progress=self.progress, stage="features of samples"
         )
-        num = self.options.num_samples
-        summary = {
-            "num_samples": num,
-            "solver": sampling.solver_name,
-            "steps": sampling.steps,
-            "time_grid": result.time_grid,
-            "rtol": sampling.rtol,
-            "nfe": result.nfe,
-            "passes": result.passes,
-            "cfg": result.cfg,
-            "guidance": result.guidance.setting.as_json() | {"source": result.guidance.source},
-            "seconds": round(result.seconds, 3),
-            "samples_per_second": round(num / max(result.seconds, 1e-9), 2),
-        }
+        num, guidance, seconds = self.options.num_samples, result.guidance, result.seconds
+        summary = {"num_samples": num, "solver": sampling.solver_name, "steps": sampling.steps, "rtol": sampling.rtol,
+                   "time_grid": result.time_grid, "nfe": result.nfe, "passes": result.passes, "cfg": result.cfg,
+                   "guidance": guidance.setting.as_json() | {"source": guidance.source},
+                   "seconds": round(seconds, 3), "samples_per_second": round(num / max(seconds, 1e-9), 2)}  # fmt: skip
+        return result, features, logits, summary
+
+    def sample_and_score(self, sampling: SamplingOptions) -> tuple[SampleResult, Tensor | None, dict, dict]:
+        """Samples with ``sampling``, and (logits, sampling summary, metrics)."""
+        result, features, logits, summary = self.sample_features(sampling)
         return result, logits, summary, score(self.reference, features, self.options)
 
     def accuracy(self, result: SampleResult, logits: Tensor | None) -> float | None:
@@ -357,15 +353,20 @@ class EvalContext:
     def row(self, sampling: SamplingOptions) -> dict:
         """One line of a sweep or a guidance search: the sampling, its cost (NFE, network passes), its scores."""
         result, logits, summary, metrics = self.sample_and_score(sampling)
-        return {
-            **{key: summary[key] for key in ("solver", "steps", "time_grid", "nfe", "passes", "cfg", "seconds")},
-            "interval": summary["guidance"]["interval"],
-            "guide": summary["guidance"]["guide"],
-            "guide_label": summary["guidance"]["guide_label"],
-            **{metric: entry["value"] for metric, entry in metrics.items()},
-            **({"kid_std": metrics["kid"]["std"]} if "kid" in metrics else {}),
-            "accuracy": self.accuracy(result, logits),
-        }
+        return table_row(summary, metrics, self.accuracy(result, logits))
+
+
+def table_row(summary: dict, metrics: dict, accuracy: float | None) -> dict:
+    """A sweep's or a guidance search's line from a sampling summary, its metrics and its class accuracy."""
+    guidance = summary["guidance"]
+    return {
+        **{key: summary[key] for key in ("solver", "steps", "time_grid", "nfe", "passes", "cfg", "seconds")},
+        "num_samples": summary["num_samples"],
+        **{key: guidance[key] for key in ("interval", "guide", "guide_label")},
+        **{metric: entry["value"] for metric, entry in metrics.items()},
+        **({"kid_std": metrics["kid"]["std"]} if "kid" in metrics else {}),
+        "accuracy": accuracy,
+    }
 
 
 def prepare(

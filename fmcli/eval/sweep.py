@@ -18,7 +18,7 @@ from fmcli.eval.plot import plot_metric_vs_nfe
 from fmcli.eval.run import EvalContext, EvalOptions, extractor_report, prepare
 from fmcli.io.files import atomic_write_bytes
 from fmcli.sampling.guidance import resolve_guidance
-from fmcli.sampling.tuned import TunedSetting, find_tuned
+from fmcli.sampling.tuned import find_tuned
 
 
 def sweep(
@@ -93,10 +93,7 @@ def _has_grid(ctx: EvalContext, sampling) -> bool:
         return True
     classes = ctx.requested_classes()
     guidance = resolve_guidance(ctx.loaded, sampling, classes)
-    setting = TunedSetting(
-        sampling.solver_name, sampling.steps, guidance.setting.scale, classes is not None, ctx.loaded.weights,
-        guidance.key(),
-    )  # fmt: skip
+    setting = guidance.grid_key(sampling.solver_name, sampling.steps, classes is not None, ctx.loaded.weights)
     return find_tuned(ctx.loaded.path, setting, required=False) is not None
 
 

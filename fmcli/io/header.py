@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmcli.errors import FMError
+from fmcli.models.condition import condition_kind, null_value
 
 FORMAT = "fmcli-checkpoint"
 FORMAT_VERSION = 1
@@ -29,6 +30,20 @@ class CheckpointMeta:
     @property
     def num_classes(self) -> int:
         return int(self.data.get("num_classes") or 0)
+
+    @property
+    def condition(self) -> str:
+        """What the model takes as y: "class" indices, "text" (prompt token ids) or "none"."""
+        return condition_kind(self.model_config)
+
+    @property
+    def conditional(self) -> bool:
+        return self.condition != "none"
+
+    @property
+    def null_condition(self) -> int:
+        """The fill value of the null condition (the null class, or PAD: the empty prompt)."""
+        return null_value(self.model_config)
 
     @property
     def class_names(self) -> list[str]:

@@ -216,8 +216,10 @@ def write_samples(
     fmt: str,
     points: Tensor | None = None,
     nrow: int | None = None,
+    prompts: list[str] | None = None,
 ) -> list[Path]:
-    """Write samples in ``fmt``; returns the files written. Images are uint8 [N, C, H, W]."""
+    """Write samples in ``fmt``; returns the files written. Images are uint8 [N, C, H, W]; ``prompts`` (a text
+    model's, one per sample) go into the .npz as ``prompts`` and beside a folder's PNGs as prompts.txt."""
     path = Path(path)
     parent = path if fmt == "folder" else path.parent
     if not parent.exists():
@@ -234,9 +236,13 @@ def write_samples(
     if fmt == "png":
         atomic_write_bytes(path, png_bytes(grid_image(images_uint8, nrow=nrow)))
         return [path]
+    text = {} if prompts is None else {"prompts": np.array(prompts, dtype=str)}
     if fmt == "npz":
-        return [_write_npz(path, images=images_uint8.permute(0, 2, 3, 1).numpy(), labels=label_array)]
+        return [_write_npz(path, images=images_uint8.permute(0, 2, 3, 1).numpy(), labels=label_array, **text)]
     written = []
+    if prompts is not None:
+        atomic_write_bytes(path / "prompts.txt", "".join(f"{i:05d}.png\t{p}\n" for i, p in enumerate(prompts)).encode())
+        written.append(path / "prompts.txt")
     for i, image in enumerate(images_uint8):
         tag = f"-class{int(label_array[i])}" if label_array[i] >= 0 else ""
         file = path / f"{i:05d}{tag}.png"

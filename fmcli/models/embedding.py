@@ -84,19 +84,37 @@ class TimeClassEmbedding(nn.Module):
 
 
 def prepare_time_and_labels(
-    t: Tensor | float, y: Tensor | None, batch_size: int, num_classes: int, device: torch.device, validate: bool
+    t: Tensor | float,
+    y: Tensor | None,
+    batch_size: int,
+    num_classes: int,
+    device: torch.device,
+    validate: bool,
+    context: int = 0,
 ) -> tuple[Tensor, Tensor | None]:
-    """Broadcast t (a number, 0-dim or [B]) to [B]; for a conditional model map y=None to the null class.
+    """Broadcast t (a number, 0-dim or [B]) to [B]; for a conditional model map y=None to the null condition.
 
-    Raises FMError for a wrong t shape, labels given to an unconditional model, or labels
-    outside [0, num_classes]. ``validate=False`` (under torch.compile) skips the checks, so
-    no data-dependent Python branch is traced.
+    y is class indices [B], or for a text model (``context`` = L > 0) prompt token ids [B, L] (None: the empty
+    prompt, all PAD; ``fmcli.models.condition``). Raises FMError for a wrong t shape, labels given to an
+    unconditional model, labels outside [0, num_classes] or token ids of the wrong shape. ``validate=False``
+    (under torch.compile) skips the checks, so no data-dependent Python branch is traced.
     """
     if not isinstance(t, Tensor):
         t = torch.tensor(float(t), device=device)
+    if validate and (t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch_size))):
+        raise FMError(f"t must be a scalar or have shape [{batch_size}] (one time per sample), got {list(t.shape)}")
+    if context:
+        if y is None:
+            return t.reshape(-1).expand(batch_size), torch.zeros((batch_size, context), dtype=torch.long, device=device)
+        if validate and (
+            y.dim() != 2 or y.shape[0] != batch_size or y.dtype.is_floating_point or y.dtype == torch.bool
+        ):
+            raise FMError(
+                f"this text model takes prompt token ids y of shape [{batch_size}, L] (model.tokenize(prompts)), "
+                f"got {list(y.shape)} {y.dtype}"
+            )
+        return t.reshape(-1).expand(batch_size), y
     if validate:
-        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch_size)):
-            raise FMError(f"t must be a scalar or have shape [{batch_size}] (one time per sample), got {list(t.shape)}")
         if y is not None and num_classes == 0:
             raise FMError(
                 "this model is unconditional: pass no class labels (y=None), or train a class-conditional model"

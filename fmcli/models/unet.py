@@ -103,6 +103,30 @@ class AttnBlock(nn.Module):
         return x + self.proj(out)
 
 
+class CrossAttnBlock(nn.Module):
+    """Attention from the H*W positions to a prompt's token embeddings (keys where ``mask`` is True), residual.
+
+    Queries from the normalised features, keys and values projected from the text encoder's width; the output
+    projection starts at zero, so a fresh block is the identity and the pooled prompt (added to the time
+    embedding) carries the condition until it learns where the words go."""
+
+    def __init__(self, channels: int, context_dim: int, num_groups: int, head_channels: int = 32) -> None:
+        super().__init__()
+        self.num_heads = max(1, channels // head_channels)
+        self.norm = group_norm(channels, num_groups)
+        self.q = Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = zero_init(Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        heads = self.num_heads
+        q = self.q(self.norm(x)).reshape(b, heads, c // heads, h * w).transpose(-1, -2)
+        k, v = self.kv(tokens).reshape(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous(), attn_mask=mask[:, None, None, :])
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
 class Downsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -142,6 +166,11 @@ class UNet(nn.Module):
             built from existing checkpoints, stay exactly as they were.
         interval_scale: the factor on the interval length before its sinusoids (see ``TimeClassEmbedding``);
             in ``config`` only for interval models. The default 1000 is what checkpoints without it were built with.
+        text: a text model: its encoder's ``export()`` (``fmcli.text``), rebuilt by the encoder's ``restore``; y is
+            then prompt token ids [B, L] (``fmcli.models.condition``). The pooled prompt is added to the time
+            embedding where a class embedding goes; a trainable encoder's weights are part of this model's.
+        cross_attention: resolutions (e.g. [8]) where the features also attend to the prompt's token embeddings.
+        Both in ``config`` only for text models.
     """
 
     def __init__(
@@ -158,6 +187,8 @@ class UNet(nn.Module):
         num_groups: int = 32,
         interval: bool = False,
         interval_scale: float = TIME_SCALE,
+        text: dict | None = None,
+        cross_attention: list[int] | tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         channel_mults = [int(m) for m in channel_mults]
@@ -187,12 +218,26 @@ class UNet(nn.Module):
         }
         if interval:
             self.config |= {"interval": True, "interval_scale": float(interval_scale)}
+        cross_attention = [int(r) for r in cross_attention]
+        if text:
+            self.config |= {"text": dict(text), "cross_attention": cross_attention}
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.interval = bool(interval)
         self.grad_checkpointing = False
 
         emb_dim = 4 * base_channels
         self.embedding = TimeClassEmbedding(base_channels, emb_dim, num_classes, self.interval, interval_scale)
+        self._frozen_text: list = []  # a frozen encoder (CLIP): outside the module tree, not in the state dict
+        self.text_encoder = self.text_pool = None
+        if text:
+            _check_text(num_classes, cross_attention, image_size, channel_mults)
+            encoder = restore_text_encoder(text)
+            if encoder.trainable:
+                self.text_encoder = encoder
+            else:
+                self._frozen_text.append(encoder)
+            self.text_pool = nn.Sequential(nn.Linear(encoder.width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        context_dim = self.encoder.width if text else 0
         self.conv_in = Conv2d(in_channels, base_channels, 3, padding=1)
 
         def block(in_ch: int, out_ch: int) -> ResBlock:
@@ -208,6 +253,8 @@ class UNet(nn.Module):
                 ch = base_channels * mult
                 if resolution in attention_resolutions:
                     layers.append(AttnBlock(ch, num_groups, strided=self.interval))
+                if resolution in cross_attention:
+                    layers.append(CrossAttnBlock(ch, context_dim, num_groups))
                 self.down.append(nn.ModuleList(layers))
                 skip_channels.append(ch)
             if level < len(channel_mults) - 1:
@@ -216,7 +263,8 @@ class UNet(nn.Module):
                 resolution //= 2
 
         mid_attn = [AttnBlock(ch, num_groups, strided=self.interval)] if attention_resolutions else []
-        self.middle = nn.ModuleList([block(ch, ch), *mid_attn, block(ch, ch)])
+        mid_cross = [CrossAttnBlock(ch, context_dim, num_groups)] if cross_attention else []
+        self.middle = nn.ModuleList([block(ch, ch), *mid_attn, *mid_cross, block(ch, ch)])
 
         # Up path: mirror image; each block concatenates one skip, popped last-in first-out.
         self.up = nn.ModuleList()
@@ -226,6 +274,8 @@ class UNet(nn.Module):
                 ch = base_channels * mult
                 if resolution in attention_resolutions:
                     layers.append(AttnBlock(ch, num_groups, strided=self.interval))
+                if resolution in cross_attention:
+                    layers.append(CrossAttnBlock(ch, context_dim, num_groups))
                 self.up.append(nn.ModuleList(layers))
             if level > 0:
                 self.up.append(nn.ModuleList([Upsample(ch)]))
@@ -244,18 +294,36 @@ class UNet(nn.Module):
         """
         self.grad_checkpointing = bool(enabled)
 
-    def _run(self, layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+    @property
+    def encoder(self):
+        """The text encoder (trainable or frozen); None for class and unconditional models."""
+        return self.text_encoder if self.text_encoder is not None else next(iter(self._frozen_text), None)
+
+    def tokenize(self, prompts: list[str]) -> Tensor:
+        """Prompts -> the token ids [B, L] this text model takes as y ("" is the empty prompt: no condition)."""
+        if self.encoder is None:
+            raise FMError("this model takes no prompts: it was not trained on captions")
+        return self.encoder.tokenize(list(prompts))
+
+    def _encode(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        encoder = self.encoder
+        if self.text_encoder is None and next(encoder.parameters(), y).device != y.device:
+            encoder.to(y.device)  # a frozen encoder is not moved with the model: it follows the inputs
+        return encoder(y)
+
+    def _run(self, layers: nn.ModuleList, h: Tensor, emb: Tensor, context: tuple | None = None) -> Tensor:
         for layer in layers:
+            args = (h, *context) if isinstance(layer, CrossAttnBlock) else (h, emb)
             if (
                 self.grad_checkpointing
                 and self.training
                 and torch.is_grad_enabled()
-                and isinstance(layer, (ResBlock, AttnBlock))
+                and isinstance(layer, (ResBlock, AttnBlock, CrossAttnBlock))
                 and not in_forward_ad(h)
             ):
-                h = checkpoint(layer, h, emb, use_reentrant=False)
+                h = checkpoint(layer, *args, use_reentrant=False)
             else:
-                h = layer(h, emb)
+                h = layer(*args)
         return h
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None, r: Tensor | float | None = None) -> Tensor:
@@ -268,20 +336,26 @@ class UNet(nn.Module):
         validate = not is_compiling()
         if validate:
             self.check_input(x)
-        t, y = prepare_time_and_labels(t, y, x.shape[0], self.num_classes, x.device, validate)
+        context = self.encoder.context if self.encoder is not None else 0
+        t, y = prepare_time_and_labels(t, y, x.shape[0], self.num_classes, x.device, validate, context)
         interval = prepare_interval(r, t, x.shape[0], self.interval, x.device, validate)
-        emb = self.embedding(t, y, interval)
+        if context:
+            tokens, pooled, mask = self._encode(y)
+            emb = self.embedding(t, None, interval) + self.text_pool(pooled.to(self.text_pool[0].weight.dtype))
+            prompt = (tokens.to(self.text_pool[0].weight.dtype), mask)
+        else:
+            emb, prompt = self.embedding(t, y, interval), None
 
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
-            h = self._run(layers, h, emb)
+            h = self._run(layers, h, emb, prompt)
             skips.append(h)
-        h = self._run(self.middle, h, emb)
+        h = self._run(self.middle, h, emb, prompt)
         for layers in self.up:
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(layers, h, emb)
+            h = self._run(layers, h, emb, prompt)
         return self.out(h)
 
     def check_input(self, x: Tensor) -> None:
@@ -292,6 +366,21 @@ class UNet(nn.Module):
                 f"the model expects images of shape [batch, {', '.join(map(str, expected))}], got {list(x.shape)}; "
                 "resize the data (--image-size / --channels) or train a model for this shape"
             )
+
+
+def restore_text_encoder(exported: dict):
+    """The text encoder a model config names (``fmcli.text``), rebuilt from its ``export()``."""
+    from fmcli.registry import get_text_encoder
+
+    return get_text_encoder(str(exported.get("name", "?"))).restore(exported)
+
+
+def _check_text(num_classes: int, cross_attention: list[int], image_size: int, channel_mults: list[int]) -> None:
+    if num_classes:
+        raise FMError("a model takes class labels or prompts, not both: give num_classes 0 with a text encoder")
+    resolutions = [image_size // 2**i for i in range(len(channel_mults))]
+    if any(r not in resolutions for r in cross_attention):
+        raise FMError(f"cross_attention {cross_attention} must be resolutions of this model; choose from {resolutions}")
 
 
 def _check_config(

@@ -173,6 +173,8 @@ class Governor:
         self._change(before, f"one more thread was not faster ({median / best_before:.2f}x)", now)
 
     def _change(self, threads: int, why: str, now: float) -> None:
+        if threads == self.threads:
+            return  # a trial judged after the count already fell back: nothing changes, nothing to say
         self.changes.append((now, self.threads, threads, why))
         self.threads, self._raise, self._skip = threads, 0, 1
         for window in self._durations.values():

@@ -227,7 +227,7 @@ def render_animation(
         loaded,
         sampling,
         num=num,
-        classes=classes,
+        condition=classes,
         save_at=frame_times(settings.frames),
         progress=(lambda done, total: progress("solve", done, total)) if progress else None,
     )

@@ -23,13 +23,13 @@ from fmcli.sampling.batching import sampling_batch
 from fmcli.sampling.guidance import Guidance, balanced_classes, resolve_guidance
 from fmcli.sampling.options import SamplingOptions, resolve_solver
 from fmcli.sampling.solvers.base import needs_interval
-from fmcli.sampling.tuned import TunedSetting, resolve_grid
+from fmcli.sampling.tuned import resolve_grid
 
 
 @dataclass
 class SampleResult:
     samples: Tensor  # float on the CPU [N, ...], model space ([-1, 1] for images)
-    labels: Tensor | None  # int64 [N], None when unconditional
+    labels: Tensor | None  # the condition per sample: class indices [N], prompt token ids [N, L]; None: none
     nfe: int  # model evaluations per sample (velocity calls of one solve)
     seconds: float  # wall time of sampling
     cfg: float  # the guidance scale used
@@ -72,31 +72,31 @@ def generate(
     options: SamplingOptions,
     *,
     num: int,
-    classes: Tensor | None = None,
+    condition: Tensor | None = None,
     save_at: Sequence[float] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
-    """Sample ``num`` items from t = 1 (noise) to t = 0 (data). Same inputs, same outputs: the seed fixes each
+    """Sample ``num`` items from t = 1 (noise) to t = 0 (data), each under its row of ``condition`` (class indices
+    [num], prompt token ids [num, L] from ``model.tokenize``, or None: ``fmcli.models.condition``), the one way
+    labels and prompts reach the model, its guidance and the solver. Same inputs, same outputs: the seed fixes each
     sample's noise whatever the batches: fixed-step solvers give the same samples at any thread count, and at any
     batch size up to the kernels' rounding (adaptive ones share one step size per batch: theirs depend on it)."""
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     options = options.for_model(loaded.meta)
-    guidance = resolve_guidance(loaded, options, classes)
+    guidance = resolve_guidance(loaded, options, condition)
     cfg = guidance.setting.scale
     solver = resolve_solver(options.solver)  # a registered name, or a Solver object of the caller's
     if needs_interval(solver) and not loaded.meta.model_config.get("interval"):
         raise FMError(f"--solver {options.solver_name}: {NO_INTERVAL_INPUT} (use an ODE solver such as heun)")
     device = loaded.device
-    setting = TunedSetting(
-        options.solver_name or "", options.steps or 0, cfg, classes is not None, loaded.weights, guidance.key()
-    )
+    setting = guidance.grid_key(options.solver_name or "", options.steps or 0, condition is not None, loaded.weights)
     grid = resolve_grid(options.time_grid, loaded.path, setting, adaptive=bool(getattr(solver, "adaptive", False)))
     integration = options.integration(save_at).with_(time_grid=grid.time_grid, step_scales=grid.step_scales)
     guided = guidance.velocity(loaded)
-    passes = guidance.max_passes(classes is not None)
+    passes = guidance.max_passes(condition is not None)
     batch_size = options.batch_size or sampling_batch(
-        loaded.model, loaded.meta.shape, device, passes, loaded.meta.num_classes
+        loaded.model, loaded.meta.shape, device, passes, loaded.meta.null_condition
     )
     # All the noise at once: sample i's noise depends on the seed alone, not on how the batches are cut.
     noise = torch.randn((num, *loaded.meta.shape), generator=torch.Generator().manual_seed(options.seed))
@@ -105,7 +105,7 @@ def generate(
     for first in range(0, num, batch_size):
         count = min(batch_size, num - first)
         x1 = noise[first : first + count].to(device)
-        conditioning = {} if classes is None else {"y": classes[first : first + count].to(device)}
+        conditioning = {} if condition is None else {"y": condition[first : first + count].to(device)}
         velocity = WatchedVelocity(guided, count, lambda done, first=first: progress and progress(first + done, num))
         before = guided.passes
         result = solver.solve(velocity, x1, integration, conditioning)
@@ -121,7 +121,7 @@ def generate(
     return SampleResult(
         batch_size=batch_size,
         samples=torch.cat(outputs),
-        labels=classes,
+        labels=condition,
         nfe=nfe,
         seconds=time.perf_counter() - start,
         cfg=cfg,
@@ -146,13 +146,18 @@ def preview_count(num_classes: int, kind: str) -> int:
 
 
 def write_sample_grid(loaded: LoadedModel, path: Path):
-    """A PNG of samples: 8 per class (one row each) for conditional image models, 64 images or 1,000
-    points otherwise. Used by training for its ``samples/step-*.png`` previews; returns the picture."""
+    """A PNG of samples: 8 per class (one row each) for conditional image models, 8 for each of a text model's
+    preview prompts (eight training captions), 64 images or 1,000 points otherwise. Used by training for its
+    ``samples/step-*.png`` previews; returns the picture."""
     num_classes, points = loaded.meta.num_classes, loaded.meta.data["kind"] == "points"
-    num = preview_count(num_classes, loaded.meta.data["kind"])
+    prompts = loaded.meta.data.get("prompts") if loaded.meta.condition == "text" else None
+    num = PREVIEW_PER_CLASS * len(prompts) if prompts else preview_count(num_classes, loaded.meta.data["kind"])
     classes = balanced_classes(num, num_classes) if num_classes else None
+    if prompts:
+        classes = loaded.model.tokenize([p for p in prompts for _ in range(PREVIEW_PER_CLASS)])
+        num_classes = len(prompts)  # one row per prompt
     preview = replace(PREVIEW, steps=None) if loaded.meta.model_config.get("interval") else PREVIEW
-    result = generate(loaded, preview, num=num, classes=classes)
+    result = generate(loaded, preview, num=num, condition=classes)
     if points:
         picture = scatter_image(result.samples, result.labels)
     else:

@@ -149,7 +149,7 @@ def default_cfg(loaded: "LoadedModel", classes: Tensor | None) -> float:
     A model trained with guidance folded in (--train-cfg, fm distill) already samples guided: 1."""
     if float((loaded.meta.train_config or {}).get("train_cfg") or 1.0) != 1.0:
         return 1.0
-    if classes is not None and loaded.meta.num_classes and loaded.meta.label_dropout > 0:
+    if classes is not None and loaded.meta.conditional and loaded.meta.label_dropout > 0:
         return DEFAULT_GUIDANCE
     return 1.0
 
@@ -159,12 +159,18 @@ def check_guidance(loaded: "LoadedModel", cfg: float, classes: Tensor | None, gu
     velocity); autoguidance (``guided_by``) needs neither."""
     if cfg == 1.0 or guided_by:
         return
-    if loaded.meta.num_classes == 0 or classes is None:
-        raise FMError("--cfg needs a class-conditional model and --class (or a --guide for autoguidance)")
+    if not loaded.meta.conditional or classes is None:
+        asked = "--prompt" if loaded.meta.condition == "text" else "--class"
+        raise FMError(f"--cfg needs a conditional model and {asked} (or a --guide for autoguidance)")
     if loaded.meta.label_dropout <= 0:
+        dropout = (
+            "caption dropout (--caption-dropout"
+            if loaded.meta.condition == "text"
+            else "label dropout (--label-dropout"
+        )
         raise FMError(
-            "--cfg other than 1 needs a model trained with label dropout (--label-dropout > 0); "
-            "this checkpoint was trained without it, so it has no unconditional velocity (a --guide has no such need)"
+            f"--cfg other than 1 needs a model trained with {dropout} > 0); this checkpoint was trained without it, "
+            "so it has no unconditional velocity (a --guide has no such need)"
         )
 
 
@@ -180,7 +186,7 @@ class Guidance:
         guide = None if self.guide is None else self.guide.model
         interval = None if self.setting.interval in (None, EVERYWHERE) else self.setting.interval
         return GuidedVelocity(
-            loaded.model, self.setting.scale, loaded.meta.num_classes, interval, guide, self.setting.guide_label
+            loaded.model, self.setting.scale, loaded.meta.null_condition, interval, guide, self.setting.guide_label
         )
 
     def key(self) -> str:
@@ -193,6 +199,12 @@ class Guidance:
         if self.guide is not None and self.guide.path is not None:
             parts.append(f"guide {checkpoint_digest(self.guide.path)[:16]} {self.setting.guide_label}")
         return "; ".join(parts)
+
+    def grid_key(self, solver: str, steps: int, conditional: bool, weights: str):
+        """What a tuned time grid is stored under for this guidance (``fmcli.sampling.tuned.TunedSetting``)."""
+        from fmcli.sampling.tuned import TunedSetting
+
+        return TunedSetting(solver, steps, self.setting.scale, conditional, weights, self.key())
 
     def max_passes(self, conditional: bool) -> int:
         return model_passes(self.setting.scale, conditional, self.guide is not None)
@@ -221,10 +233,11 @@ def resolve_guidance(loaded: "LoadedModel", flags, classes: Tensor | None) -> Gu
     label = check_label(given["guide_label"] or base.guide_label)
     setting = GuidanceSetting(scale, interval, None if guide is None else str(guide), label)
     check_guidance(loaded, scale, classes, guided_by=guide is not None)
-    nothing_given = all(value is None for value in given.values())
-    source = (
-        ("tuned" if nothing_given else "options") if stored is not None else ("default" if nothing_given else "options")
-    )
+    # "tuned" whenever the stored setting is what runs, flags that restate it (fm serve's boxes) included.
+    if stored is not None and setting.as_json() == stored.setting.as_json():
+        source = "tuned"
+    else:
+        source = "default" if all(value is None for value in given.values()) else "options"
     model = load_guide(guide, loaded) if guide is not None and setting.active else None
     if model is not None and label == "null" and classes is not None and model.meta.label_dropout <= 0:
         raise FMError(f"--guide {guide} was trained without label dropout, so it has no unconditional velocity: "
@@ -252,6 +265,8 @@ def load_guide(path: str | Path, loaded: "LoadedModel") -> "LoadedModel":
         ("data set", own.data.get("name"), meta.data.get("name")),
         ("item shape", list(own.shape), list(meta.shape)),
         ("classes", own.class_names, meta.class_names),
+        ("condition", own.condition, meta.condition),
+        ("text encoder", _text_id(own.model_config), _text_id(meta.model_config)),
         ("objective", trained.get("objective", "fm"), theirs.get("objective", "fm")),
         ("interval input", bool(own.model_config.get("interval")), bool(meta.model_config.get("interval"))),
         ("folded guidance (--train-cfg)", float(trained.get("train_cfg") or 1), float(theirs.get("train_cfg") or 1)),
@@ -266,6 +281,17 @@ def load_guide(path: str | Path, loaded: "LoadedModel") -> "LoadedModel":
         _GUIDES.clear()  # one guide at a time: a server switching models does not pile them up
         _GUIDES[key] = load_checkpoint(file, device=loaded.device, weights=loaded.weights)
     return _GUIDES[key]
+
+
+def _text_id(model_config: dict) -> str | None:
+    """A text model's encoder, vocabulary included, as a short digest (None: not a text model)."""
+    import hashlib
+    import json
+
+    text = model_config.get("text")
+    if not text:
+        return None
+    return f"{text.get('name')} {hashlib.sha256(json.dumps(text, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
 def guidance_note(result) -> str:

@@ -9,9 +9,22 @@ import math
 from pathlib import Path
 
 from fmcli.io.header import read_header
+from fmcli.models.condition import condition_kind
 from fmcli.sampling.options import default_sampler
 from fmcli.sampling.stored_guidance import listed_guidance
 from fmcli.sampling.tuned import listed_grids
+
+
+def condition_summary(model_config: dict) -> dict:
+    """What the model takes as its condition: {"kind": "text", "encoder": ..., "context": L, "vocabulary": n} for a
+    text model, {"kind": "class" | "none"} otherwise."""
+    kind = condition_kind(model_config)
+    if kind != "text":
+        return {"kind": kind}
+    text = model_config["text"]
+    vocabulary = len(text["vocabulary"]) if "vocabulary" in text else None
+    return {"kind": kind, "encoder": text.get("name"), "context": text.get("context"), "vocabulary": vocabulary,
+            "cross_attention": model_config.get("cross_attention", [])}  # fmt: skip
 
 
 def checkpoint_info(path: Path) -> dict:
@@ -29,6 +42,7 @@ def checkpoint_info(path: Path) -> dict:
         "training_guidance": trained.get("train_cfg", 1.0),
         "teacher": trained.get("teacher"),
         "default_sampling": {"solver": solver, "steps": steps},
+        "condition": condition_summary(meta.model_config),
         "data": meta.data,
         "model_config": meta.model_config,
         "label_dropout": meta.label_dropout,

@@ -47,7 +47,8 @@ class Samples:
     """What ``Model.sample`` drew: pictures as uint8 arrays, the figures ``fm sample`` prints, and the trajectory.
 
     ``images`` is uint8 [N, H, W, C] for image models (None for 2-D models, whose samples are ``points``,
-    float32 [N, D]). ``labels`` holds the class of each sample (None when unconditional). With ``save_at``,
+    float32 [N, D]). ``labels`` holds the class of each sample (None when unconditional; ``prompts``: a text
+    model's prompt of each). With ``save_at``,
     ``times`` [T] and ``trajectory`` [T, N, ...] hold the states x_t of the same solve, float32 in model space
     (images in [-1, 1], laid out [T, N, C, H, W] like the model's input; ``trajectory_images()`` gives them as
     uint8 [T, N, H, W, C]). ``result`` keeps the tensors themselves.
@@ -65,14 +66,17 @@ class Samples:
     times: np.ndarray | None
     trajectory: np.ndarray | None
     result: SampleResult
+    prompts: list[str] | None = None  # a text model's prompt of each sample
 
     @classmethod
-    def from_result(cls, result: SampleResult, meta: CheckpointMeta) -> "Samples":
+    def from_result(cls, result: SampleResult, meta: CheckpointMeta, prompts: list[str] | None = None) -> "Samples":
         points = meta.data.get("kind") == "points"
+        classes = result.labels if meta.condition == "class" else None  # a text model's are token ids
         return cls(
             images=None if points else to_uint8(result.samples).permute(0, 2, 3, 1).numpy(),
             points=result.samples.numpy() if points else None,
-            labels=None if result.labels is None else result.labels.cpu().numpy(),
+            labels=None if classes is None else classes.cpu().numpy(),
+            prompts=prompts,
             nfe=result.nfe,
             seconds=result.seconds,
             cfg=result.cfg,
@@ -125,7 +129,11 @@ class Samples:
             path.mkdir(parents=True, exist_ok=True)
         if self.images is None:
             return write_samples(path, None, self.result.labels, fmt, points=self.result.samples)
-        return write_samples(path, to_uint8(self.result.samples), self.result.labels, fmt, nrow=nrow)
+        return write_samples(path, to_uint8(self.result.samples), self.labels_tensor(), fmt, nrow=nrow,
+                             prompts=self.prompts)  # fmt: skip
+
+    def labels_tensor(self):
+        return None if self.labels is None else torch.as_tensor(self.labels)
 
 
 class Model:
@@ -204,6 +212,7 @@ class Model:
         num: int | None = None,
         classes: Classes = None,
         *,
+        prompts: str | Sequence[str] | None = None,
         solver: str | Solver | None = None,
         steps: int | None = None,
         cfg: float | None = None,
@@ -217,7 +226,8 @@ class Model:
         save_at: Sequence[float] | int | None = None,
         progress: ProgressFn | None = None,
     ) -> Samples:
-        """Draw ``num`` samples (default 16, or one per listed class) from t = 1 (noise) to t = 0 (data).
+        """Draw ``num`` samples (default 16, or one per listed class or prompt) from t = 1 (noise) to t = 0 (data):
+        of ``classes`` for a class model, of ``prompts`` (a text, or a list: equal shares in order) for a text model.
 
         The options are ``fm sample``'s: ``solver`` (a registered name or a Solver object; None: heun, or a
         few-step model's own meanflow), ``steps`` (None: 20, or 4 for meanflow), ``cfg``, ``guidance_interval``
@@ -231,13 +241,27 @@ class Model:
         to keep the state (or a number of evenly spaced times from 1 to 0), read back as ``samples.times`` and
         ``samples.trajectory``. ``progress(done, num)`` hears how many samples are done as the solver steps.
         """
-        labels, num = self.labels(classes, num)
+        labels, num, prompts = self.condition(classes, prompts, num)
         options = self.options(solver=solver, steps=steps, cfg=cfg, seed=seed, time_grid=time_grid, rtol=rtol,
                                atol=atol, batch_size=batch_size, guidance_interval=guidance_interval,
                                guide=None if guide is None else str(guide))  # fmt: skip
         times = _save_times(save_at)
-        result = generate(self.loaded, options, num=num, classes=labels, save_at=times, progress=progress)
-        return Samples.from_result(result, self.meta)
+        result = generate(self.loaded, options, num=num, condition=labels, save_at=times, progress=progress)
+        return Samples.from_result(result, self.meta, prompts)
+
+    def condition(self, classes: Classes, prompts: str | Sequence[str] | None, num: int | None) -> tuple:
+        """(the condition rows, num, the prompt of each sample or None): classes for a class model, prompts for
+        a text model (a prompt to a class model or a class to a text model: FMError)."""
+        from fmcli.sampling.prompts import check_condition_kind, prompt_condition, spread
+
+        listed = None if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
+        check_condition_kind(self.loaded, listed, classes is not None)
+        if listed is None:
+            return (*self.labels(classes, num), None)
+        if not listed:
+            raise FMError("the list of prompts is empty")
+        each = spread(listed, len(listed) if num is None else num)
+        return prompt_condition(self.loaded, each)[0], len(each), each
 
     def animate(
         self,

@@ -12,6 +12,7 @@ from torch import Tensor
 from fmcli.data.base import to_model_space
 from fmcli.flow.coupling import ot_pairing
 from fmcli.flow.path import broadcast_time
+from fmcli.models.condition import drop_rows
 from fmcli.training.config import TrainConfig
 from fmcli.training.objectives import Batch, Objective
 
@@ -42,14 +43,46 @@ class BatchOrder:
         return chunk
 
 
+class Conditions:
+    """What each item is conditioned on in training: its class, or one of its captions' token ids drawn anew
+    every time it is seen (``table`` holds every caption's ids; item i's are rows starts[i] .. starts[i] +
+    counts[i] - 1; an item without any trains the empty prompt). ``dropout``: the share of rows trained as the
+    null condition (the null class, the empty prompt), which is what classifier-free guidance needs."""
+
+    def __init__(self, table: Tensor, null: int, dropout: float, starts: Tensor | None = None, counts=None):
+        self.table, self.null, self.dropout, self.starts, self.counts = table, null, dropout, starts, counts
+
+    @classmethod
+    def of_captions(cls, captions: list[tuple[str, ...]], tokenize, dropout: float) -> "Conditions":
+        counts = torch.tensor([len(c) for c in captions], dtype=torch.long)
+        starts = torch.cumsum(counts, 0) - counts
+        flat = [caption for item in captions for caption in item]
+        table = tokenize(flat or [""])
+        return cls(torch.as_tensor(table, dtype=torch.long), 0, dropout, starts, counts)
+
+    @property
+    def captioned(self) -> bool:
+        return self.starts is not None
+
+    def rows(self, index: Tensor, generator: torch.Generator, device: torch.device) -> Tensor:
+        """The conditions of items ``index`` on ``device`` (captions: one drawn per item, from ``generator``)."""
+        if self.starts is None:
+            return self.table[index.to(self.table.device)].to(device)
+        index = index.cpu()
+        counts = self.counts[index]
+        pick = torch.rand(len(index), generator=generator, device=device).cpu()
+        offset = torch.minimum((pick * counts).long(), (counts - 1).clamp(min=0))
+        ids = self.table[(self.starts[index] + offset).clamp(max=len(self.table) - 1)]  # uncaptioned: masked below
+        return ids.masked_fill((counts == 0)[:, None], self.null).to(device)
+
+
 class BatchSampler:
     """Draws this rank's slice of the global batch of any step, from (seed, step) alone."""
 
     def __init__(
         self,
         inputs: Tensor,
-        labels: Tensor | None,
-        num_classes: int,
+        conditions: Conditions | None,
         kind: str,
         config: TrainConfig,
         objective: Objective,
@@ -57,7 +90,7 @@ class BatchSampler:
         world_size: int,
         device: torch.device,
     ):
-        self.inputs, self.labels, self.num_classes, self.kind = inputs, labels, num_classes, kind
+        self.inputs, self.conditions, self.kind = inputs, conditions, kind
         self.config, self.objective = config, objective
         self.rank, self.world_size, self.device = rank, world_size, device
         self.order = BatchOrder(len(inputs), config.batch_size, config.seed)
@@ -65,7 +98,7 @@ class BatchSampler:
     def draw(self, step: int) -> Batch:
         """This rank's slice of step ``step``'s global batch. Only the rows of that slice are read from the
         data (a memory-mapped image folder is never read whole), except with OT pairing, which pairs the
-        whole batch. Random draws, in this order: t (and r), the noise, label dropout, flips."""
+        whole batch. Random draws, in this order: t (and r), the noise, label dropout, flips, caption choice."""
         config, device = self.config, self.device
         index = self.order.indices(step)
         batch = len(index)
@@ -73,12 +106,12 @@ class BatchSampler:
         times = self.objective.draw_times(batch, generator, device)
         t, r = times.t, times.r
         x1 = torch.randn((batch, *self.inputs.shape[1:]), generator=generator, device=device)
-        labels = None
-        if self.labels is not None:
-            labels = self.labels[index.to(self.labels.device)].to(device)
-            drop = torch.rand(batch, generator=generator, device=device) < config.label_dropout
-            labels = labels.masked_fill(drop, self.num_classes)  # the null class: trains v(x, t) without a label
+        labels, conditions = None, self.conditions
+        if conditions is not None:
+            drop = torch.rand(batch, generator=generator, device=device) < conditions.dropout
         flip = torch.rand(batch, generator=generator, device=device) < 0.5 if config.hflip else None
+        if conditions is not None:  # the null condition: trains v(x, t) without a label or caption
+            labels = drop_rows(conditions.rows(index, generator, device), drop, conditions.null)
         share = batch // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
         rows = slice(None) if config.coupling == "ot" else mine  # which rows of the batch this rank reads

@@ -53,6 +53,16 @@ class TrainConfig:
     )
     channels: int | None = option(None, "Force 1 (grayscale) or 3 (RGB) channels.", default_text="from the images")
     conditional: bool = option(True, "Ignore class labels even if the data has them.", flag="--unconditional")
+    captions: str = option(
+        "auto", "auto: a text model when the data has captions (metadata.jsonl/.csv, NAME.txt); none: ignore them; "
+        "classes: class folder names as captions.")  # fmt: skip
+    caption_column: str = option("text", "The caption's column in metadata.jsonl / metadata.csv.")
+    text_encoder: str = option("builtin", "Text models: the text encoder (fm plugins lists them).")
+    text_encoder_path: str | None = option(None, "Text models: local weights of a pretrained encoder (clip).")
+    caption_dropout: float = option(0.1, "Probability of training a caption as the empty prompt; enables --cfg.")
+    cross_attention: list | None = option(
+        None, "Text models: resolutions whose features attend to the prompt's words.", parse="list",
+        default_text="the lowest")  # fmt: skip
     hflip: bool = option(
         False,
         "Random horizontal flips of training images, from (seed, step) so resume stays exact.",
@@ -225,11 +235,13 @@ CHOICES = {
     "precision": ("fp32", "bf16", "fp16"),
     "objective": ("fm", "meanflow"),
     "interval_sampling": ("pair", "length"),
+    "captions": ("auto", "none", "classes"),
 }
 # MeanFlow's time distribution of (r, t): logit-normal(-0.4, 1), as in the paper (fmcli.flow.meanflow.sample_interval).
 OBJECTIVE_DEFAULTS = {"meanflow": {"time_sampling": "logit-normal", "time_mean": -0.4, "time_std": 1.0}}
 # Keys that define what is trained: never changeable on resume.
-STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher", "interval_scale")
+STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher", "interval_scale",
+              "captions", "caption_column", "text_encoder", "cross_attention")  # fmt: skip
 # Keys that may change freely on resume (length, cadence, machinery).
 FREE_ON_RESUME = (
     "decisions",
@@ -394,8 +406,9 @@ def validate(config: TrainConfig) -> None:
         raise FMError(f"--max-time must be a positive duration (got {config.max_time})")
     if config.lr <= 0:
         raise FMError(f"--lr must be positive (got {config.lr})")
-    if not 0 <= config.label_dropout < 1:
-        raise FMError(f"--label-dropout must be in [0, 1) (got {config.label_dropout})")
+    for key in ("label_dropout", "caption_dropout"):
+        if not 0 <= getattr(config, key) < 1:
+            raise FMError(f"--{key.replace('_', '-')} must be in [0, 1) (got {getattr(config, key)})")
     if not 0 <= config.ema_decay < 1:
         raise FMError(f"--ema-decay must be in [0, 1) (got {config.ema_decay})")
     if config.batch_size % config.grad_accum:
@@ -427,19 +440,6 @@ def saved_with_defaults(saved: dict) -> dict:
     """A saved run's config with the options it predates at the value it trained with: their defaults, except the
     interval scale, which was 1000 before it was an option."""
     return asdict(TrainConfig()) | {"interval_scale": 1000.0} | saved
-
-
-def check_resume(saved: dict, wanted: TrainConfig, allow_change: bool) -> None:
-    """Refuse to continue a run as something else; hyper-parameters change only when allowed."""
-    saved, current = saved_with_defaults(saved), asdict(wanted)
-    structural = [key for key in STRUCTURAL if saved.get(key) != current.get(key)]
-    if structural:
-        details = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in structural)
-        raise FMError(f"cannot resume: the run was trained with a different model or data ({details})")
-    changed = [key for key in current if key not in STRUCTURAL + FREE_ON_RESUME and saved.get(key) != current[key]]
-    if changed and not allow_change:
-        details = ", ".join(f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in changed)
-        raise FMError(f"resuming with changed training options ({details}); pass --allow-change to accept")
 
 
 def to_json(config: TrainConfig) -> str:

@@ -112,5 +112,6 @@ def run_info(trainer) -> dict:
         "data": trainer.config.data,
         "size": len(trainer.data),
         "classes": trainer.num_classes,
+        "captions": trainer.text is not None,  # a text model
         "parameters": sum(p.numel() for p in trainer.state.model.parameters()),
     }

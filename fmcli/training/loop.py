@@ -34,7 +34,8 @@ from fmcli.training.budget import (
     plan_before,
     plan_message,
 )
-from fmcli.training.config import TrainConfig, check_resume, resolve, to_json
+from fmcli.training.conditions import training_condition, training_conditions
+from fmcli.training.config import TrainConfig, resolve, to_json
 from fmcli.training.events import (
     Callbacks,
     MetricsWindow,
@@ -66,6 +67,7 @@ from fmcli.training.setup import (
 )
 from fmcli.training.state import (
     TrainState,
+    check_resume,
     check_same_data,
     checkpoint_meta,
     data_description,
@@ -95,8 +97,8 @@ class Trainer:
         check_batch_split(config, dist.world_size)
         check_device_flags(config, device)
         self.data = load_training_data(config, self.cb.on_message if dist.is_main else None)
-        self.num_classes = self.data.num_classes if (config.conditional and self.data.labels is not None) else 0
-        self.data_meta = data_description(self.data, self.num_classes)
+        self.config, self.num_classes, self.text = training_condition(config, self.data)  # text: the model extras
+        self.data_meta = data_description(self.data, self.num_classes, text=self.text is not None)
         self.teacher = load_teacher(config, self.data, self.num_classes, device)
         check_training_guidance(config, self.num_classes, self.teacher)  # before a teacher pool is solved
         self.objective = make_objective(config, self.num_classes, self.teacher, self.data.shape)
@@ -117,7 +119,7 @@ class Trainer:
     def _state(self, resume_from: Path | None) -> tuple[TrainState, Path | None]:
         """A fresh training state, or the resumed checkpoint's (its data checked first); and the last good file."""
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
-        state = build_state(self.config, self.data, self.num_classes, self.objective, self.device,
+        state = build_state(self.config, self.data, self.num_classes, self.objective, self.device, text=self.text,
                             teacher=self.teacher, resumed=checkpoint[1] if checkpoint else None)  # fmt: skip
         if checkpoint is None:
             return state, None
@@ -139,9 +141,9 @@ class Trainer:
 
     def _batches(self) -> BatchSampler:
         """What each step trains on, with the data on the device when it fits."""
-        labels = self.data.labels if self.num_classes else None
+        conditions = training_conditions(self.config, self.data, self.num_classes, self.state.model)
         inputs = place_data(self.data.data, self.device)
-        return BatchSampler(inputs, labels, self.num_classes, self.data.kind, self.config, self.objective,
+        return BatchSampler(inputs, conditions, self.data.kind, self.config, self.objective,
                             self.dist.rank, self.dist.world_size, self.device)  # fmt: skip
 
     # -- files

@@ -66,6 +66,8 @@ def load_training_data(config: TrainConfig, say: Callable[[str], None] | None) -
         channels=config.channels,
         seed=config.seed,
         cache=config.cache,
+        captions=config.captions,
+        caption_column=config.caption_column,
     )
     data = load_data(config.data, options)
     if len(data) == 0:
@@ -77,6 +79,9 @@ def load_training_data(config: TrainConfig, say: Callable[[str], None] | None) -
         say(f"warning: skipped {skipped['count']} unreadable file(s), e.g. {', '.join(skipped['examples'])}")
     if data.info.get("cache_warning") and say:
         say(f"warning: {data.info['cache_warning']}")
+    missing = data.info.get("captions_missing_files")
+    if missing and say:
+        say(f"warning: {missing:,} caption row(s) name no image of the folder; they are ignored")
     return data
 
 
@@ -107,10 +112,12 @@ def build_state(
     *,
     teacher: LoadedModel | None = None,
     resumed: CheckpointMeta | None = None,
+    text: dict | None = None,
 ) -> TrainState:
     """Model, EMA copy, AdamW and grad scaler; a resumed run keeps its checkpoint's model config.
 
-    An interval objective (MeanFlow) gets the preset with the interval input; a distilled student is its
+    A text model (``text``: its encoder's model extras) gets the preset with them. An interval objective
+    (MeanFlow) gets the preset with the interval input; a distilled student is its
     teacher's architecture with the interval input, starting from the teacher's weights (the interval input
     starts at zero, so at step 0 the student's u(x, r, t) is the teacher's v(x, t) for every r).
     """
@@ -120,7 +127,7 @@ def build_state(
         model_config = teacher.meta.model_config | objective.model_extras | dict(config.model)
     else:
         preset = default_model_config(data.kind, data.shape, num_classes, device.type)
-        model_config = preset | objective.model_extras | dict(config.model)
+        model_config = preset | objective.model_extras | (text or {}) | dict(config.model)
     torch.manual_seed(config.seed)  # the initial weights depend on --seed only
     model = build_model(model_config).to(device)
     if teacher is not None and resumed is None:
@@ -168,8 +175,15 @@ def with_model_decision(config: TrainConfig, data: ArrayDataset, device: torch.d
 
 def choose_threads(config: TrainConfig, objective: Objective) -> tuple[TrainConfig, str]:
     """Set torch's CPU threads for this run (``fmcli.runtime.threads``); returns the config with the choice recorded
-    in its decisions when fm made it, and the line the plan says. An objective whose gradients depend on the
+    in its decisions when fm made it, and what the plan says of the run's choices: the threads, and what a text
+    model reads (the "condition" decision, ``fmcli.training.conditions``). An objective whose gradients depend on the
     thread count keeps the first count for the whole run, and its resumed runs use it again (exact resume)."""
+    config, said = _choose_threads(config, objective)
+    condition = config.decisions.get("condition")
+    return config, said if condition is None else f"{said}\n{condition}"
+
+
+def _choose_threads(config: TrainConfig, objective: Objective) -> tuple[TrainConfig, str]:
     choice = threads.configure(config.threads)
     said = choice.describe() + (f" ({choice.warning})" if choice.warning else "")
     if not choice.adaptive:

@@ -15,7 +15,7 @@ from torch import nn
 from fmcli.data.base import ArrayDataset
 from fmcli.errors import FMError
 from fmcli.io.checkpoint import FORMAT_VERSION, CheckpointMeta, save_checkpoint, split_prefix
-from fmcli.training.config import TrainConfig
+from fmcli.training.config import FREE_ON_RESUME, STRUCTURAL, TrainConfig, saved_with_defaults
 
 
 @dataclass
@@ -31,15 +31,21 @@ class TrainState:
     images_seen: int = 0
 
 
-def data_description(dataset: ArrayDataset, num_classes: int) -> dict:
-    """What a checkpoint records about its data (``fm info`` prints it; resume compares it)."""
+def data_description(dataset: ArrayDataset, num_classes: int, text: bool = False) -> dict:
+    """What a checkpoint records about its data (``fm info`` prints it; resume compares it); a text model's also
+    eight of its training captions (``prompts``: the training previews draw them, fm serve offers them)."""
     from fmcli.data.resolve import describe
 
+    prompts = list(dict.fromkeys(c[0] for c in dataset.captions if c))[:PREVIEW_PROMPTS] if text else None
     return describe(dataset) | {
         "num_classes": num_classes,
         "class_names": dataset.class_names if num_classes else None,
         "normalisation": "uint8 / 127.5 - 1 (range [-1, 1])" if dataset.kind == "image" else "none",
+        **({"prompts": prompts} if text else {}),
     }
+
+
+PREVIEW_PROMPTS = 8
 
 
 def checkpoint_meta(state: TrainState, config: TrainConfig, data: dict, total_steps: int) -> CheckpointMeta:
@@ -50,7 +56,10 @@ def checkpoint_meta(state: TrainState, config: TrainConfig, data: dict, total_st
         "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
         "total_steps": total_steps,
     }
-    label_dropout = config.label_dropout if data["num_classes"] else 0.0
+    # The null condition's training share: the label dropout, or a text model's caption dropout.
+    label_dropout = (
+        config.label_dropout if data["num_classes"] else config.caption_dropout if data.get("prompts") else 0.0
+    )
     return CheckpointMeta(
         format_version=FORMAT_VERSION,
         model_config=state.model.config,
@@ -103,3 +112,16 @@ def check_same_data(saved: dict, now: dict, path: Path) -> None:
     if changed:
         details = "; ".join(f"{key}: {saved.get(key)!r} -> {now[key]!r}" for key in changed)
         raise FMError(f"cannot resume {path}: the data differs from the data it was trained on ({details})")
+
+
+def check_resume(saved: dict, wanted: TrainConfig, allow_change: bool) -> None:
+    """Refuse to continue a run as something else; hyper-parameters change only when allowed."""
+    saved, current = saved_with_defaults(saved), asdict(wanted)
+    structural = [key for key in STRUCTURAL if saved.get(key) != current.get(key)]
+    if structural:
+        details = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in structural)
+        raise FMError(f"cannot resume: the run was trained with a different model or data ({details})")
+    changed = [key for key in current if key not in STRUCTURAL + FREE_ON_RESUME and saved.get(key) != current[key]]
+    if changed and not allow_change:
+        details = ", ".join(f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in changed)
+        raise FMError(f"resuming with changed training options ({details}); pass --allow-change to accept")

@@ -1,0 +1,76 @@
+"""What a run conditions on: class labels, captions (a text model, with its new text encoder) or nothing.
+
+A data set with captions trains a text model unless ``--captions none`` (the data layer drops them then, or
+turns class folders into captions with ``--captions classes``); labels train a class model unless
+``--unconditional``. The text encoder is built here from the training captions (``fmcli.text``: the built-in
+one's vocabulary, or a pretrained one from local files), and enters the model's config as its ``export()``.
+"""
+
+from dataclasses import replace
+
+import torch
+
+from fmcli.data.base import ArrayDataset
+from fmcli.errors import FMError
+from fmcli.training.batches import Conditions
+from fmcli.training.config import TrainConfig
+
+# Cross-attention at the lowest resolution by default (README "Text on a CPU" measures the choice).
+DEFAULT_CROSS_ATTENTION = "lowest"
+
+
+def wants_text(config: TrainConfig, data: ArrayDataset) -> bool:
+    return config.conditional and data.captions is not None and config.captions != "none"
+
+
+def training_condition(config: TrainConfig, data: ArrayDataset) -> tuple[TrainConfig, int, dict | None]:
+    """(the config, a text model's choices recorded in its decisions; the classes the model takes; the model-config
+    extras of a text model, or None)."""
+    if not wants_text(config, data):
+        return config, (data.num_classes if (config.conditional and data.labels is not None) else 0), None
+    if config.objective != "fm" or config.teacher:
+        raise FMError("text models train with --objective fm for now (fm distill of a text model is not built yet)")
+    from fmcli.registry import get_text_encoder
+
+    spec = get_text_encoder(config.text_encoder)
+    captions = [caption for item in data.captions for caption in item]
+    if not captions:
+        raise FMError(f"{config.data}: no image has a caption; use --captions none to train without them")
+    options = {"path": config.text_encoder_path} if config.text_encoder_path else {}
+    encoder = spec.build(captions, **options)
+    text = {"text": encoder.export(), "cross_attention": cross_attention(config, data)}
+    return replace(config, decisions=config.decisions | {"condition": text_decision(config, data, text)}), 0, text
+
+
+def text_decision(config: TrainConfig, data: ArrayDataset, text: dict) -> str:
+    """ "a text model: captions from metadata.jsonl (8,000 of 8,000 images), the builtin text encoder ..." """
+    found = data.info.get("captions") or {}
+    count = f"{found.get('captioned', len(data)):,} of {found.get('total', len(data)):,} images"
+    encoder, where = text["text"], text["cross_attention"]
+    words = f", {len(encoder['vocabulary']):,} words" if "vocabulary" in encoder else ""
+    cross = f"cross-attention at {', '.join(f'{r} px' for r in where)}" if where else "no cross-attention"
+    return (f"a text model: captions from {found.get('source', 'the data set')} ({count}; --captions none ignores "
+            f"them), the {encoder['name']} text encoder ({encoder.get('context')} tokens{words}), {cross}, caption "
+            f"dropout {config.caption_dropout:g}")  # fmt: skip
+
+
+def cross_attention(config: TrainConfig, data: ArrayDataset) -> list[int]:
+    """The resolutions given (--cross-attention; "none": pooled prompt only), else the lowest of the preset."""
+    if config.cross_attention is not None:
+        given = [str(r) for r in config.cross_attention]
+        return [] if given == ["none"] else [int(r) for r in given]
+    from fmcli.models.presets import default_model_config
+
+    preset = default_model_config(data.kind, data.shape, 0) | dict(config.model)
+    levels = len(preset.get("channel_mults", [1]))
+    return [int(data.shape[-1]) // 2 ** (levels - 1)]
+
+
+def training_conditions(config: TrainConfig, data: ArrayDataset, num_classes: int, model) -> Conditions | None:
+    """Each item's condition for the batches: its label, or its captions tokenized by the model's own encoder."""
+    if getattr(model, "encoder", None) is not None:
+        with torch.no_grad():
+            return Conditions.of_captions(data.captions, model.tokenize, config.caption_dropout)
+    if num_classes:
+        return Conditions(data.labels, num_classes, config.label_dropout)
+    return None
