@@ -1,6 +1,7 @@
 """A procedural RGB image folder (no download): coloured shapes in 5 classes, for benchmarks and tests.
 
     python bench/procedural.py OUT --train 5000 --test 1000 --size 32
+    python bench/procedural.py OUT --captions     # the built-in captioned set as folders with metadata.jsonl
 
 Writes OUT/train/<class>/NNNNN.png and OUT/test/<class>/NNNNN.png. The class is the shape (circle,
 square, triangle, cross, ring); colours, background, position, size and rotation are random, so a
@@ -56,6 +57,25 @@ def write_folder(out: Path, count: int, size: int, seed: int) -> Path:
     return out
 
 
+def write_captioned(folder: Path, split: str, count: int, seed: int) -> None:
+    """The built-in ``shapes`` split as NNNNN.png + metadata.jsonl (file_name, text: a list of phrasings, and the
+    attributes, which fm ignores)."""
+    import json
+
+    from fmcli.data.base import LoadOptions
+    from fmcli.data.shapes import load_shapes
+
+    data = load_shapes(LoadOptions(split=split, num_samples=count, seed=seed))
+    folder.mkdir(parents=True, exist_ok=False)
+    names = data.attribute_names
+    lines = []
+    for i, image in enumerate(data.data.permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+        attributes = {key: names[key][int(values[i])] for key, values in data.attributes.items()}
+        lines.append(json.dumps({"file_name": f"{i:05d}.png", "text": list(data.captions[i]), **attributes}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
@@ -63,7 +83,18 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--captions",
+        action="store_true",
+        help="write the built-in `shapes` set instead (named colours, held-out pairs): OUT/train and OUT/test, "
+        "flat, each with a metadata.jsonl of every caption phrasing (the Hugging Face image-folder convention)",
+    )
     args = parser.parse_args()
+    if args.captions:
+        for split, count in (("train", args.train), ("test", args.test)):
+            write_captioned(args.out / split, split, count, args.seed)
+        print(f"wrote {args.train} + {args.test} captioned images (metadata.jsonl) to {args.out}")
+        return 0
     write_folder(args.out / "train", args.train, args.size, args.seed)
     write_folder(args.out / "test", args.test, args.size, args.seed + 1)
     print(f"wrote {args.train} + {args.test} images of {args.size}x{args.size} in {len(CLASSES)} classes to {args.out}")

@@ -104,3 +104,28 @@ def half_precision_cpu(monkeypatch):
     --precision bf16/fp16 on a CPU that would only emulate them)."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: True)
+
+
+def captioned_folder(root: Path) -> Path:
+    """16 RGB 8x8 squares, half red and half blue, captioned in metadata.jsonl (the Hugging Face convention)."""
+    import json
+
+    from PIL import Image
+
+    root.mkdir()
+    lines = []
+    for i in range(16):
+        colour = "red" if i % 2 == 0 else "blue"
+        Image.new("RGB", (8, 8), (220, 30, 30) if colour == "red" else (30, 30, 220)).save(root / f"{i:02d}.png")
+        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": [f"a {colour} square", f"{colour} square"]}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def text_checkpoint(tmp_path_factory) -> Path:
+    """A text model (the built-in encoder) of 8x8 captioned squares, trained for 3 steps."""
+    root = tmp_path_factory.mktemp("text")
+    data = captioned_folder(root / "squares")
+    model = {**TINY_UNET, "channel_mults": [1, 2], "attention_resolutions": []}
+    return train_tiny(root / "run", data=str(data), image_size=8, model=model, hflip=False, cache=False)

@@ -191,12 +191,6 @@ def test_help_imports_neither_torch_nor_gradio_nor_any_plugin(argv):
     assert not [m for m in loaded if m.split(".")[0] in plugins], "help must not run plugin code"
 
 
-def test_listing_plugins_imports_no_text_encoder():
-    """``fm plugins`` lists the text encoders from their specs: neither fmcli.text nor transformers is imported."""
-    loaded = startup_modules(["fm", "plugins"])
-    assert not [m for m in loaded if m.split(".")[0] in TEXT_LIBRARIES or m.startswith("fmcli.text")]
-
-
 def test_completion_imports_no_torch_and_no_plugin_implementation():
     """Completing ``fm sample --solver <TAB>`` lists plugins' names (their registration modules load) but imports
     no implementation: registrations are lazy references."""
@@ -205,3 +199,5 @@ def test_completion_imports_no_torch_and_no_plugin_implementation():
     assert not [m for m in loaded if m == "torch" or m.startswith("torch.")]
     implementations = {"fm_adams_bashforth.solver", "fm_adams_bashforth.rings"}
     assert not implementations & set(loaded)
+    # Text encoders register as lazy specs too: neither fmcli.text nor a tokenizer or CLIP library is imported.
+    assert not [m for m in loaded if m.split(".")[0] in TEXT_LIBRARIES or m.startswith("fmcli.text")]

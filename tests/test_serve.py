@@ -33,6 +33,7 @@ os.environ.update(OFFLINE)
 REPO = Path(__file__).resolve().parents[1]
 MAX_IMAGES, MAX_STEPS = 8, 20  # small caps for the test server, given on its command line
 TINY = "tiny/last.safetensors"
+WORDS = "words/last.safetensors"  # a text model
 BROKEN = "broken/last.safetensors"
 
 # The server under an audit hook that logs every name look-up and connection it makes (Python's socket audit
@@ -59,13 +60,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_checkpoint):
-    """A folder of runs (a tiny model, a damaged file), a checkpoint OUTSIDE it, and ``fm serve`` on a free port."""
+def served(tmp_path_factory, tiny_checkpoint, text_checkpoint):
+    """A folder of runs (a tiny class model, a text model, a damaged file), a checkpoint OUTSIDE it, and ``fm serve``
+    on a free port."""
     root = tmp_path_factory.mktemp("serve")
     runs = root / "runs"
     (runs / "tiny").mkdir(parents=True)
+    (runs / "words").mkdir()
     (runs / "broken").mkdir()
-    shutil.copy(tiny_checkpoint, runs / TINY)
+    shutil.copy(text_checkpoint, runs / WORDS)
+    shutil.copy(tiny_checkpoint, runs / TINY)  # the newest: the page opens on it
     (runs / BROKEN).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     shutil.copy(tiny_checkpoint, root / "outside.safetensors")  # must never be opened
     port, log = free_port(), root / "net-audit.log"
@@ -110,11 +114,12 @@ def client(served):
 
 
 def request(name=TINY, klass="3", seed=0, num=2, animate=True, solver="euler", steps=2, cfg=2.0, compare=False,
-            solver_b="heun", steps_b=1, cfg_b=1.0, interval="full", interval_b="full") -> dict:  # fmt: skip
+            solver_b="heun", steps_b=1, cfg_b=1.0, interval="full", interval_b="full", prompt="",
+            negative="") -> dict:  # fmt: skip
     """The inputs of /generate, by name."""
     return dict(name=name, klass=klass, seed=seed, num=num, animate=animate, solver_a=solver, steps_a=steps,
                 cfg_a=cfg, compare=compare, solver_b=solver_b, steps_b=steps_b, cfg_b=cfg_b, interval_a=interval,
-                interval_b=interval_b)  # fmt: skip
+                interval_b=interval_b, prompt=prompt, negative=negative)  # fmt: skip
 
 
 def refused(client, **change) -> str:
@@ -129,7 +134,7 @@ def refused(client, **change) -> str:
 
 def test_started_in_one_line_listing_the_damaged_file(served):
     text = "".join(served["lines"])
-    assert "fm serve: http://localhost:" in text and "(1 checkpoints, 1 unreadable" in text, text
+    assert "fm serve: http://localhost:" in text and "(2 checkpoints, 1 unreadable" in text, text
     assert "listed as unreadable: broken/last.safetensors is not a readable safetensors checkpoint" in text
     assert str(served["runs"]) not in text.split("listed as unreadable")[1].splitlines()[0]  # names, not paths
 
@@ -142,9 +147,10 @@ def test_the_server_says_its_thread_count_once(served, client):
 
 
 def test_describe_gives_classes_defaults_and_fm_info(client):
-    klass, solver_a, steps_a, cfg_a, span_a, solver_b, steps_b, cfg_b, span_b, about, info = client.predict(
-        TINY, api_name="/describe"
+    klass, solver_a, steps_a, cfg_a, span_a, solver_b, steps_b, cfg_b, span_b, about, info, prompt, negative = (
+        client.predict(TINY, api_name="/describe")
     )
+    assert prompt["visible"] is False and negative["visible"] is False  # a class model: no prompt boxes
     assert span_a["value"] == span_b["value"] == "full"
     choices = [c[0] for c in klass["choices"]]
     assert klass["value"] == "all" and choices[:3] == ["all", "0", "1"] and choices[-1] == "none"
@@ -172,6 +178,22 @@ def test_generate_gives_grid_animation_npz_and_the_figures(client):
     again = client.predict(**request(animate=False), api_name="/generate")
     assert again[1] is None and again[3] is None and "Compare" in again[5]
     assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(picture))
+
+
+def test_a_text_model_opens_with_a_prompt_and_draws_it(client):
+    described = client.predict(WORDS, api_name="/describe")
+    prompt, negative = described[-2:]
+    assert prompt["visible"] is True and prompt["value"] in ("a red square", "a blue square", "red square",
+                                                              "blue square")  # fmt: skip
+    assert negative["visible"] is True and described[3]["value"] == 2.0  # guided by default, as fm sample --prompt
+    assert described[0]["visible"] is False  # no class box for a text model
+    assert "prompts" in described[9]
+    grid, gif, caption, *_, files = client.predict(
+        **request(name=WORDS, klass=None, prompt="a red square", negative="blue", animate=True), api_name="/generate"
+    )
+    assert "“a red square”" in caption and "steered away from “blue”" in caption
+    with np.load(next(f for f in files if f.endswith("-A.npz"))) as saved:
+        assert saved["prompts"].tolist() == ["a red square"] * 2 and saved["images"].shape == (2, 8, 8, 3)
 
 
 def test_a_request_at_the_caps_runs(client):

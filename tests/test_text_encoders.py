@@ -316,3 +316,26 @@ def test_a_text_encoder_plugin_is_registered_and_listed(inline_plugin):
     rows = {row["name"]: row for row in json.loads(fm("plugins", "--json").output)}
     assert rows["bag-plugin"]["text_encoders"] == ["bag-of-words"]
     one_line_error(lambda: registry.get_text_encoder("clap"), "unknown text encoder 'clap'", "Did you mean 'clip'?")
+
+
+def test_fm_train_with_a_local_clip_then_samples_a_prompt_offline(clip_dir, tmp_path):
+    """The whole path with CLIP: training records the folder and its digest (not its weights), sampling loads it
+    again from there, and nothing reaches for the network (``no_network``)."""
+    import json
+
+    from conftest import TINY_UNET, captioned_folder, train_tiny
+    from helpers import fm
+
+    from fmcli.io.checkpoint import read_header
+
+    data = captioned_folder(tmp_path / "squares")
+    model = {**TINY_UNET, "channel_mults": [1, 2], "attention_resolutions": []}
+    run = train_tiny(tmp_path / "run", data=str(data), image_size=8, model=model, hflip=False, cache=False,
+                     text_encoder="clip", text_encoder_path=str(clip_dir))  # fmt: skip
+    shapes, meta = read_header(run)
+    assert meta.model_config["text"]["name"] == "clip" and meta.model_config["text"]["path"] == str(clip_dir.resolve())
+    assert not any("clip" in name.lower() for name in shapes)  # frozen weights stay in their folder
+    result = fm("sample", run, "--prompt", "a red square", "--num", "2", "--steps", "2", "--out",
+                tmp_path / "s.png", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["prompts"] == ["a red square"]

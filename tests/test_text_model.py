@@ -140,32 +140,16 @@ def test_guidance_between_prompt_and_empty_prompt_is_the_class_formula(bag):
         guided = guided_velocity(model, 3.0, PAD)(x, t, ids)
         v_cond, v_null = model(x, t.expand(2), ids), model(x, t.expand(2))
     assert torch.allclose(guided, v_null + 3.0 * (v_cond - v_null), atol=1e-5)
+    negative = model.tokenize(["blue", "red"])  # a negative prompt: the reference in place of the empty prompt
+    with torch.no_grad():
+        steered = guided_velocity(model, 3.0, PAD)(x, t, ids, y_ref=negative)
+        v_neg = model(x, t.expand(2), negative)
+    assert torch.allclose(steered, v_neg + 3.0 * (v_cond - v_neg), atol=1e-5)
 
 
-def captioned_folder(root):
-    """16 RGB 8x8 squares, half red and half blue, captioned in metadata.jsonl (the Hugging Face convention)."""
-    import json
-
-    from PIL import Image
-
-    root.mkdir()
-    lines = []
-    for i in range(16):
-        colour = "red" if i % 2 == 0 else "blue"
-        Image.new("RGB", (8, 8), (220, 30, 30) if colour == "red" else (30, 30, 220)).save(root / f"{i:02d}.png")
-        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": [f"a {colour} square", f"{colour} square"]}))
-    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    from conftest import TINY_UNET, train_tiny
-
-    root = tmp_path_factory.mktemp("text")
-    data = captioned_folder(root / "squares")
-    model = {**TINY_UNET, "channel_mults": [1, 2], "attention_resolutions": []}
-    return train_tiny(root / "run", data=str(data), image_size=8, model=model, hflip=False, cache=False)
+@pytest.fixture
+def text_run(text_checkpoint):
+    return text_checkpoint
 
 
 def test_captions_train_a_text_model_that_samples_from_prompts(text_run, tmp_path):
@@ -192,6 +176,11 @@ def test_captions_train_a_text_model_that_samples_from_prompts(text_run, tmp_pat
     unknown = fm("sample", text_run, "--prompt", "a green square", "--num", "1", "--steps", "2", "--out",
                  tmp_path / "g.png")  # fmt: skip
     assert unknown.exit_code == 0 and "1 word(s) never seen in training (e.g. green)" in unknown.output
+    negative = fm("sample", text_run, "--prompt", "a red square", "--negative-prompt", "blue", "--num", "2",
+                  "--steps", "2", "--out", tmp_path / "n.npz", "--json")  # fmt: skip
+    assert negative.exit_code == 0 and json.loads(negative.stdout)["negative_prompt"] == "blue"
+    differs = np.load(tmp_path / "n.npz")["images"]
+    assert not np.array_equal(differs, np.load(out)["images"][:2])  # steered away from "blue", not from ""
 
 
 def test_prompts_and_classes_go_to_the_models_that_take_them(text_run, tiny_checkpoint, tmp_path):
@@ -206,6 +195,7 @@ def test_prompts_and_classes_go_to_the_models_that_take_them(text_run, tiny_chec
     assert_one_line_error(fm("sample", text_run, "--prompts", empty, "--out", out), "holds no prompt")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     assert_one_line_error(fm("sample", text_run, "--prompts", tmp_path / "latin1.txt", "--out", out), "not UTF-8")
+    assert_one_line_error(fm("sample", text_run, "--negative-prompt", "blue", "--out", out), "needs --prompt")
     assert not out.exists()
 
 
@@ -217,3 +207,99 @@ def test_the_api_samples_prompts_through_the_same_path(text_run):
     assert samples.prompts == ["a red square", "a blue square"] and samples.labels is None
     again = model.sample(2, prompts="a red square", steps=2, seed=3)
     assert np.array_equal(samples.images[0], again.images[0])  # same noise, same prompt: the same image
+
+
+def test_prompt_following_reads_shape_and_colour_back_and_keeps_held_out_pairs_apart(bag, tmp_path, monkeypatch):
+    """Scored on real test images standing in for a perfect model, then on the same images shuffled across prompts
+    (every shape and colour present, but not where asked): the score tells following from drawing."""
+    import fmcli.eval.prompts as prompts_module
+    from fmcli.data.base import LoadOptions, to_model_space, to_uint8
+    from fmcli.data.shapes import load_shapes
+    from fmcli.io.checkpoint import CheckpointMeta, LoadedModel
+    from fmcli.sampling.generate import SampleResult
+    from fmcli.sampling.options import SamplingOptions
+
+    train = load_shapes(LoadOptions(split="train", num_samples=100))
+    test = load_shapes(LoadOptions(split="test", num_samples=300))
+    words = sorted({w for c in test.captions for w in c[0].split()})
+    config = {"name": "unet", "in_channels": 3, "image_size": 32, "base_channels": 8, "channel_mults": [1, 2],
+              "attention_resolutions": []}  # fmt: skip
+    model = build_model(config | {"text": {"name": "bag", "vocab": words}})
+    meta = CheckpointMeta(1, model.config, {"shape": [3, 32, 32], "kind": "image"}, 0, 0.1)
+    loaded = LoadedModel(model=model, meta=meta)
+    chosen, expected = prompts_module.evaluation_prompts(test, per_pair=2)
+    assert len(chosen) == 2 * 30 and len(set(chosen)) > 30  # every (colour, shape) pair of the test split, twice
+
+    def oracle(train, test, attribute, cache, device, progress=None):  # reads a real test image's attribute exactly
+        keys = {
+            bytes(image.numpy()): int(value) for image, value in zip(test.data, test.attributes[attribute], strict=True)
+        }
+        names = test.attribute_names[attribute]
+        read = lambda x: torch.nn.functional.one_hot(  # noqa: E731
+            torch.tensor([keys[bytes(to_uint8(image).numpy())] for image in x]), len(names)
+        ).float()
+        return (lambda x: (None, read(x))), 1.0
+
+    monkeypatch.setattr(prompts_module, "attribute_classifier", oracle)
+    by_caption = {c[0]: i for i, c in enumerate(test.captions)}
+    real = to_model_space(test.data[[by_caption[p] for p in chosen]])
+    for images, following in ((real, True), (real.roll(7, dims=0), False)):
+        fake = SampleResult(images, None, 2, 0.0, 2.0, SamplingOptions(), passes=4)
+        monkeypatch.setattr(prompts_module, "generate", lambda *args, fake=fake, **kwargs: fake)
+        report = prompts_module.prompt_following(loaded, train, test, SamplingOptions(), per_pair=2, cache=tmp_path)
+        assert report["held_out"]["num"] == 2 * 5 and report["seen"]["num"] == 2 * 25  # 5 pairs held out of train
+        assert report["held_out_pairs"] == sorted(" ".join(p) for p in train.info["held_out"])
+        if following:  # the images asked for: every attribute right, held-out pairs too
+            assert report["seen"]["both"] == report["held_out"]["both"] == 1.0
+        else:  # every shape and colour drawn, not where asked
+            assert report["seen"]["both"] <= 0.2 and report["held_out"]["both"] <= 0.2
+
+
+def test_attribute_classifiers_are_trained_once_and_cached(tmp_path):
+    from fmcli.data.base import LoadOptions
+    from fmcli.data.shapes import load_shapes
+    from fmcli.eval.prompts import attribute_classifier
+
+    train = load_shapes(LoadOptions(split="train", num_samples=200))
+    test = load_shapes(LoadOptions(split="test", num_samples=100))
+    network, accuracy = attribute_classifier(train, test, "colour", tmp_path, torch.device("cpu"))
+    assert 0 <= accuracy <= 1 and len(list((tmp_path / "classifiers").glob("shapes-colour-*"))) == 1
+    again, same = attribute_classifier(train, test, "colour", tmp_path, torch.device("cpu"))
+    assert same == accuracy and torch.equal(again.head.weight, network.head.weight)
+
+
+def test_fm_eval_of_a_text_model_scores_its_prompts_seen_and_held_out(tmp_path, monkeypatch):
+    import json
+
+    from conftest import TINY_UNET, train_tiny
+    from helpers import fm
+    from rich.console import Console
+    from rich.table import Table
+
+    import fmcli.data.shapes as shapes_module
+    import fmcli.eval.classifier as classifier_module
+    import fmcli.eval.prompts as prompts_module
+    from fmcli.cli.eval import _prompt_rows
+
+    monkeypatch.setenv("FM_CACHE_DIR", str(tmp_path / "cache"))
+    original = classifier_module.train_classifier
+
+    def quick(images, labels, num_classes, **kwargs):  # plumbing, not accuracy: a few hundred images, one epoch
+        return original(images[:256], labels[:256], num_classes, **{**kwargs, "epochs": 1})
+
+    monkeypatch.setattr(classifier_module, "train_classifier", quick)
+    monkeypatch.setattr(prompts_module, "train_classifier", quick)
+    monkeypatch.setattr(shapes_module, "DEFAULT_COUNTS", {"train": 1000, "test": 400})  # a small built-in set
+    run = train_tiny(tmp_path / "run", data="shapes", model=TINY_UNET, steps=2, batch_size=8)
+    result = fm("eval", run, "--data", "shapes", "--num", "30", "--metrics", "kid", "--kid-subsets", "5", "--steps",
+                "2", "--cfg", "2", "--extractor", "classifier", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    prompts = json.loads(result.stdout)["prompts"]
+    assert prompts["seen"]["num"] == 25 and prompts["held_out"]["num"] == 5  # 30 prompts: one per (colour, shape)
+    assert prompts["cfg"] == 2.0 and prompts["passes"] == 2 * prompts["nfe"]  # guided by the empty prompt
+    assert set(prompts["classifier_test_accuracy"]) == {"shape", "colour", "background"}
+    table = Table()
+    _prompt_rows(table, prompts)
+    console = Console(record=True, width=300)
+    console.print(table)
+    assert "prompts: pairs held out of training" in console.export_text()

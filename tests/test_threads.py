@@ -181,6 +181,20 @@ def test_a_trial_judged_after_the_count_fell_back_says_nothing():
     assert all(before != after for _, before, after, _ in fake.governor.changes)  # no "threads: 1 -> 1"
 
 
+def test_a_thread_that_pays_then_stalls_is_not_retried_at_once():
+    """Two threads faster for a moment, then stalling (a noisy machine): the governor must not flip 1 -> 2 -> 1 ->
+    2 every few steps (a 15-minute run once logged 70 changes); each stall doubles the wait before the next try."""
+    fake = FakeMachine(usable=2)
+    fake.others = 1.0
+    fake.steps(15, 0.1)
+    fake.others = 0.0
+    with_two = 0  # steps since the second thread came
+    for _ in range(3000):  # 5 minutes: with 2 threads the first 8 steps are quick, then they stall
+        with_two = 0 if fake.governor.threads == 1 else with_two + 1
+        fake.steps(1, 0.1 if fake.governor.threads == 1 else (0.05 if with_two <= 8 else 0.3))
+    assert len(fake.governor.changes) <= 12, [c[3] for c in fake.governor.changes]
+
+
 def test_other_kinds_of_work_and_pauses_are_not_stalls():
     """A preview grid between training steps (evaluations of 80 samples: microseconds per sample), a pause of a
     minute (a served page waiting for its next request): the step times stay comparable, nothing changes."""

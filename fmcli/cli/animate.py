@@ -98,7 +98,7 @@ def animate_command(
 
       fm animate runs/toy/last.safetensors --out flow.gif
 
-      fm animate runs/shapes --prompt "a blue star on a white background" --out star.gif
+      fm animate runs/shapes --prompt "a blue ring on a white background" --out ring.gif
     """
     from fmcli.device import resolve_device
     from fmcli.io.checkpoint import load_checkpoint

@@ -306,6 +306,9 @@ def _print_report(report: dict) -> None:
         )
         per_class = "  ".join(f"{name}:{_pct(value, 0)}" for name, value in conditional["per_class"].items())
         table.add_row("  per class", "", "", per_class)
+    prompts = report.get("prompts")
+    if prompts:
+        _prompt_rows(table, prompts)
     histogram = report.get("class_histogram")
     if histogram:
         counts = "  ".join(f"{name}:{count}" for name, count in histogram["counts"].items())
@@ -412,3 +415,17 @@ def _print_sweep(report: dict) -> None:
     console.print(table)
     for path in report.get("files", []):
         err_console.print(f"wrote {path}", highlight=False)
+
+
+def _prompt_rows(table: Table, prompts: dict) -> None:
+    """A text model's prompt following: shape, colour and both right, seen pairs and held-out pairs apart."""
+    if prompts.get("note"):
+        table.add_row("prompts", "-", "", prompts["note"])
+        return
+    ceiling = ", ".join(f"{k} {_pct(v)}" for k, v in prompts["classifier_test_accuracy"].items())
+    for which, label in (("seen", "pairs seen in training"), ("held_out", "pairs held out of training")):
+        part = prompts[which]
+        if part["num"]:
+            table.add_row(f"prompts: {label}", f"{part['both']:.2%}", str(part["num"]),
+                          f"shape and colour right (shape {_pct(part['shape'])}, colour {_pct(part['colour'])}, "
+                          f"background {_pct(part['background'])}); classifiers on real images: {ceiling}")  # fmt: skip

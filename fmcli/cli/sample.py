@@ -39,6 +39,10 @@ def sample_command(
         Optional[Path],
         typer.Option(help="Text models: a file of prompts, one a line; samples in that order, the .npz keeps them."),
     ] = None,
+    negative_prompt: Annotated[
+        Optional[str],
+        typer.Option(help="Text models: what guidance steers away from, in place of the empty prompt."),
+    ] = None,
     sampling=None,
     weights: WeightsOption = "ema",
     format: Annotated[Optional[str], typer.Option(help="png, folder or npz (default: from --out).")] = None,
@@ -82,10 +86,16 @@ def sample_command(
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
     check_condition_kind(loaded, wanted, class_ is not None)
+    reference = None
+    if negative_prompt is not None and wanted is None:
+        raise FMError("--negative-prompt needs --prompt or --prompts (what to draw)")
     if wanted is not None:
         wanted = spread(wanted, num)
         classes, notes = prompt_condition(loaded, wanted)
-        for note in notes:
+        if negative_prompt is not None:
+            reference, more = prompt_condition(loaded, [negative_prompt] * num)
+            notes += more
+        for note in dict.fromkeys(notes):
             err_console.print(f"note: {note}", highlight=False, markup=False)
     else:
         classes = parse_classes(class_, num, loaded.meta.class_names)
@@ -94,7 +104,12 @@ def sample_command(
     with progress_bar() as bar:
         task = bar.add_task("sample", total=num)
         result = generate(
-            loaded, sampling, num=num, condition=classes, progress=lambda done, total: bar.update(task, completed=done)
+            loaded,
+            sampling,
+            num=num,
+            condition=classes,
+            reference=reference,
+            progress=lambda done, total: bar.update(task, completed=done),
         )
     if loaded.meta.data["kind"] == "image":
         labels = None if wanted is not None else result.labels
@@ -115,6 +130,7 @@ def sample_command(
         "device": str(loaded.device),
         "class": class_,
         "prompts": None if wanted is None else list(dict.fromkeys(wanted)),
+        "negative_prompt": negative_prompt,
         "cfg": result.cfg,
         "guidance": result.guidance.setting.as_json() | {"source": result.guidance.source},
         "seed": sampling.seed,

@@ -45,6 +45,10 @@ def train_command(
 
       fm train mnist-mini --objective meanflow --out runs/onestep
 
+      fm train ./captioned --image-size 32   (captions in metadata.jsonl: a text model; then fm sample --prompt)
+
+      fm train shapes --out runs/shapes   (the built-in captioned set)
+
       fm train ./images --log-to tensorboard   (then: tensorboard --logdir runs/)
 
       fm train moons --steps 3000 --out runs/toy

@@ -45,6 +45,15 @@ def fid_min_samples(dim: int) -> int:
     return dim + 1
 
 
+def check_sample_count(num: int, extractor: str, dim: int, metrics: tuple[str, ...]) -> None:
+    if "fid" in metrics and num < fid_min_samples(dim):
+        raise FMError(
+            f"FID with the {extractor!r} extractor ({dim}-d features) needs at least {fid_min_samples(dim)} samples "
+            f"for a non-singular covariance, got {num}; raise --num, or leave FID out (--metrics kid,pr): "
+            f"KID works from 2 samples"
+        )
+
+
 def _sqrt_psd(matrix: Tensor) -> Tensor:
     """Symmetric square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
     values, vectors = torch.linalg.eigh(matrix)

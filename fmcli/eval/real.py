@@ -6,11 +6,11 @@ from torch import Tensor
 from fmcli.device import resolve_device
 from fmcli.errors import FMError
 from fmcli.eval.features import Progress, extract_features
+from fmcli.eval.metrics import check_sample_count
 from fmcli.eval.reference import reference_features
 from fmcli.eval.run import (
     EvalOptions,
     accuracy_report,
-    check_sample_count,
     eval_data,
     load_extractor,
     report_skeleton,

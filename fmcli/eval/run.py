@@ -1,13 +1,13 @@
 """``fm eval`` as plain functions: score a checkpoint against the test split, or score real data (the floor).
 
-Every figure is reported with the number of samples it was computed from: FID is biased
-upwards at small N (it needs N > d for a full-rank covariance), KID is unbiased at any N >= 2,
-and precision/recall depend on N through the k-NN radii (both sets get N points).
+Every figure is reported with the number of samples it was computed from: FID is biased upwards at small N (it
+needs N > d for a full-rank covariance), KID is unbiased at any N >= 2, and precision/recall depend on N through
+the k-NN radii (both sets get N points).
 
-The real reference is the data set's TEST split; its features are cached (see
-``fmcli.eval.reference``). Generated images are quantised to 8 bits before feature
-extraction, like real images. Reports also carry NFE, sampling wall time and the device.
-The solver sweep is ``fmcli.eval.sweep``; likelihoods are ``fmcli.eval.nll``.
+The real reference is the data set's TEST split; its features are cached (``fmcli.eval.reference``). Generated
+images are quantised to 8 bits before feature extraction, like real images. Reports also carry NFE, sampling wall
+time and the device. The solver sweep is ``fmcli.eval.sweep``; likelihoods are ``fmcli.eval.nll``; how well a
+text model's images follow their prompts is ``fmcli.eval.prompts``.
 """
 
 from dataclasses import asdict, dataclass, field, replace
@@ -30,15 +30,16 @@ from fmcli.eval.features import (
     extract_features,
 )
 from fmcli.eval.metrics import (
+    check_sample_count,
     class_accuracy,
     class_histogram,
     feature_statistics,
-    fid_min_samples,
     frechet_distance,
     kernel_inception_distance,
     precision_recall,
 )
 from fmcli.eval.nll import NLLOptions, evaluate_nll
+from fmcli.eval.prompts import caption_condition, prompt_report
 from fmcli.eval.reference import ReferenceFeatures, reference_features
 from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
 from fmcli.sampling.generate import SampleResult, generate
@@ -102,15 +103,6 @@ class EvalOptions:
             key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
             for key, value in plain.items()
         }
-
-
-def check_sample_count(num: int, extractor: str, dim: int, metrics: tuple[str, ...]) -> None:
-    if "fid" in metrics and num < fid_min_samples(dim):
-        raise FMError(
-            f"FID with the {extractor!r} extractor ({dim}-d features) needs at least {fid_min_samples(dim)} samples "
-            f"for a non-singular covariance, got {num}; raise --num, or leave FID out (--metrics kid,pr): "
-            f"KID works from 2 samples"
-        )
 
 
 def _progress_of(progress: Progress | None, stage: str):
@@ -305,7 +297,10 @@ class EvalContext:
         return self.loaded.meta.num_classes
 
     def requested_classes(self) -> Tensor | None:
-        """Equal numbers of every class for conditional models (None: unconditional sampling)."""
+        """Equal numbers of every class for class models, the test split's captions for text models (None:
+        unconditional sampling)."""
+        if self.loaded.meta.condition == "text":
+            return caption_condition(self.loaded, self.data, self.options.num_samples)
         return balanced_classes(self.options.num_samples, self.num_classes) if self.num_classes else None
 
     def sample(self, sampling: SamplingOptions, classes: Tensor | None, stage: str) -> SampleResult:
@@ -416,6 +411,8 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, progress: Progre
             report["conditional"] = accuracy_report(logits, result.labels, names, classifier, cfg=result.cfg)
             if options.class_histogram and ctx.loaded.meta.label_dropout > 0:
                 report["class_histogram"] = _unconditional_histogram(ctx, classifier, names)
+    if ctx.loaded.meta.condition == "text":  # does each image follow its prompt? (data with attributes: shapes)
+        report["prompts"] = prompt_report(ctx.loaded, ctx.data, options, ctx.progress)
     if options.nll is not None:
         report["nll"] = evaluate_nll(
             ctx.loaded, ctx.data, options.nll, seed=options.sampling.seed, device=ctx.device, progress=ctx.progress

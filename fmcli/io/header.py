@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmcli.errors import FMError
-from fmcli.models.condition import condition_kind, null_value
+from fmcli.models.condition import PAD, condition_kind
 
 FORMAT = "fmcli-checkpoint"
 FORMAT_VERSION = 1
@@ -34,7 +34,7 @@ class CheckpointMeta:
     @property
     def condition(self) -> str:
         """What the model takes as y: "class" indices, "text" (prompt token ids) or "none"."""
-        return condition_kind(self.model_config)
+        return "text" if condition_kind(self.model_config) == "text" else "class" if self.num_classes else "none"
 
     @property
     def conditional(self) -> bool:
@@ -43,7 +43,7 @@ class CheckpointMeta:
     @property
     def null_condition(self) -> int:
         """The fill value of the null condition (the null class, or PAD: the empty prompt)."""
-        return null_value(self.model_config)
+        return PAD if self.condition == "text" else self.num_classes
 
     @property
     def class_names(self) -> list[str]:

@@ -228,6 +228,7 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channels
         self.embedding = TimeClassEmbedding(base_channels, emb_dim, num_classes, self.interval, interval_scale)
         self._frozen_text: list = []  # a frozen encoder (CLIP): outside the module tree, not in the state dict
+        self._frozen_device = torch.device("cpu")  # where the frozen encoder is
         self.text_encoder = self.text_pool = None
         if text:
             _check_text(num_classes, cross_attention, image_size, channel_mults)
@@ -307,8 +308,9 @@ class UNet(nn.Module):
 
     def _encode(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         encoder = self.encoder
-        if self.text_encoder is None and next(encoder.parameters(), y).device != y.device:
+        if self.text_encoder is None and self._frozen_device != y.device:
             encoder.to(y.device)  # a frozen encoder is not moved with the model: it follows the inputs
+            self._frozen_device = y.device
         return encoder(y)
 
     def _run(self, layers: nn.ModuleList, h: Tensor, emb: Tensor, context: tuple | None = None) -> Tensor:
@@ -372,7 +374,9 @@ def restore_text_encoder(exported: dict):
     """The text encoder a model config names (``fmcli.text``), rebuilt from its ``export()``."""
     from fmcli.registry import get_text_encoder
 
-    return get_text_encoder(str(exported.get("name", "?"))).restore(exported)
+    spec = get_text_encoder(str(exported.get("name", "?")))
+    with torch.device("cpu"):  # real weights, even while a checkpoint's model is laid out on "meta" to be checked
+        return spec.restore(exported)
 
 
 def _check_text(num_classes: int, cross_attention: list[int], image_size: int, channel_mults: list[int]) -> None:

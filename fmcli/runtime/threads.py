@@ -153,6 +153,7 @@ class Governor:
         if target < self.threads:
             self._change(target, f"other processes keep {others:.1f} cores busy", now)
         elif slower is not None and self.threads > 1:
+            self._hold(now)  # a thread that stalls the steps is not tried again at once (no 1 -> 2 -> 1 -> 2 ...)
             self._change(self.threads - 1, f"steps took {slower:.1f}x longer than before", now)
         elif target > self.threads and now >= self._hold_until:
             self._raise += 1
@@ -166,11 +167,14 @@ class Governor:
         before, _, best_before = self._trial
         self._trial = None
         if median <= (1 - GAIN) * best_before:
-            self._backoff = BACKOFF[0]
-            return
+            return  # kept; the back-off stays as it is: a thread that paid for a moment may stall the steps later
+        self._hold(now)
+        self._change(before, f"one more thread was not faster ({median / best_before:.2f}x)", now)
+
+    def _hold(self, now: float) -> None:
+        """No step-up before the back-off has passed; the next back-off is twice as long (up to BACKOFF[1])."""
         self._hold_until = now + self._backoff
         self._backoff = min(2 * self._backoff, BACKOFF[1])
-        self._change(before, f"one more thread was not faster ({median / best_before:.2f}x)", now)
 
     def _change(self, threads: int, why: str, now: float) -> None:
         if threads == self.threads:

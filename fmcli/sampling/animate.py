@@ -211,8 +211,10 @@ def render_animation(
     classes: Tensor | None,
     settings: AnimationSettings,
     progress: ProgressFn | None = None,
+    reference: Tensor | None = None,
 ) -> Animation:
-    """Solve once from noise to data with ``save_at`` = the frame times, and draw every frame."""
+    """Solve once from noise to data with ``save_at`` = the frame times, and draw every frame. ``classes``: the
+    condition rows (class indices or prompt token ids); ``reference``: a negative prompt's, as ``generate``."""
     check_settings(settings)
     shape = loaded.meta.shape
     needed = trajectory_bytes(settings.frames, num, shape)
@@ -228,6 +230,7 @@ def render_animation(
         sampling,
         num=num,
         condition=classes,
+        reference=reference,
         save_at=frame_times(settings.frames),
         progress=(lambda done, total: progress("solve", done, total)) if progress else None,
     )

@@ -73,14 +73,16 @@ def generate(
     *,
     num: int,
     condition: Tensor | None = None,
+    reference: Tensor | None = None,
     save_at: Sequence[float] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
     """Sample ``num`` items from t = 1 (noise) to t = 0 (data), each under its row of ``condition`` (class indices
     [num], prompt token ids [num, L] from ``model.tokenize``, or None: ``fmcli.models.condition``), the one way
-    labels and prompts reach the model, its guidance and the solver. Same inputs, same outputs: the seed fixes each
-    sample's noise whatever the batches: fixed-step solvers give the same samples at any thread count, and at any
-    batch size up to the kernels' rounding (adaptive ones share one step size per batch: theirs depend on it)."""
+    labels and prompts reach the model, its guidance and the solver; ``reference`` (rows like ``condition``: a
+    negative prompt's) replaces the null condition that guidance steers away from. Same inputs, same outputs: the
+    seed fixes each sample's noise whatever the batches: fixed-step solvers give the same samples at any thread
+    count, and at any batch size up to the kernels' rounding (adaptive ones share one step size per batch)."""
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     options = options.for_model(loaded.meta)
@@ -106,6 +108,8 @@ def generate(
         count = min(batch_size, num - first)
         x1 = noise[first : first + count].to(device)
         conditioning = {} if condition is None else {"y": condition[first : first + count].to(device)}
+        if reference is not None and cfg != 1.0:
+            conditioning["y_ref"] = reference[first : first + count].to(device)
         velocity = WatchedVelocity(guided, count, lambda done, first=first: progress and progress(first + done, num))
         before = guided.passes
         result = solver.solve(velocity, x1, integration, conditioning)

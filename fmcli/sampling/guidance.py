@@ -87,18 +87,21 @@ class GuidedVelocity:
     def _call(self, model, x: Tensor, t: Tensor, y: Tensor | None, r: Tensor | None) -> Tensor:
         return model(x, t, y) if r is None else model(x, t, y, r=r)
 
-    def _guided(self, x: Tensor, t: Tensor, y: Tensor | None, r: Tensor | None) -> Tensor:
-        if self.guide is not None:  # the guide's velocity: for the null class, or the same conditioning
-            label = torch.full_like(y, self.null_class) if self.guide_null and y is not None else y
+    def _guided(self, x: Tensor, t: Tensor, y: Tensor | None, r: Tensor | None, y_ref: Tensor | None = None) -> Tensor:
+        """``y_ref``: the reference condition (a negative prompt's token ids) in place of the null condition."""
+        null = None if y is None else torch.full_like(y, self.null_class) if y_ref is None else y_ref
+        if self.guide is not None:  # the guide's velocity: for the null condition, or the same conditioning
+            label = null if self.guide_null else y
             v_cond, v_ref = self._call(self.model, x, t, y, r), self._call(self.guide, x, t, label, r)
-        else:  # classifier-free: the null class, both in one batch
-            null = torch.full_like(y, self.null_class)
+        else:  # classifier-free: the null condition (or the reference one), both in one batch
             r_both = None if r is None else torch.cat([r, r])
             both = self._call(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]), r_both)
             v_cond, v_ref = both.chunk(2)
         return v_ref + self.scale * (v_cond - v_ref)
 
-    def __call__(self, x: Tensor, t: Tensor, y: Tensor | None = None, r: Tensor | None = None) -> Tensor:
+    def __call__(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, r: Tensor | None = None, y_ref: Tensor | None = None
+    ) -> Tensor:
         t_batch = t.to(x.dtype).expand(x.shape[0])
         r_batch = None if r is None else r.to(x.dtype).expand(x.shape[0])
         if t.numel() > 1 and self.interval is not None and self.guides(self.interval[0], y):
@@ -107,7 +110,7 @@ class GuidedVelocity:
             self.passes += 1
             return self._call(self.model, x, t_batch, y, r_batch)
         self.passes += 2
-        return self._guided(x, t_batch, y, r_batch)
+        return self._guided(x, t_batch, y, r_batch, y_ref)
 
     def _per_sample(self, x: Tensor, t: Tensor, y: Tensor | None, r: Tensor | None) -> Tensor:
         """Guided rows where each sample's own t lies in the interval, plain ones elsewhere."""

@@ -33,6 +33,7 @@ from fmcli.sampling.generate import SampleResult, generate
 from fmcli.sampling.guidance import parse_classes
 from fmcli.sampling.info import checkpoint_info
 from fmcli.sampling.options import SamplingOptions, default_sampler
+from fmcli.sampling.prompts import check_condition_kind, prompt_condition, spread
 from fmcli.sampling.solvers.base import Solver
 
 # What ``classes`` may be: None (unconditional), a class index or name, "all" (an equal share of every class),
@@ -213,6 +214,7 @@ class Model:
         classes: Classes = None,
         *,
         prompts: str | Sequence[str] | None = None,
+        negative_prompt: str | None = None,
         solver: str | Solver | None = None,
         steps: int | None = None,
         cfg: float | None = None,
@@ -227,7 +229,8 @@ class Model:
         progress: ProgressFn | None = None,
     ) -> Samples:
         """Draw ``num`` samples (default 16, or one per listed class or prompt) from t = 1 (noise) to t = 0 (data):
-        of ``classes`` for a class model, of ``prompts`` (a text, or a list: equal shares in order) for a text model.
+        of ``classes`` for a class model, of ``prompts`` (a text, or a list: equal shares in order) for a text model,
+        whose guidance steers away from ``negative_prompt`` instead of the empty prompt when one is given.
 
         The options are ``fm sample``'s: ``solver`` (a registered name or a Solver object; None: heun, or a
         few-step model's own meanflow), ``steps`` (None: 20, or 4 for meanflow), ``cfg``, ``guidance_interval``
@@ -246,14 +249,19 @@ class Model:
                                atol=atol, batch_size=batch_size, guidance_interval=guidance_interval,
                                guide=None if guide is None else str(guide))  # fmt: skip
         times = _save_times(save_at)
-        result = generate(self.loaded, options, num=num, condition=labels, save_at=times, progress=progress)
+        reference = None if negative_prompt is None else self._negative(negative_prompt, prompts, num)
+        result = generate(self.loaded, options, num=num, condition=labels, reference=reference, save_at=times,
+                          progress=progress)  # fmt: skip
         return Samples.from_result(result, self.meta, prompts)
+
+    def _negative(self, negative_prompt: str, prompts: list[str] | None, num: int):
+        if prompts is None:
+            raise FMError("negative_prompt needs prompts (what to draw)")
+        return prompt_condition(self.loaded, [negative_prompt] * num)[0]
 
     def condition(self, classes: Classes, prompts: str | Sequence[str] | None, num: int | None) -> tuple:
         """(the condition rows, num, the prompt of each sample or None): classes for a class model, prompts for
         a text model (a prompt to a class model or a class to a text model: FMError)."""
-        from fmcli.sampling.prompts import check_condition_kind, prompt_condition, spread
-
         listed = None if prompts is None else [prompts] if isinstance(prompts, str) else list(prompts)
         check_condition_kind(self.loaded, listed, classes is not None)
         if listed is None:
@@ -268,6 +276,8 @@ class Model:
         num: int | None = None,
         classes: Classes = None,
         *,
+        prompts: str | Sequence[str] | None = None,
+        negative_prompt: str | None = None,
         out: PathLike | None = None,
         frames: int = 40,
         fps: int = 12,
@@ -290,14 +300,16 @@ class Model:
         and ``nrow`` are ``fm animate``'s options; the sampling options are ``sample``'s. The result holds the
         PIL frames, their times, the NFE and (``.result``) the final samples: ``Samples.from_result(a.result,
         model.meta)`` gives them as ``sample`` would."""
-        labels, num = self.labels(classes, num)
+        labels, num, prompts = self.condition(classes, prompts, num)
+        reference = None if negative_prompt is None else self._negative(negative_prompt, prompts, num)
         if nrow is None and isinstance(classes, str) and classes == "all" and num % max(self.num_classes, 1) == 0:
             nrow = num // max(self.num_classes, 1)  # one row per class, as fm animate --class all draws it
         settings = AnimationSettings(frames=frames, fps=fps, hold=hold, loop=loop, scale=scale, show=show, nrow=nrow)
         options = self.options(solver=solver, steps=steps, cfg=cfg, seed=seed, time_grid=time_grid,
                                batch_size=batch_size, guidance_interval=guidance_interval,
                                guide=None if guide is None else str(guide))  # fmt: skip
-        animation = render_animation(self.loaded, options, num=num, classes=labels, settings=settings)
+        animation = render_animation(self.loaded, options, num=num, classes=labels, settings=settings,
+                                     reference=reference)  # fmt: skip
         if out is not None:
             write_animation(Path(out), animation, settings)
         return animation

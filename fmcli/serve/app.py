@@ -20,7 +20,7 @@ from fmcli.sampling.info import checkpoint_info
 from fmcli.sampling.options import DEFAULT_GUIDANCE, FLOW_DEFAULT, default_sampler
 from fmcli.sampling.stored_guidance import interval_text, listed_guidance
 from fmcli.serve.catalog import Catalog, Entry
-from fmcli.serve.limits import Limits, ServeError, check_item_size, check_setting, whole
+from fmcli.serve.limits import Limits, ServeError, check_item_size, check_setting, checked_prompt, whole
 
 IMAGE_BUTTONS = ["download", "fullscreen"]  # no "share": it posts to Hugging Face
 IMAGE_HEIGHT = 300
@@ -59,13 +59,13 @@ def class_choices(meta: CheckpointMeta) -> list[str]:
 def default_guidance(meta: CheckpointMeta, classes: str | None, path: Path | None = None) -> tuple[float, str]:
     """fm sample's default guidance scale and interval, from the header and the stored setting alone: the setting
     fm tune --guidance stored (``fmcli.sampling.guidance.resolve_guidance``), else ``default_cfg``'s scale."""
-    labelled = classes not in (None, NO_CLASS)
+    labelled = classes not in (None, NO_CLASS) or meta.condition == "text"  # a text model's prompt box opens filled
     stored = listed_guidance(path) if path is not None else {}
     if stored.get("setting") and stored["conditional"] == labelled:
         return float(stored["setting"]["cfg"]), interval_text(stored["setting"]["interval"])
     if float((meta.train_config or {}).get("train_cfg") or 1.0) != 1.0:
         return 1.0, "full"
-    return (DEFAULT_GUIDANCE if labelled and meta.num_classes and meta.label_dropout > 0 else 1.0), "full"
+    return (DEFAULT_GUIDANCE if labelled and meta.conditional and meta.label_dropout > 0 else 1.0), "full"
 
 
 def compare_default(meta: CheckpointMeta) -> tuple[str, int]:
@@ -79,7 +79,13 @@ def summary(entry: Entry) -> str:
     if meta is None:
         return f"⚠ {entry.error}"
     solver, steps = default_sampler(meta)
-    classes = f"{meta.num_classes} classes" if meta.num_classes else "unconditional"
+    classes = (
+        "prompts"
+        if meta.condition == "text"
+        else f"{meta.num_classes} classes"
+        if meta.num_classes
+        else "unconditional"
+    )
     objective = (meta.train_config or {}).get("objective", "fm")
     return (
         f"step {meta.step:,} · {meta.data.get('name')} ({classes}, {list(meta.shape)}) · objective {objective} · "
@@ -140,7 +146,7 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             about, info = summary(entry), info_markdown(entry)
         except Exception as error:  # noqa: BLE001 - shown on the page, in one line
             text = str(error) if isinstance(error, FMError) else f"{type(error).__name__}: {error}"
-            return (gr.update(choices=[], value=None), *[keep] * 8, f"⚠ {text}", "")
+            return (gr.update(choices=[], value=None), *[keep] * 8, f"⚠ {text}", "", keep, keep)
         meta = entry.meta
         classes = class_choices(meta)
         cfg, span = default_guidance(meta, classes[0] if classes else None, entry.path)
@@ -148,7 +154,12 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
         solver_b, steps_b = compare_default(meta)
         steps_a, steps_b = min(steps_a, limits.max_steps), min(steps_b, limits.max_steps)
         return (
-            gr.update(choices=classes, value=classes[0] if classes else None, interactive=bool(classes)),
+            gr.update(
+                choices=classes,
+                value=classes[0] if classes else None,
+                interactive=bool(classes),
+                visible=meta.condition != "text",
+            ),  # fmt: skip
             gr.update(value=solver_a),
             gr.update(value=steps_a),
             gr.update(value=cfg),
@@ -159,7 +170,14 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             gr.update(value=span),
             about,
             info,
+            *prompt_boxes(meta),
         )
+
+    def prompt_boxes(meta):
+        """A text model: the prompt boxes shown (the first training caption as the example), the class hidden."""
+        text = meta.condition == "text"
+        example = (meta.data.get("prompts") or [""])[0]
+        return (gr.update(visible=text, value=example if text else ""), gr.update(visible=text, value=""))
 
     def class_changed(name: str | None, klass: str | None):
         """Guidance needs a class: 'none' sets both guidance sliders to 1, a class to the default."""
@@ -177,7 +195,7 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
         return gr.update(choices=[(e.label, e.name) for e in found], value=value)
 
     def generate(name, klass, seed, num, animate, solver_a, steps_a, cfg_a, compare, solver_b, steps_b, cfg_b,
-                 interval_a=None, interval_b=None, progress=gr.Progress()):  # fmt: skip
+                 interval_a=None, interval_b=None, prompt=None, negative=None, progress=gr.Progress()):  # fmt: skip
         started = time.perf_counter()
         try:
             settings = [check_setting(limits, solver_a, steps_a, cfg_a, solver_names, interval_a)]
@@ -190,8 +208,16 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             classes = None if klass in (None, "", NO_CLASS) else klass
             if classes is not None and not isinstance(classes, str):
                 raise ServeError("class must be 'all', a class name or 'none'")
-            if classes is None and any(setting.cfg != 1 for setting in settings):
-                raise ServeError("guidance needs a class: choose a class, or set guidance to 1")
+            text = entry.meta.condition == "text"
+            prompt, negative = (
+                (checked_prompt(prompt, "prompt"), checked_prompt(negative, "negative prompt"))
+                if text
+                else (None, None)
+            )
+            if text:
+                classes = None
+            if classes is None and not prompt and any(setting.cfg != 1 for setting in settings):
+                raise ServeError(f"guidance needs a {'prompt' if text else 'class'}: give one, or set guidance to 1")
             progress(0, desc="loading the checkpoint")
             from fmcli.serve.render import render  # torch: loaded here, or earlier by the warm-up
 
@@ -207,9 +233,10 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
 
                 run = Path(entry.name).parent.name or catalog.root.name.removesuffix(".safetensors")
                 stem = f"fm-{run}-{setting.solver}-{setting.steps}-seed{seed}-{tag}"
+                words = {"prompt": prompt or None, "negative_prompt": negative or None}
                 outputs.append(render(loaded, entry, setting, num=num, classes=classes, seed=seed,
                                       animate=bool(animate), limits=limits, out_dir=request_dir, stem=stem,
-                                      report=report))  # fmt: skip
+                                      report=report, **words))  # fmt: skip
         except Exception as error:  # noqa: BLE001 - every failure becomes one line on the page
             raise refused(error) from None
         _log(f"{entry.name}: {num} x {', '.join(f'{o.nfe} NFE in {o.seconds:.2f} s' for o in outputs)} "
@@ -257,6 +284,11 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             num = gr.Slider(1, limits.max_images, value=min(16, limits.max_images), step=1, label="Images",
                             elem_id="num")  # fmt: skip
             animate = gr.Checkbox(True, label="Animation", info=f"{limits.frames} frames of the same solve (GIF)")
+        with gr.Row(equal_height=True):  # text models only
+            prompt = gr.Textbox(label="Prompt", max_lines=1, visible=False, elem_id="prompt", scale=3,
+                                info="what to draw, in the words of the training captions")  # fmt: skip
+            negative = gr.Textbox(label="Negative prompt", max_lines=1, visible=False, elem_id="negative_prompt",
+                                  scale=2, info="what guidance steers away from (empty: nothing)")  # fmt: skip
         with gr.Row(equal_height=True):
             with gr.Column(variant="panel"):
                 gr.Markdown("**Setting A**")
@@ -279,7 +311,8 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
         with gr.Accordion("Checkpoint info (fm info)", open=False):
             info = gr.Markdown(elem_id="info")
 
-        described = [klass, solver_a, steps_a, cfg_a, interval_a, solver_b, steps_b, cfg_b, interval_b, about, info]
+        described = [klass, solver_a, steps_a, cfg_a, interval_a, solver_b, steps_b, cfg_b, interval_b, about, info,
+                     prompt, negative]  # fmt: skip
         checkpoint.change(describe, checkpoint, described, api_name="describe", queue=False)
         demo.load(describe, checkpoint, described, queue=False, api_visibility="private")
         klass.input(class_changed, [checkpoint, klass], [cfg_a, interval_a, cfg_b, interval_b], queue=False,
@@ -302,6 +335,8 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
                 cfg_b,
                 interval_a,
                 interval_b,
+                prompt,
+                negative,
             ],  # fmt: skip
             [grid_a, gif_a, caption_a, grid_b, gif_b, caption_b, downloads],
             api_name="generate",

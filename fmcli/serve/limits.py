@@ -76,3 +76,17 @@ def check_item_size(limits: Limits, shape: tuple[int, ...]) -> None:
             f"this checkpoint draws items of shape {list(shape)} ({values:,} values), more than fm serve draws "
             f"({limits.max_item_values:,}); use fm sample"
         )
+
+
+MAX_PROMPT = 500  # characters of a prompt box: far more than any encoder's context
+
+
+def checked_prompt(value: object, name: str) -> str:
+    """A prompt box's text, stripped ("" when empty); ServeError for anything that is not text or is too long."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ServeError(f"the {name} must be text")
+    if len(value) > MAX_PROMPT:
+        raise ServeError(f"the {name} is {len(value)} characters long; at most {MAX_PROMPT}")
+    return value.strip()

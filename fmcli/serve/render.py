@@ -34,6 +34,13 @@ class CountingNet(nn.Module):
         super().__init__()
         self.net, self.report, self.expected, self.budget, self.calls = net, report, expected, budget, 0
 
+    @property
+    def encoder(self):  # a text model's: prompts are tokenized by the network's own encoder
+        return getattr(self.net, "encoder", None)
+
+    def tokenize(self, prompts: list[str]):
+        return self.net.tokenize(prompts)
+
     def forward(self, *args, **kwargs):
         self.calls += 1
         if self.calls > self.budget:
@@ -74,6 +81,8 @@ def render(
     classes: str | None,
     seed: int,
     animate: bool,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
     limits: Limits,
     out_dir: Path,
     stem: str,
@@ -88,6 +97,8 @@ def render(
     model = Model(LoadedModel(model=counted, meta=loaded.meta, path=loaded.path, weights=loaded.weights), entry.path)
     options = dict(solver=setting.solver, steps=setting.steps, cfg=setting.cfg, seed=seed,
                    guidance_interval=setting.interval)  # fmt: skip
+    if prompt is not None:  # a text model: the prompt replaces the class, the negative prompt the empty one
+        classes, options = None, options | {"prompts": prompt, "negative_prompt": negative_prompt}
     points = model.kind == "points"
     scale = display_scale(model.shape)
     nrow = grid_rows(classes, num, model.num_classes) or math.ceil(math.sqrt(num))  # the same in PNG and GIF
@@ -97,7 +108,7 @@ def render(
             if animate:
                 animation = model.animate(num, classes, out=gif, frames=limits.frames, scale=2 if points else scale,
                                           nrow=nrow, **options)  # fmt: skip
-                samples = Samples.from_result(animation.result, model.meta)
+                samples = Samples.from_result(animation.result, model.meta, None if prompt is None else [prompt] * num)
             else:
                 samples = model.sample(num, classes, **options)
     except _OverBudget:
@@ -117,6 +128,8 @@ def render(
         f"{'guidance ' + guidance.describe().removeprefix('cfg ') if guidance.active else 'no guidance'}"
         f"{' (tuned)' if samples.result.guidance.source == 'tuned' else ''} · seed {seed} · "
         f"{num} {'points' if points else 'images'}"
+        + (f" of “{prompt}”" if prompt is not None else "")
+        + (f", steered away from “{negative_prompt}”" if negative_prompt else "")
     )
     return Output(grid, gif, npz, caption, samples.nfe, samples.seconds)
 

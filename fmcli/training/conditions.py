@@ -15,8 +15,8 @@ from fmcli.errors import FMError
 from fmcli.training.batches import Conditions
 from fmcli.training.config import TrainConfig
 
-# Cross-attention at the lowest resolution by default (README "Text on a CPU" measures the choice).
-DEFAULT_CROSS_ATTENTION = "lowest"
+# Cross-attention at the lowest resolution by default: the cheapest place for it. Whether it pays on a CPU against
+# the pooled prompt alone (--cross-attention none) is not measured yet (README "Text on a CPU").
 
 
 def wants_text(config: TrainConfig, data: ArrayDataset) -> bool:
