@@ -128,4 +128,5 @@ def text_checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("text")
     data = captioned_folder(root / "squares")
     model = {**TINY_UNET, "channel_mults": [1, 2], "attention_resolutions": []}
-    return train_tiny(root / "run", data=str(data), image_size=8, model=model, hflip=False, cache=False)
+    return train_tiny(root / "run", data=str(data), image_size=8, model=model, hflip=False, cache=False,
+                      cross_attention=["4"])  # fmt: skip

@@ -130,6 +130,18 @@ def test_a_text_unet_refuses_labels_and_a_class_unet_refuses_token_ids(bag):
         build_model({**classes.config, "text": {"name": "bag", "vocab": ["a"]}})
 
 
+def test_cross_attention_is_none_on_a_cpu_by_default_and_the_lowest_resolution_elsewhere():
+    from fmcli.data.base import ArrayDataset
+    from fmcli.training.conditions import cross_attention
+    from fmcli.training.config import TrainConfig
+
+    data = ArrayDataset("d", "train", "image", torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert cross_attention(TrainConfig(), data, "cpu") == []  # measured: README "Text on a CPU"
+    assert cross_attention(TrainConfig(), data, "cuda") == [4]  # the 32 px preset's lowest resolution
+    assert cross_attention(TrainConfig(cross_attention=["8", "4"]), data, "cpu") == [8, 4]
+    assert cross_attention(TrainConfig(cross_attention=["none"]), data, "cuda") == []
+
+
 def test_guidance_between_prompt_and_empty_prompt_is_the_class_formula(bag):
     from fmcli.sampling.guidance import guided_velocity
 
@@ -164,6 +176,7 @@ def test_captions_train_a_text_model_that_samples_from_prompts(text_run, tmp_pat
     assert meta.condition == "text" and meta.num_classes == 0 and meta.label_dropout == 0.1  # caption dropout
     assert {"a red square", "a blue square"} <= set(meta.data["prompts"])
     assert "a text model: captions from metadata.jsonl (16 of 16 images" in meta.train_config["decisions"]["condition"]
+    assert meta.model_config["cross_attention"] == [4]  # as asked (--cross-attention 4)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\n\na blue square\n")
     out = tmp_path / "s.npz"
@@ -181,6 +194,18 @@ def test_captions_train_a_text_model_that_samples_from_prompts(text_run, tmp_pat
     assert negative.exit_code == 0 and json.loads(negative.stdout)["negative_prompt"] == "blue"
     differs = np.load(tmp_path / "n.npz")["images"]
     assert not np.array_equal(differs, np.load(out)["images"][:2])  # steered away from "blue", not from ""
+
+
+def test_fm_animate_draws_a_prompt_steered_from_a_negative_one(text_run, tmp_path):
+    import json
+
+    from helpers import fm
+
+    result = fm("animate", text_run, "--prompt", "a red square", "--negative-prompt", "blue", "--num", "2",
+                "--frames", "3", "--steps", "2", "--out", tmp_path / "a.gif", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["prompts"] == ["a red square"] and report["passes"] == 2 * report["nfe"]
 
 
 def test_prompts_and_classes_go_to_the_models_that_take_them(text_run, tiny_checkpoint, tmp_path):

@@ -44,6 +44,9 @@ def animate_command(
     prompts: Annotated[
         Optional[Path], typer.Option(help="Text models: a file of prompts, one a line (one grid row per prompt).")
     ] = None,
+    negative_prompt: Annotated[
+        Optional[str], typer.Option(help="Text models: what guidance steers away from, in place of the empty prompt.")
+    ] = None,
     num: Annotated[
         Optional[int],
         typer.Option(
@@ -142,8 +145,14 @@ def animate_command(
         total = num if num is not None else (512 if points else 16)
     if total < 1:
         raise FMError(f"--num must be at least 1 (got {total})")
+    reference = None
+    if negative_prompt is not None and wanted is None:
+        raise FMError("--negative-prompt needs --prompt or --prompts (what to draw)")
     if wanted is not None:
         classes, notes = prompt_condition(loaded, [p for p in wanted for _ in range(total // len(wanted))])
+        if negative_prompt is not None:
+            reference, more = prompt_condition(loaded, [negative_prompt] * len(classes))
+            notes = list(dict.fromkeys(notes + more))
         for note in notes:
             err_console.print(f"note: {note}", highlight=False, markup=False)
     else:
@@ -156,6 +165,7 @@ def animate_command(
             num=total,
             classes=classes,
             settings=settings,
+            reference=reference,
             progress=lambda stage, done, count: bar.update(tasks[stage], completed=done, total=count),
         )
     size = write_animation(out, animation, settings)

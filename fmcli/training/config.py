@@ -62,7 +62,7 @@ class TrainConfig:
     caption_dropout: float = option(0.1, "Probability of training a caption as the empty prompt; enables --cfg.")
     cross_attention: list | None = option(
         None, "Text models: resolutions whose features attend to the prompt's words.", parse="list",
-        default_text="the lowest")  # fmt: skip
+        default_text="none on a CPU (measured), else the lowest")  # fmt: skip
     hflip: bool = option(
         False,
         "Random horizontal flips of training images, from (seed, step) so resume stays exact.",

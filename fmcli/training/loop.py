@@ -97,7 +97,7 @@ class Trainer:
         check_batch_split(config, dist.world_size)
         check_device_flags(config, device)
         self.data = load_training_data(config, self.cb.on_message if dist.is_main else None)
-        self.config, self.num_classes, self.text = training_condition(config, self.data)  # text: the model extras
+        self.config, self.num_classes, self.text = training_condition(config, self.data, device.type)
         self.data_meta = data_description(self.data, self.num_classes, text=self.text is not None)
         self.teacher = load_teacher(config, self.data, self.num_classes, device)
         check_training_guidance(config, self.num_classes, self.teacher)  # before a teacher pool is solved
