@@ -88,8 +88,8 @@ def test_null_rows_and_dropout_are_one_rule_for_classes_and_prompts():
     assert drop_rows(labels, drop, 10).tolist() == [10, 10, 10]
     assert drop_rows(ids, drop, PAD).tolist() == [[0, 0, 0], [0, 0, 0], [0, 0, 0]]
     text = {"text": {"name": "bag"}, "num_classes": 0}
-    assert (condition_kind(text), null_value(text)) == ("text", PAD)
-    assert (condition_kind({"num_classes": 10}), null_value({"num_classes": 10})) == ("class", 10)
+    assert (condition_kind(text), null_value(condition_kind(text), 0)) == ("text", PAD)
+    assert (condition_kind({"num_classes": 10}), null_value("class", 10)) == ("class", 10)
     assert condition_kind({"num_classes": 0}) == "none"
 
 

@@ -114,7 +114,7 @@ def animate_command(
         write_animation,
     )
     from fmcli.sampling.guidance import parse_classes
-    from fmcli.sampling.prompts import check_condition_kind, prompt_condition, read_prompts
+    from fmcli.sampling.prompts import check_condition_kind, negative_condition, prompt_condition, read_prompts
 
     wanted = read_prompts(prompt, prompts)
     kind = output_kind(out)
@@ -145,15 +145,10 @@ def animate_command(
         total = num if num is not None else (512 if points else 16)
     if total < 1:
         raise FMError(f"--num must be at least 1 (got {total})")
-    reference = None
-    if negative_prompt is not None and wanted is None:
-        raise FMError("--negative-prompt needs --prompt or --prompts (what to draw)")
+    reference, notes = negative_condition(loaded, negative_prompt, wanted, total)
     if wanted is not None:
-        classes, notes = prompt_condition(loaded, [p for p in wanted for _ in range(total // len(wanted))])
-        if negative_prompt is not None:
-            reference, more = prompt_condition(loaded, [negative_prompt] * len(classes))
-            notes = list(dict.fromkeys(notes + more))
-        for note in notes:
+        classes, more = prompt_condition(loaded, [p for p in wanted for _ in range(total // len(wanted))])
+        for note in dict.fromkeys(more + notes):
             err_console.print(f"note: {note}", highlight=False, markup=False)
     else:
         classes = parse_classes(class_, total, loaded.meta.class_names)

@@ -73,7 +73,7 @@ def sample_command(
     from fmcli.io.images import output_format, write_samples
     from fmcli.sampling.generate import generate
     from fmcli.sampling.guidance import guidance_note, parse_classes
-    from fmcli.sampling.prompts import check_condition_kind, prompt_condition, read_prompts, spread
+    from fmcli.sampling.prompts import check_condition_kind, negative_condition, prompt_condition, read_prompts, spread
 
     wanted = read_prompts(prompt, prompts)
     num = num if num is not None else (len(wanted) if prompts is not None else 64)
@@ -86,16 +86,11 @@ def sample_command(
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), weights=weights)
     sampling = sampling.for_model(loaded.meta)  # the checkpoint's own solver and steps where none were given
     check_condition_kind(loaded, wanted, class_ is not None)
-    reference = None
-    if negative_prompt is not None and wanted is None:
-        raise FMError("--negative-prompt needs --prompt or --prompts (what to draw)")
+    reference, notes = negative_condition(loaded, negative_prompt, wanted, num)
     if wanted is not None:
         wanted = spread(wanted, num)
-        classes, notes = prompt_condition(loaded, wanted)
-        if negative_prompt is not None:
-            reference, more = prompt_condition(loaded, [negative_prompt] * num)
-            notes += more
-        for note in dict.fromkeys(notes):
+        classes, more = prompt_condition(loaded, wanted)
+        for note in dict.fromkeys(more + notes):
             err_console.print(f"note: {note}", highlight=False, markup=False)
     else:
         classes = parse_classes(class_, num, loaded.meta.class_names)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmcli.errors import FMError
-from fmcli.models.condition import PAD, condition_kind
+from fmcli.models.condition import condition_kind, null_value
 
 FORMAT = "fmcli-checkpoint"
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ class CheckpointMeta:
     @property
     def null_condition(self) -> int:
         """The fill value of the null condition (the null class, or PAD: the empty prompt)."""
-        return PAD if self.condition == "text" else self.num_classes
+        return null_value(self.condition, self.num_classes)
 
     @property
     def class_names(self) -> list[str]:

@@ -4,7 +4,7 @@ A class model takes y [B] int64 in 0..num_classes - 1; its null condition is the
 model takes y [B, L] int64, the token ids of one prompt per sample (its text encoder's ``tokenize``); its null
 condition is the empty prompt, a row of ``PAD`` only. Everything that drops, guides or batches conditions (label
 or caption dropout, classifier-free guidance, the solvers' ``**conditioning``, sampling batches) goes through the
-three functions below, so a class model and a text model share that code: ``torch.full_like(y, null)`` is the
+functions below, so a class model and a text model share that code: ``torch.full_like(y, null)`` is the
 null condition of either kind, and rows are what is indexed, concatenated and dropped.
 
 Imports no torch at the top: checkpoint headers (``fmcli.io.header``, read without torch) ask ``condition_kind``.
@@ -27,9 +27,9 @@ def condition_kind(model_config: dict) -> str:
     return "class" if int(model_config.get("num_classes") or 0) > 0 else "none"
 
 
-def null_value(model_config: dict) -> int:
-    """The value a null condition is filled with: the null class, or PAD for text (0 for unconditional models)."""
-    return PAD if condition_kind(model_config) == "text" else int(model_config.get("num_classes") or 0)
+def null_value(kind: str, num_classes: int) -> int:
+    """The value a null condition of this kind is filled with: PAD for text, else the null class ``num_classes``."""
+    return PAD if kind == "text" else num_classes
 
 
 def null_rows(y: "Tensor", null: int) -> "Tensor":
@@ -40,10 +40,3 @@ def null_rows(y: "Tensor", null: int) -> "Tensor":
 def drop_rows(y: "Tensor", drop: "Tensor", null: int) -> "Tensor":
     """y with the rows where ``drop`` ([B] bool) is True replaced by the null condition."""
     return y.masked_fill(drop.reshape(-1, *([1] * (y.dim() - 1))), null)
-
-
-def pick_rows(y: "Tensor", keep: "Tensor", other: "Tensor") -> "Tensor":
-    """Rows of y where ``keep`` ([B] bool) is True, else the rows of ``other`` (same shape as y)."""
-    import torch
-
-    return torch.where(keep.reshape(-1, *([1] * (y.dim() - 1))), y, other)

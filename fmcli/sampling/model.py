@@ -33,7 +33,7 @@ from fmcli.sampling.generate import SampleResult, generate
 from fmcli.sampling.guidance import parse_classes
 from fmcli.sampling.info import checkpoint_info
 from fmcli.sampling.options import SamplingOptions, default_sampler
-from fmcli.sampling.prompts import check_condition_kind, prompt_condition, spread
+from fmcli.sampling.prompts import check_condition_kind, negative_condition, prompt_condition, spread
 from fmcli.sampling.solvers.base import Solver
 
 # What ``classes`` may be: None (unconditional), a class index or name, "all" (an equal share of every class),
@@ -249,15 +249,10 @@ class Model:
                                atol=atol, batch_size=batch_size, guidance_interval=guidance_interval,
                                guide=None if guide is None else str(guide))  # fmt: skip
         times = _save_times(save_at)
-        reference = None if negative_prompt is None else self._negative(negative_prompt, prompts, num)
+        reference = negative_condition(self.loaded, negative_prompt, prompts, num, flag="negative_prompt")[0]
         result = generate(self.loaded, options, num=num, condition=labels, reference=reference, save_at=times,
                           progress=progress)  # fmt: skip
         return Samples.from_result(result, self.meta, prompts)
-
-    def _negative(self, negative_prompt: str, prompts: list[str] | None, num: int):
-        if prompts is None:
-            raise FMError("negative_prompt needs prompts (what to draw)")
-        return prompt_condition(self.loaded, [negative_prompt] * num)[0]
 
     def condition(self, classes: Classes, prompts: str | Sequence[str] | None, num: int | None) -> tuple:
         """(the condition rows, num, the prompt of each sample or None): classes for a class model, prompts for
@@ -301,7 +296,7 @@ class Model:
         PIL frames, their times, the NFE and (``.result``) the final samples: ``Samples.from_result(a.result,
         model.meta)`` gives them as ``sample`` would."""
         labels, num, prompts = self.condition(classes, prompts, num)
-        reference = None if negative_prompt is None else self._negative(negative_prompt, prompts, num)
+        reference = negative_condition(self.loaded, negative_prompt, prompts, num, flag="negative_prompt")[0]
         if nrow is None and isinstance(classes, str) and classes == "all" and num % max(self.num_classes, 1) == 0:
             nrow = num // max(self.num_classes, 1)  # one row per class, as fm animate --class all draws it
         settings = AnimationSettings(frames=frames, fps=fps, hold=hold, loop=loop, scale=scale, show=show, nrow=nrow)

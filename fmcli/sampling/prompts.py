@@ -56,6 +56,23 @@ def spread(prompts: Sequence[str], num: int) -> list[str]:
     return [prompts[i * len(prompts) // num] for i in range(num)]
 
 
+def negative_condition(
+    loaded: "LoadedModel",
+    negative: str | None,
+    prompts: Sequence[str] | None,
+    num: int,
+    flag: str = "--negative-prompt",
+) -> tuple[Tensor | None, list[str]]:
+    """A negative prompt's token ids for ``num`` samples, the reference guidance steers away from (None when none is
+    given), and its notes; FMError when there are no prompts to draw (``flag`` names the option in the message)."""
+    if negative is None:
+        return None, []
+    if prompts is None:
+        drawn = "--prompt or --prompts" if flag.startswith("--") else "prompts"
+        raise FMError(f"{flag} needs {drawn} (what to draw)")
+    return prompt_condition(loaded, [negative] * num)
+
+
 def prompt_condition(loaded: "LoadedModel", prompts: Sequence[str]) -> tuple[Tensor, list[str]]:
     """The token ids [len(prompts), L] of a text model for these prompts, and notes for the user (unknown words,
     truncated prompts), each said once."""

@@ -23,6 +23,7 @@ from torch import Tensor
 from fmcli.errors import FMError
 from fmcli.flow.meanflow import GRID_PAIRS, meanflow_target, sample_interval
 from fmcli.flow.path import broadcast_time, interpolate, target_velocity
+from fmcli.models.condition import null_rows
 from fmcli.sampling.guidance import balanced_classes
 from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution, Times
 from fmcli.training.objectives.pool import TeacherPool
@@ -47,7 +48,7 @@ class SelfGuidedVelocity:
         unconditional = net(xt, batch.t, y=null, r=batch.t)
         plain = target_velocity(batch.x0, batch.x1)
         guided = self.scale * plain + (1 - self.scale) * unconditional
-        return torch.where(broadcast_time(batch.labels == self.num_classes, xt), plain, guided)
+        return torch.where(broadcast_time(null_rows(batch.labels, self.num_classes), xt), plain, guided)
 
 
 class TeacherVelocity:
