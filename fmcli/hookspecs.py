@@ -58,3 +58,14 @@ def fm_register_text_encoders(register):
     the one ``export()`` described. The built-in ``builtin`` (trained from scratch on the captions) and ``clip``
     (a CLIP text tower from a local directory) come through this hook.
     """
+
+
+@hookspec
+def fm_register_autoencoders(register):
+    """Register autoencoders for latent-space models: ``register(spec)``, a ``fmcli.specs.AutoencoderSpec``.
+
+    ``spec.load(path)`` returns a ``fmcli.autoencoders.base.Autoencoder`` (a torch module with ``encode(images)``
+    -> normalised latents, ``decode(latents)``, ``export()`` and a content ``digest``); ``spec.build(**config)``,
+    where given, a new untrained one ``fm autoencoder train`` can train. The built-in ``builtin`` (trained by fm)
+    and ``diffusers`` (an AutoencoderKL from a local directory) come through this hook.
+    """

@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = (
     "fmcli.builtins.extractors",
     "fmcli.builtins.loggers",
     "fmcli.builtins.text_encoders",
+    "fmcli.builtins.autoencoders",
 )
 
 pm = pluggy.PluginManager("fmcli")

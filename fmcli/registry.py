@@ -88,6 +88,14 @@ def get_text_encoder(name: str) -> Any:
     return _lookup("fm_register_text_encoders", "text encoder", name)
 
 
+def autoencoders() -> dict[str, Any]:
+    return _collect("fm_register_autoencoders")
+
+
+def get_autoencoder(name: str) -> Any:
+    return _lookup("fm_register_autoencoders", "autoencoder", name)
+
+
 def get_logger(name: str) -> Any:
     return _lookup("fm_register_loggers", "logger", name)
 

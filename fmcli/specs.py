@@ -1,5 +1,5 @@
-"""What plugins register (data sets, models, feature extractors, loggers, text encoders), and lazy references to
-implementations.
+"""What plugins register (data sets, models, feature extractors, loggers, text encoders, autoencoders), and lazy
+references to implementations.
 
 Registering costs nothing: a spec names its item and describes it; the code behind it (torch,
 the network, the loader) is imported only when the item is used. That is what lets ``fm --help``,
@@ -63,6 +63,18 @@ class TextEncoderSpec:
     build: Callable[..., Any]
     restore: Callable[..., Any]  # restore(exported: dict) -> TextEncoder, the one encoder.export() describes
     requires: str | None = None  # a package it imports, checked before training starts ...
+    install: str | None = None  # ... and how to get it, for the error message
+
+
+@dataclass
+class AutoencoderSpec:
+    """An autoencoder for latent-space models (``fmcli.autoencoders.base.Autoencoder``)."""
+
+    name: str
+    description: str
+    load: Callable[..., Any]  # load(path) -> Autoencoder: a saved file (builtin) or a directory (diffusers)
+    build: Callable[..., Any] | None = None  # build(**config) -> a new, untrained Autoencoder; None: not trainable
+    requires: str | None = None  # a package it imports, checked before work starts ...
     install: str | None = None  # ... and how to get it, for the error message
 
 

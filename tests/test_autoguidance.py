@@ -31,10 +31,16 @@ def copy(run, tmp_path):
     return target
 
 
+@pytest.fixture(scope="module")
+def quick_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fm-cache")
+
+
 @pytest.fixture
-def fast_classifier(monkeypatch, tmp_path):
-    """A quickly trained classifier, cached apart (other tests count on a cold reference cache)."""
-    monkeypatch.setenv("FM_CACHE_DIR", str(tmp_path / "fm-cache"))
+def fast_classifier(monkeypatch, quick_cache):
+    """A quickly trained classifier, cached apart (other tests count on a cold reference cache); this module's
+    tests share its cache, so it is trained once."""
+    monkeypatch.setenv("FM_CACHE_DIR", str(quick_cache))
     original = classifier_module.train_classifier
 
     def quick(images, labels, num_classes, **kwargs):
@@ -173,7 +179,7 @@ def test_the_screen_keeps_the_finalists_the_rule_would_favour_with_slack():
 
 
 def test_fm_tune_guidance_measures_stores_and_sampling_uses_it(copy, fast_classifier, tmp_path):
-    result = fm("tune", copy, "--guidance", "--solver", "euler", "--steps", "4", "--num", "150", "--cfgs", "2",
+    result = fm("tune", copy, "--guidance", "--solver", "euler", "--steps", "2", "--num", "150", "--cfgs", "2",
                 "--intervals", "full;0.3,0.8", "--finalists", "2",
                 "--min-recall", "0.5", "--device", "cpu", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -185,12 +191,12 @@ def test_fm_tune_guidance_measures_stores_and_sampling_uses_it(copy, fast_classi
     assert sorted(r["num_samples"] for r in rows) == [129, 129, 150, 150]
     assert report["chosen"] in {setting_of(r).describe() for r in rows if r["num_samples"] == 150} | {"no guidance"}
     # none and the run's guide.safetensors, each everywhere and in [0.3, 0.8], beside the unguided baseline
-    assert len(rows) == 4 and report["baseline"]["cfg"] == 1.0 and report["baseline"]["passes"] == 4
+    assert len(rows) == 4 and report["baseline"]["cfg"] == 1.0 and report["baseline"]["passes"] == 2
     assert {(r["guide"] is not None, r["interval"] is not None) for r in rows} == {
         (a, b) for a in (0, 1) for b in (0, 1)
     }
     for row in rows:
-        assert row["passes"] == (8 if row["interval"] is None else 4 + 2)  # euler 4 guides at t = 0.75 and 0.5
+        assert row["passes"] == (4 if row["interval"] is None else 2 + 1)  # euler 2 guides at t = 0.5, not at 1
         assert 0 <= row["accuracy"] <= 1 and row["fid"] > 0 and 0 <= row["recall"] <= 1
     stored = read_stored(copy)
     assert stored is not None and stored.search["chosen"] == report["chosen"] == stored.setting.describe()
@@ -204,13 +210,13 @@ def setting_of(row: dict) -> GuidanceSetting:
 
 def test_eval_sweeps_guidance_settings_as_rows(run, fast_classifier):
     guides = f"none,{run / 'guide.safetensors'}"
-    result = fm("eval", run, "--num", "150", "--metrics", "fid,pr", "--sweep", "euler", "--steps", "4", "--grids",
+    result = fm("eval", run, "--num", "150", "--metrics", "fid,pr", "--sweep", "euler", "--steps", "2", "--grids",
                 "uniform", "--cfgs", "1,2", "--intervals", "full;0.3,0.8", "--guides", guides, "--device", "cpu",
                 "--json", "--out", run.parent / "sweep")  # fmt: skip
     assert result.exit_code == 0, result.output
     runs = json.loads(result.stdout)["runs"]
     assert len(runs) == 1 + 2 * 2  # cfg 1 once, cfg 2 x interval x guide
-    assert sorted(r["passes"] for r in runs) == [4, 6, 6, 8, 8]
+    assert sorted(r["passes"] for r in runs) == [2, 3, 3, 4, 4]  # euler 2 guides at t = 0.5 in [0.3, 0.8]
     assert all(r["accuracy"] is not None for r in runs)
 
 
@@ -244,7 +250,7 @@ def test_distill_folds_the_stored_setting_into_the_student(copy, tmp_path):
     from fmcli.training.loop import train
 
     with mock.patch.object(TeacherVelocity, "__call__", spy):
-        train(overrides | {"batch_size": 8})
+        train(overrides | {"batch_size": 8, "diagnose_every": 0})  # the target is the point, not the jump report
     batch, velocity = seen[0]
     teacher, guide_model = load_checkpoint(copy / "last.safetensors").model, load_checkpoint(guide).model
     expected = guided_velocity(teacher, 2.5, 10, interval=(0.2, 0.9), guide=guide_model, guide_label="null")

@@ -129,12 +129,18 @@ def test_cfg_needs_label_dropout(no_dropout_checkpoint, tmp_path):
     )
 
 
-def test_sample_bad_checkpoints(tmp_path, tiny_checkpoint):
+def test_sample_bad_checkpoints(tmp_path, tiny_checkpoint, monkeypatch):
     assert_one_line_error(fm("sample", tmp_path / "missing.safetensors"), "does not exist")
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(tiny_checkpoint.read_bytes()[:500])
     assert_one_line_error(fm("sample", broken, "--out", tmp_path / "x.png"), "not a readable safetensors")
-    assert_one_line_error(fm("sample", tiny_checkpoint, "--out", tmp_path / "nowhere" / "x.png"), "does not exist")
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before saying the output folder is missing")
+
+    monkeypatch.setattr("fmcli.sampling.generate.generate", never)  # said before sampling, not after it
+    for out in ("x.png", "x.npz"):
+        assert_one_line_error(fm("sample", tiny_checkpoint, "--out", tmp_path / "nowhere" / out), "does not exist")
 
 
 def test_info_table_and_json(tiny_checkpoint):

@@ -220,6 +220,18 @@ def test_installed_plugin_is_found_without_fm_load_plugins(tiny_checkpoint, tmp_
     assert arrays["images"].shape == (2, 28, 28, 1) and arrays["labels"].tolist() == [4, 4]
 
 
+# Both commands of the next test in one fresh interpreter (default discovery, as above), stdout and stderr apart.
+BROKEN_SCRIPT = """
+import json, sys
+from typer.testing import CliRunner
+from fmcli.cli import app
+runner = CliRunner()
+listing = runner.invoke(app, ["plugins"])
+missing = runner.invoke(app, ["sample", sys.argv[1], "--solver", "brokensolver", "--out", sys.argv[2]])
+print(json.dumps({name: [r.exit_code, r.stdout, r.stderr] for name, r in (("listing", listing), ("missing", missing))}))
+"""
+
+
 def test_a_plugin_that_fails_to_import_is_named_not_lost(tmp_path, tiny_checkpoint):
     """An installed plugin whose module raises on import: fm still works, `fm plugins` warns with the error,
     and asking for what it would have registered says why it is missing."""
@@ -232,19 +244,23 @@ def test_a_plugin_that_fails_to_import_is_named_not_lost(tmp_path, tiny_checkpoi
     (site / "broken_fm_plugin.py").write_text("raise ImportError('needs a library that is not installed')\n")
     env = {key: value for key, value in os.environ.items() if key != "FM_LOAD_PLUGINS"}
     env["PYTHONPATH"] = os.pathsep.join([str(site), checkout_pythonpath()])
-
-    def fm(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "fmcli", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-        )
-
-    listing = fm("plugins")
-    assert listing.returncode == 0, listing.stderr
-    assert "warning: plugin 'broken' failed to load (broken-fm-plugin: ImportError: needs a library" in listing.stderr
-    assert "euler" in listing.stdout
-    missing = fm("sample", str(tiny_checkpoint), "--solver", "brokensolver", "--out", str(tmp_path / "x.png"))
-    assert missing.returncode == 1
-    assert "unknown solver 'brokensolver'" in missing.stderr and "broken-fm-plugin: ImportError" in missing.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", BROKEN_SCRIPT, str(tiny_checkpoint), str(tmp_path / "x.png")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    code, stdout, stderr = results["listing"]
+    assert code == 0, stderr
+    assert "warning: plugin 'broken' failed to load (broken-fm-plugin: ImportError: needs a library" in stderr
+    assert "euler" in stdout
+    code, _, stderr = results["missing"]
+    assert code == 1
+    assert "unknown solver 'brokensolver'" in stderr and "broken-fm-plugin: ImportError" in stderr
 
 
 # --- the solver contract changed once (0.2): old plugins are told so, old imports still work -----------

@@ -25,12 +25,11 @@ TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """A tiny class-conditional flow U-Net on mnist-mini, with label dropout (so it can be guided)."""
-    out = tmp_path_factory.mktemp("runs") / "teacher"
-    options = dict(data="mnist-mini", model=TINY_UNET, batch_size=16, steps=3, warmup_steps=1, out=str(out),
-                   sample_every=0, log_every=1000)  # fmt: skip
-    return train(options).checkpoint
+def teacher(tiny_checkpoint) -> Path:
+    """A tiny class-conditional flow U-Net on mnist-mini, with label dropout (so it can be guided): the session's
+    (no attention: a distillation's teacher and student passes are most of these tests' time, and the jvp through
+    attention is tested in test_meanflow.py and by the memory-saver tests below)."""
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,8 @@ def test_the_student_starts_as_its_teacher_and_records_what_it_distilled(teacher
     --class` gives the teacher), so the student samples at cfg 1 by default."""
     from fmcli.training.distill import distill_overrides
 
-    overrides = distill_overrides(teacher, {"out": str(tmp_path / "student"), "steps": 1, "lr": 1e-12, "pool": 0})
+    overrides = distill_overrides(teacher, {"out": str(tmp_path / "student"), "steps": 1, "lr": 1e-12, "pool": 0,
+                                            "diagnose_every": 0})  # fmt: skip
     assert overrides["train_cfg"] == 2.0 and overrides["objective"] == "meanflow"
     student = train(overrides | {"warmup_steps": 1, "ema_decay": 0.0})
     reference = load_checkpoint(teacher)
@@ -133,7 +133,8 @@ def test_distilling_takes_the_teachers_velocity_as_the_target(teacher, tmp_path,
     from fmcli.sampling.guidance import guided_velocity
     from fmcli.training.distill import distill_overrides
 
-    train(distill_overrides(teacher, {"out": str(tmp_path / "s"), "steps": 1, "batch_size": 8, "pool": 0}))
+    train(distill_overrides(teacher, {"out": str(tmp_path / "s"), "steps": 1, "batch_size": 8, "pool": 0,
+                                      "diagnose_every": 0}))  # fmt: skip
     x0, x1, t, velocity, y = seen[0]
     model = load_checkpoint(teacher).model
     expected = guided_velocity(model, 2.0, 10)(interpolate(x0, x1, t), t, y)
@@ -151,9 +152,13 @@ def test_a_meanflow_run_resumes_bit_for_bit(tmp_path):
     assert_identical(whole.checkpoint, resumed.checkpoint)
 
 
-def test_a_distillation_resumes_bit_for_bit(teacher, tmp_path):
+def test_a_distillation_resumes_bit_for_bit(teacher, tmp_path, monkeypatch):
+    """With the jump diagnostics of distill's default (at the last step: the half run's is mid-way in the whole),
+    on 4 noise draws instead of 64 (their reference solve of the teacher was most of this test's time)."""
     from fmcli.training.distill import distill_overrides
+    from fmcli.training.objectives import meanflow
 
+    monkeypatch.setattr(meanflow, "DIAGNOSTIC_DRAWS", 4)
     common = {"batch_size": 8, "lr_schedule": "constant", "warmup_steps": 1, "pool": 16}  # the pool is rebuilt
     whole = train(distill_overrides(teacher, {"out": str(tmp_path / "whole"), "steps": 4}) | common)
     train(distill_overrides(teacher, {"out": str(tmp_path / "half"), "steps": 2}) | common)

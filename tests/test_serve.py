@@ -7,6 +7,7 @@ Screenshots go to $FM_SCREENSHOT_DIR when set (else pytest's tmp_path).
 """
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -23,7 +24,9 @@ from browser import Browser, find_chromium
 from helpers import assert_one_line_error, fm
 from PIL import Image
 
-pytest.importorskip("gradio", reason="fm serve's extra is not installed: pip install 'fmcli[serve]'")
+# Only the server process imports Gradio (seconds): here, that it is installed is enough.
+if importlib.util.find_spec("gradio") is None:
+    pytest.skip("fm serve's extra is not installed: pip install 'fmcli[serve]'", allow_module_level=True)
 pytest.importorskip("gradio_client", reason="gradio_client comes with gradio")
 
 # gradio_client and huggingface_hub phone home unless told before they are imported.

@@ -315,6 +315,10 @@ def test_fm_eval_of_a_text_model_scores_its_prompts_seen_and_held_out(tmp_path, 
     monkeypatch.setattr(classifier_module, "train_classifier", quick)
     monkeypatch.setattr(prompts_module, "train_classifier", quick)
     monkeypatch.setattr(shapes_module, "DEFAULT_COUNTS", {"train": 1000, "test": 400})  # a small built-in set
+    import fmcli.eval.scorer as scorer_module  # the image-text scorer: plumbing here (its own tests measure it)
+
+    monkeypatch.setattr(scorer_module, "MIN_STEPS", 5)
+    monkeypatch.setattr(scorer_module, "EPOCHS", 1)
     run = train_tiny(tmp_path / "run", data="shapes", model=TINY_UNET, steps=2, batch_size=8)
     result = fm("eval", run, "--data", "shapes", "--num", "30", "--metrics", "kid", "--kid-subsets", "5", "--steps",
                 "2", "--cfg", "2", "--extractor", "classifier", "--json")  # fmt: skip

@@ -23,7 +23,7 @@ from fmcli.sampling import batching
 from fmcli.sampling.generate import generate
 from fmcli.sampling.options import SamplingOptions
 from fmcli.training.events import TrainingInterrupted
-from fmcli.training.loop import train
+from fmcli.training.loop import Trainer, train
 
 
 @pytest.fixture(autouse=True)
@@ -262,6 +262,12 @@ def flipping(monkeypatch) -> list[int]:
     return seen
 
 
+def skip_probe(monkeypatch) -> None:
+    """No timing probe before the first step: its untimed-for-the-run passes (three per start, the plan's seconds
+    per step) cost as much as these tests' few steps of the default U-Net, and the bits are what they check."""
+    monkeypatch.setattr(Trainer, "_probe_seconds", lambda self: 1.0)
+
+
 def rgb_folder(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for label in ("a", "b"):
@@ -276,7 +282,8 @@ def test_training_has_the_same_bits_whatever_the_thread_count_does(data, tmp_pat
     """The built-in presets' gradients do not depend on the thread count: a run whose count changes at every
     step equals one at a constant count, bit for bit (what lets the governor act during training)."""
     source = str(rgb_folder(tmp_path / "images")) if data == "rgb-folder" else data
-    run = dict(moons(tmp_path), data=source, steps=5, batch_size=8) | ({} if data == "moons" else {"model": {}})
+    run = dict(moons(tmp_path), data=source, steps=3, batch_size=8) | ({} if data == "moons" else {"model": {}})
+    skip_probe(monkeypatch)
     constant = train(run | {"out": str(tmp_path / "constant")})
     seen = flipping(monkeypatch)
     changing = train(run | {"out": str(tmp_path / "changing")})
@@ -299,12 +306,14 @@ class StopAfter:
 
 
 def test_an_interrupted_run_resumed_at_another_thread_count_equals_one_run(tmp_path, monkeypatch):
-    run = dict(moons(tmp_path), data="mnist-mini", model={}, steps=6, batch_size=8)
+    run = dict(moons(tmp_path), data="mnist-mini", model={}, steps=4, batch_size=8)
+    skip_probe(monkeypatch)
     whole = train(run | {"out": str(tmp_path / "whole")})  # one thread throughout
     seen = flipping(monkeypatch)
     with pytest.raises(TrainingInterrupted):
-        train(run | {"out": str(tmp_path / "split")}, callbacks=StopAfter(3))
+        train(run | {"out": str(tmp_path / "split")}, callbacks=StopAfter(2))
     monkeypatch.undo()
+    skip_probe(monkeypatch)
     torch.set_num_threads(2)  # the machine freed up before the resume
     resumed = train({}, resume=str(tmp_path / "split"))
     assert len(set(seen)) == 2
@@ -331,9 +340,10 @@ def test_invariant_sum_has_the_same_bits_at_any_thread_count():
 # --- the sampling batch -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def demo_like(tmp_path) -> LoadedModel:
-    run = train(dict(moons(tmp_path), data="mnist-mini", model={}, steps=1, batch_size=8))
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory) -> LoadedModel:
+    """The default MNIST U-Net after one step, shared by the tests below (none changes it)."""
+    run = train(dict(moons(tmp_path_factory.mktemp("demo")), data="mnist-mini", model={}, steps=1, batch_size=8))
     return load_checkpoint(run.checkpoint, device=torch.device("cpu"))
 
 
@@ -370,3 +380,17 @@ def test_sample_json_reports_the_batch_and_the_threads(demo_like, tmp_path):
     result = fm("sample", demo_like.path, "--num", "3", "--steps", "2", "--out", tmp_path / "s.npz", "--json")
     summary = json.loads(result.output)
     assert summary["batch_size"] >= 3 and summary["threads_source"] == "OMP_NUM_THREADS"
+
+
+def test_a_stall_judged_before_the_counters_can_be_read_changes_nothing_by_them():
+    """One thread, steps suddenly slower, checked too soon after the last reading for the counters to say anything
+    (``others`` unknown): the stall alone decides, and an unknown load is never reported (it once crashed
+    formatting None) nor taken as room for one more thread."""
+    fake = FakeMachine(usable=2)
+    fake.others = 1.0
+    fake.steps(15, 0.1)
+    assert fake.governor.threads == 1
+    fake.steps(30, 0.01)  # quick steps: the best median at one thread
+    fake.steps(30, 0.05)  # five times slower, every check within 0.1 s of the last reading: counters unreadable
+    assert fake.governor.threads == 1
+    assert all("None" not in change[3] for change in fake.governor.changes)

@@ -1,5 +1,6 @@
-"""Built-in plugins: fm's own solvers, data sets, models, feature extractors, loggers and text encoders, registered
-through the same hooks as third-party plugins (one small module each; implementations are imported on first use).
+"""Built-in plugins: fm's own solvers, data sets, models, feature extractors, loggers, text encoders and autoencoders,
+registered through the same hooks as third-party plugins (one small module each; implementations are imported on
+first use).
 
 May import: ``fmcli.hookspecs`` and ``fmcli.specs`` only; everything else is named by a lazy reference.
 """

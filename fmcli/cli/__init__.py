@@ -11,7 +11,7 @@ import time
 import typer
 
 from fmcli import __version__
-from fmcli.cli import _common, animate, data, distill, eval, info, plugins, sample, serve, train, tune
+from fmcli.cli import _common, animate, autoencoder, data, distill, eval, info, plugins, sample, serve, train, tune
 
 app = typer.Typer(
     name="fm",
@@ -32,6 +32,7 @@ app.command("info")(info.info_command)
 app.command("serve")(serve.serve_command)
 app.command("plugins")(plugins.plugins_command)
 app.add_typer(data.app, name="data")
+app.add_typer(autoencoder.app, name="autoencoder")
 
 
 def _version(value: bool) -> None:

@@ -10,8 +10,9 @@ from fmcli.cli._training import run_training, train_options
 from fmcli.cli.train import ConfigFile, JsonOutput
 from fmcli.errors import FMError
 
-# What the teacher decides (its data and classes) or distillation fixes (the objective); every other training
-# option applies, with distillation's own defaults (fmcli.training.distill.DISTILL_DEFAULTS).
+# What the teacher decides (its data and classes, or its captions and text encoder) or distillation fixes (the
+# objective); every other training option applies, with distillation's own defaults
+# (fmcli.training.distill.DISTILL_DEFAULTS).
 FROM_THE_TEACHER = (
     "data_dir",
     "image_size",
@@ -20,6 +21,12 @@ FROM_THE_TEACHER = (
     "hflip",
     "cache",
     "label_dropout",
+    "captions",
+    "caption_column",
+    "text_encoder",
+    "text_encoder_path",
+    "caption_dropout",
+    "cross_attention",
     "objective",
     "coupling",
     "compile",
@@ -34,8 +41,8 @@ DEFAULTS = {
     "sample_every": "0",
     "diagnose_every": "250",
     "guide_at": "0 (a student samples with its guidance folded in: it needs no guide)",
-    "train_cfg": "the teacher's sampling guidance (fm tune --guidance's stored setting; else 2 with label dropout, "
-    "else 1)",
+    "train_cfg": "the teacher's sampling guidance (fm tune --guidance's stored setting; else 2 with label or caption "
+    "dropout, else 1)",
 }
 
 
@@ -65,8 +72,10 @@ def distill_command(
     weights, and learns the teacher's average velocity over \\[r, t]: one step x0 = x1 - u(x1, 0, 1)
     replaces an ODE solve. Guidance is folded in (--train-cfg, --guidance-interval, --guide: by default what `fm
     sample --class` uses on the teacher, the setting fm tune --guidance stored if there is one), so the student
-    samples guided at --cfg 1. Run folder, checkpoints, resume, Ctrl-C, EMA, precision and progress are those of
-    `fm train`; `fm sample STUDENT` uses the few-step sampler by default.
+    samples guided at --cfg 1. A text model's student takes prompts: it keeps the teacher's text encoder, and
+    its pool's draws are each solved for a training caption (the empty prompt is the null condition). Run folder,
+    checkpoints, resume, Ctrl-C, EMA, precision and progress are those of `fm train`; `fm sample STUDENT` uses the
+    few-step sampler by default.
 
     Examples:
 
@@ -75,6 +84,8 @@ def distill_command(
       fm distill runs/demo --out runs/demo-1step --max-time 5m
 
       fm sample runs/demo-1step --class 6 --steps 1 --out six.png
+
+      fm sample runs/shapes-1step --prompt "a red circle" --steps 1 --out red.png
 
       fm distill --resume runs/demo-1step --steps 600
     """

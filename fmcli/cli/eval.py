@@ -22,6 +22,7 @@ from fmcli.cli._common import (
     sampling_options,
     use_threads,
 )
+from fmcli.cli._prompts import prompt_rows as _prompt_rows
 from fmcli.errors import FMError
 
 METRICS = ("fid", "kid", "pr")  # fmcli.eval.run.METRICS, named here without importing torch
@@ -155,6 +156,13 @@ def eval_command(
             help="Cache of classifiers, weights and reference features (default $FM_CACHE_DIR or ~/.cache/fmcli)."
         ),
     ] = None,
+    clip_path: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Text models: a local CLIP (a whole CLIPModel saved with save_pretrained) for the CLIP score of the "
+            "images and their prompts (default: FM_CLIP_PATH, if it holds one). Never downloaded.",
+        ),
+    ] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download (data or Inception weights).")] = False,
     json_output: Annotated[
         bool,
@@ -162,6 +170,8 @@ def eval_command(
     ] = False,
 ) -> None:
     """Score a model: FID, KID and precision/recall against the test split, class accuracy, likelihood.
+
+    Text models: prompt following too (an image-text scorer trained offline, CLIP score with --clip-path).
 
     Examples:
 
@@ -176,6 +186,8 @@ def eval_command(
       fm eval --real --data mnist --num 10000
 
       fm eval runs/student --jumps
+
+      fm eval runs/text --clip-path ~/models/clip-vit-base-patch32 --num 2000
 
       fm eval runs/cifar --extractor inception --inception-weights pt_inception-2015-12-05-6726825d.pth --json
     """
@@ -208,6 +220,8 @@ def eval_command(
         raise FMError("--real needs --data (the data set whose train split is scored against its test split)")
     if not real and checkpoint is None:
         raise FMError("give a checkpoint to evaluate, or --real --data NAME for the real-data floor")
+    if clip_path is not None and (real or solvers):
+        raise FMError("--clip-path scores one text model's images against their prompts: not with --real or --sweep")
     options = EvalOptions(
         num_samples=num,
         metrics=tuple(parse_list(metrics, "--metrics")),
@@ -224,6 +238,7 @@ def eval_command(
         inception_weights=inception_weights,
         download=not offline,
         class_histogram=class_histogram,
+        clip_path=clip_path,
         nll=NLLOptions.from_sampling(sampling, samples=nll_samples, solver=nll_solver, steps=nll_steps, probes=probes)
         if nll
         else None,
@@ -415,17 +430,3 @@ def _print_sweep(report: dict) -> None:
     console.print(table)
     for path in report.get("files", []):
         err_console.print(f"wrote {path}", highlight=False)
-
-
-def _prompt_rows(table: Table, prompts: dict) -> None:
-    """A text model's prompt following: shape, colour and both right, seen pairs and held-out pairs apart."""
-    if prompts.get("note"):
-        table.add_row("prompts", "-", "", prompts["note"])
-        return
-    ceiling = ", ".join(f"{k} {_pct(v)}" for k, v in prompts["classifier_test_accuracy"].items())
-    for which, label in (("seen", "pairs seen in training"), ("held_out", "pairs held out of training")):
-        part = prompts[which]
-        if part["num"]:
-            table.add_row(f"prompts: {label}", f"{part['both']:.2%}", str(part["num"]),
-                          f"shape and colour right (shape {_pct(part['shape'])}, colour {_pct(part['colour'])}, "
-                          f"background {_pct(part['background'])}); classifiers on real images: {ceiling}")  # fmt: skip

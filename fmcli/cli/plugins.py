@@ -1,5 +1,5 @@
-"""``fm plugins``: every registered solver, data set, model, feature extractor, logger and text encoder, and the
-plugin behind it."""
+"""``fm plugins``: every registered solver, data set, model, feature extractor, logger, text encoder and
+autoencoder, and the plugin behind it."""
 
 from typing import Annotated
 
@@ -20,6 +20,7 @@ KINDS = {
     "feature_extractors": ("fm_register_feature_extractors", "extractor", registry.feature_extractors),
     "loggers": ("fm_register_loggers", "logger", registry.loggers),
     "text_encoders": ("fm_register_text_encoders", "text encoder", registry.text_encoders),
+    "autoencoders": ("fm_register_autoencoders", "autoencoder", registry.autoencoders),
 }
 
 
@@ -68,8 +69,8 @@ def items_table(rows: list[tuple[str, str, str, str, str]]) -> Table:
 
 @cli_errors
 def plugins_command(json_output: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """List what is registered: solvers, data sets, models, feature extractors, loggers and text encoders, one per
-    row, with the plugin (built-in or installed) and version that provides it.
+    """List what is registered: solvers, data sets, models, feature extractors, loggers, text encoders and
+    autoencoders, one per row, with the plugin (built-in or installed) and version that provides it.
 
     Installed plugins come from the `fmcli` entry-point group; FM_LOAD_PLUGINS=a,b loads only
     those distributions (empty: none), FM_DEBUG_PLUGINS=1 traces hook calls.

@@ -70,7 +70,7 @@ def sample_command(
     from fmcli.data.base import to_uint8
     from fmcli.device import resolve_device
     from fmcli.io.checkpoint import load_checkpoint
-    from fmcli.io.images import output_format, write_samples
+    from fmcli.io.images import check_output_folder, output_format, write_samples
     from fmcli.sampling.generate import generate
     from fmcli.sampling.guidance import guidance_note, parse_classes
     from fmcli.sampling.prompts import check_condition_kind, negative_condition, prompt_condition, read_prompts, spread
@@ -80,6 +80,8 @@ def sample_command(
     fmt = output_format(out, format)
     if fmt == "folder" and out.exists() and any(out.iterdir()):
         raise FMError(f"output folder {out} is not empty; choose another --out")
+    if fmt != "folder":  # a folder output is created below; a file's folder must exist, said before sampling
+        check_output_folder(out, fmt)
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     machine = use_threads(threads, quiet=json_output)

@@ -53,7 +53,8 @@ def tune_command(
         Optional[float],
         typer.Option(
             help="Guidance scale the grid is for (grids are used only with the same cfg). "
-            "\\[default: as fm sample --class guides: 2 for a model trained with label dropout, else 1]",
+            "\\[default: as fm sample --class (--prompt) guides: 2 for a model trained with label (caption) "
+            "dropout, else 1]",
             show_default=False,
         ),
     ] = None,
@@ -64,11 +65,14 @@ def tune_command(
     unconditional: Annotated[
         bool,
         typer.Option(
-            "--unconditional", help="Tune for sampling without --class (unlabelled draws, cfg 1) instead of per class."
+            "--unconditional",
+            help="Tune for sampling without --class or --prompt (unlabelled draws, cfg 1) instead of per class "
+            "(a text model: per training caption its checkpoint keeps).",
         ),
     ] = False,
     pool: Annotated[
-        int, typer.Option(help="Noise draws in the calibration pool (rounded up to a multiple of the classes).")
+        int,
+        typer.Option(help="Noise draws in the calibration pool (rounded up to a multiple of the classes or captions)."),
     ] = 20,
     iterations: Annotated[int, typer.Option(help="Optimiser (Adam) iterations per step count.")] = 8,
     learning_rate: Annotated[float, typer.Option(help="Adam's learning rate on the grid's log step lengths.")] = 0.05,
@@ -82,8 +86,9 @@ def tune_command(
         typer.Option(
             "--guidance",
             help="Instead of a grid: search guidance scale x interval x guide with fm eval's scores (FID, recall, "
-            "class accuracy) for the default sampler, and store the choice beside the checkpoint (NAME.guidance.json) "
-            "for fm sample, fm serve, fm distill and the Python API.",
+            "class accuracy; a text model: prompted with the test captions, and prompt following where the data "
+            "names shape and colour, as shapes does) for the default sampler, and store the choice beside the "
+            "checkpoint (NAME.guidance.json) for fm sample, fm serve, fm distill and the Python API.",
         ),
     ] = False,
     cfgs: Annotated[str, typer.Option(help="--guidance: the scales to try.")] = "2,3",
@@ -99,10 +104,14 @@ def tune_command(
         ),
     ] = None,
     guide_labels: Annotated[
-        str, typer.Option(help="--guidance: the guide's velocities to try: null (unconditional), same (the class).")
+        str,
+        typer.Option(
+            help="--guidance: the guide's velocities to try: null (unconditional), same (the class or prompt)."
+        ),
     ] = "null",
     num: Annotated[
-        int, typer.Option(help="--guidance: samples per candidate (held-out noise, equal per class).")
+        int,
+        typer.Option(help="--guidance: samples per candidate (held-out noise, equal per class; test captions)."),
     ] = 500,
     screen: Annotated[
         float,
@@ -115,7 +124,9 @@ def tune_command(
         int, typer.Option(help="--guidance: candidates the screen sends on to --num samples (with the unguided).")
     ] = 3,
     min_recall: Annotated[float, typer.Option(help="--guidance: keep at least this x the unguided recall.")] = 0.95,
-    min_accuracy: Annotated[float, typer.Option(help="--guidance: the class accuracy to reach.")] = 0.99,
+    min_accuracy: Annotated[
+        float, typer.Option(help="--guidance: the class accuracy (a text model: prompt following) to reach.")
+    ] = 0.99,
     data: Annotated[
         Optional[str], typer.Option(help="--guidance: data set to score against (default: its own).")
     ] = None,
@@ -145,6 +156,8 @@ def tune_command(
       fm sample runs/demo --class all --solver euler --steps 4 --out tuned.png
 
       fm tune runs/demo --guidance --data mnist   (then fm sample runs/demo --class 6 guides as stored)
+
+      fm tune runs/text --guidance --data shapes   (then fm sample runs/text --prompt "a red circle")
     """
     machine = use_threads(threads, quiet=json_output)
     if guidance:
@@ -199,6 +212,7 @@ def tune_command(
         "checkpoint": str(loaded.path),
         "file": str(path),
         **report.setting,
+        "condition": loaded.meta.condition if report.setting["conditional"] else "none",  # what the pool draws for
         "reference_seconds": round(report.reference_seconds, 2),
         "seconds": round(report.seconds, 2),
         "grids": [grid.as_json() for grid in report.grids],
@@ -235,7 +249,8 @@ def _print_guidance(checkpoint: str, search: dict) -> None:
     )  # fmt: skip
     table = Table(
         title=f"fm tune --guidance: {checkpoint} ({counts}, held-out noise, "
-        f"{search['extractor']} features against {search['data']}; {search['rule']})",
+        f"{search['extractor']} features against {search['data']}; {search['rule']}; "
+        f"accuracy: {search.get('accuracy') or 'none for this model and data'})",
         title_justify="left",
     )
     for column in ("guidance", "samples", "NFE", "passes", "FID", "recall", "precision", "accuracy", "seconds"):
@@ -253,7 +268,7 @@ def _print_guidance(checkpoint: str, search: dict) -> None:
 
 
 def _print_report(payload: dict) -> None:
-    pool = "per class" if payload["conditional"] else "unconditional"
+    pool = {"class": "per class", "text": "per training caption"}.get(payload["condition"], "unconditional")
     table = Table(
         title=f"fm tune: {payload['checkpoint']} ({payload['solver']}, cfg {payload['cfg']:g}, pool of "
         f"{payload['pool']} draws {pool}; error = {payload['error']} against {payload['reference']})",

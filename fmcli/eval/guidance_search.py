@@ -2,12 +2,15 @@
 
 Every candidate (scale x interval x guide, ``fmcli.sampling.stored_guidance.guidance_grid``) samples the same
 held-out noise (a seed no sampling default uses) with the checkpoint's default sampler, and is scored by
-``fm eval``'s own extractor against the test split: FID, recall (diversity) and class accuracy. The unguided
-model is the baseline. A candidate is admissible when its recall is at least ``min_recall`` x the baseline's and
-its FID no worse than the baseline's: guidance may not buy accuracy with diversity or fidelity. Among the
-admissible, those reaching ``min_accuracy`` compete on FID; if none does, the most accurate wins (FID breaks ties).
-Unlabelled sampling (no classes) has no accuracy: the lowest admissible FID wins. Fewer network passes break
-what is left. Nothing admissible: no guidance, and the report says why.
+``fm eval``'s own extractor against the test split: FID, recall (diversity) and accuracy (``search_accuracy``:
+class accuracy for a class model; for a text model, sampled with the test split's captions as ``fm eval``
+samples it, the prompt-following rate on data with shape and colour attributes such as ``shapes``, and none on
+a captioned folder without them). The unguided model (a text model: prompted, at cfg 1) is the baseline. A
+candidate is admissible when its recall is at least ``min_recall`` x the baseline's and its FID no worse than
+the baseline's: guidance may not buy accuracy with diversity or fidelity. Among the admissible, those reaching
+``min_accuracy`` compete on FID; if none does, the most accurate wins (FID breaks ties). Without an accuracy
+(unlabelled sampling, a text model on data without attributes) the lowest admissible FID wins. Fewer network
+passes break what is left. Nothing admissible: no guidance, and the report says why.
 
 Successive halving spends the samples where the choice is made: every candidate first samples a ``screen`` share
 of ``num_samples``, the same rule with slack (``SLACK``) ranks them, and the ``finalists`` best (with the
@@ -24,7 +27,9 @@ import torch
 from fmcli.errors import FMError
 from fmcli.eval.features import Progress
 from fmcli.eval.metrics import fid_min_samples
+from fmcli.eval.prompts import caption_condition
 from fmcli.eval.run import EvalContext, EvalOptions, prepare, score, table_row
+from fmcli.eval.search_accuracy import Scorer, accuracy_scorer
 from fmcli.sampling.options import MAX_SEED, SamplingOptions
 from fmcli.sampling.stored_guidance import GUIDE_FILE, GuidanceSetting, StoredGuidance, guidance_grid
 
@@ -39,8 +44,8 @@ SLACK = {"recall": 0.05, "fid": 1.1, "accuracy": 0.01}
 class SearchOptions:
     scales: tuple[float, ...] = (2.0, 3.0)
     intervals: tuple[tuple[float, float] | None, ...] = (None, (0.2, 0.8))
-    guides: tuple[str | None, ...] | None = None  # None: the null class, and the run's guide.safetensors if any
-    guide_labels: tuple[str, ...] = ("null",)  # the guide's velocity tried: its null class, the same class
+    guides: tuple[str | None, ...] | None = None  # None: the null condition, and the run's guide.safetensors if any
+    guide_labels: tuple[str, ...] = ("null",)  # the guide's velocity tried: its null condition, the same one
     min_recall: float = 0.95  # x the unguided recall
     min_accuracy: float = 0.99
     solver: str | None = None  # the sampler searched for; None: the checkpoint's default (heun 20, ...)
@@ -103,16 +108,18 @@ def screened(baseline: dict, rows: list[dict], options: SearchOptions) -> list[d
 
 @dataclass
 class _Measured:
-    """One candidate's samples so far: their features, correct-class count and cost, part by part."""
+    """One candidate's samples so far: their features, count of accurate samples (``scorer``) and cost, part by
+    part."""
 
     summary: dict
+    scorer: Scorer | None
     features: list = field(default_factory=list)
     correct: float | None = 0.0
 
     def add(self, ctx: EvalContext, sampling: SamplingOptions, num: int, seed: int) -> "_Measured":
         view = replace(ctx, options=replace(ctx.options, num_samples=num))
         result, features, logits, summary = view.sample_features(replace(sampling, seed=seed))
-        accuracy = view.accuracy(result, logits)
+        accuracy = None if self.scorer is None else self.scorer(result, logits)
         self.features.append(features)
         self.correct = None if accuracy is None or self.correct is None else self.correct + accuracy * num
         seconds = summary["seconds"] + (self.summary["seconds"] if self.summary else 0.0)
@@ -134,24 +141,8 @@ def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress
         checkpoint, replace(options.eval, sampling=SamplingOptions(seed=SEARCH_SEED)), progress, train_reference=True
     )
     loaded = ctx.loaded
-    if float((loaded.meta.train_config or {}).get("train_cfg") or 1.0) != 1.0:
-        raise FMError(f"{checkpoint} has its guidance folded in (--train-cfg / fm distill): tune its teacher instead")
-    conditional = ctx.num_classes > 0
-    if conditional and loaded.meta.label_dropout <= 0 and options.guides is None and run_guide(checkpoint) is None:
-        raise FMError(
-            f"{checkpoint} was trained without label dropout and has no guide.safetensors: nothing to guide with "
-            "(give --guides CKPT, an earlier checkpoint of the same data)"
-        )
-    guides = list(options.guides) if options.guides is not None else [None, run_guide(checkpoint)]
-    if conditional and loaded.meta.label_dropout <= 0:
-        guides = [g for g in guides if g is not None]  # classifier-free guidance needs the unconditional velocity
-    if not conditional:
-        guides = [g for g in guides if g is not None]
-        if not guides:
-            raise FMError(f"{checkpoint} is unconditional: only a --guides checkpoint can guide it")
-    labels = options.guide_labels if conditional else ("same",)
-    candidates = guidance_grid(list(options.scales), list(options.intervals), list(dict.fromkeys(guides)), labels)
-    candidates = [c for c in candidates if c.active]
+    candidates, conditional = _candidates(ctx, checkpoint, options)
+    scorer, measures = accuracy_scorer(ctx) if conditional else (None, None)
     base = SamplingOptions(solver=options.solver, steps=options.steps, seed=SEARCH_SEED).for_model(loaded.meta)
 
     def sampling(setting: GuidanceSetting) -> SamplingOptions:
@@ -163,7 +154,7 @@ def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress
     first = max(int(total * options.screen), fid_min_samples(ctx.extractor.dim))  # FID needs N > the dimension
     first = total if first >= total or len(candidates) <= options.finalists else first
     settings = [GuidanceSetting(1.0), *candidates]
-    measured = [_Measured({}).add(ctx, sampling(s), first, SEARCH_SEED) for s in settings]
+    measured = [_Measured({}, scorer).add(ctx, sampling(s), first, SEARCH_SEED) for s in settings]
     rows = [m.row(ctx) for m in measured]
     if first < total:
         kept = {id(r) for r in screened(rows[0], rows[1:], options)}
@@ -182,7 +173,9 @@ def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress
     search = {
         "chosen": chosen.describe(),
         "why": why,
-        "rule": f"recall >= {options.min_recall:g} x unguided, FID <= unguided, accuracy >= {options.min_accuracy:g}",
+        "rule": f"recall >= {options.min_recall:g} x unguided, FID <= unguided"
+        + ("" if baseline["accuracy"] is None else f", accuracy >= {options.min_accuracy:g}"),
+        "accuracy": None if baseline["accuracy"] is None else measures,  # what the accuracy column measures
         "num_samples": total,
         "screen": {"num_samples": first, "finalists": options.finalists} if first < total else None,
         "seed": SEARCH_SEED,
@@ -195,3 +188,28 @@ def search_guidance(checkpoint: Path, options: SearchOptions, progress: Progress
     }
     sampler = {"solver": base.solver_name, "steps": base.steps, "weights": loaded.weights}
     return {"stored": StoredGuidance(chosen, conditional, sampler, search), "search": search}
+
+
+def _candidates(ctx: EvalContext, checkpoint: Path, options: SearchOptions) -> tuple[list[GuidanceSetting], bool]:
+    """The guided settings to measure, and whether sampling is conditional (class labels or prompts: the null
+    condition is what classifier-free guidance steers away from; unlabelled sampling needs a guide)."""
+    meta = ctx.loaded.meta
+    if float((meta.train_config or {}).get("train_cfg") or 1.0) != 1.0:
+        raise FMError(f"{checkpoint} has its guidance folded in (--train-cfg / fm distill): tune its teacher instead")
+    conditional, text = meta.conditional, meta.condition == "text"
+    if text and caption_condition(ctx.loaded, ctx.data, 1) is None:
+        raise FMError(f"data set {ctx.data.name!r} has no captions to prompt this text model with (--data shapes)")
+    dropout = "caption dropout" if text else "label dropout"
+    if conditional and meta.label_dropout <= 0 and options.guides is None and run_guide(checkpoint) is None:
+        raise FMError(
+            f"{checkpoint} was trained without {dropout} and has no guide.safetensors: nothing to guide with "
+            "(give --guides CKPT, an earlier checkpoint of the same data)"
+        )
+    guides = list(options.guides) if options.guides is not None else [None, run_guide(checkpoint)]
+    if not conditional or meta.label_dropout <= 0:
+        guides = [g for g in guides if g is not None]  # classifier-free guidance needs the unconditional velocity
+    if not conditional and not guides:
+        raise FMError(f"{checkpoint} is unconditional: only a --guides checkpoint can guide it")
+    labels = options.guide_labels if conditional else ("same",)
+    candidates = guidance_grid(list(options.scales), list(options.intervals), list(dict.fromkeys(guides)), labels)
+    return [c for c in candidates if c.active], conditional

@@ -39,7 +39,7 @@ from fmcli.eval.metrics import (
     precision_recall,
 )
 from fmcli.eval.nll import NLLOptions, evaluate_nll
-from fmcli.eval.prompts import caption_condition, prompt_report
+from fmcli.eval.prompts import caption_condition, check_clip_path, prompt_report
 from fmcli.eval.reference import ReferenceFeatures, reference_features
 from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
 from fmcli.sampling.generate import SampleResult, generate
@@ -75,6 +75,7 @@ class EvalOptions:
     # Conditional models: also draw num_samples without a label and report their classes (mode coverage).
     # Off by default: it doubles the sampling, and the conditional figures do not need it.
     class_histogram: bool = False
+    clip_path: Path | None = None  # text models: a local CLIPModel for the CLIP score (else FM_CLIP_PATH, if any)
 
     def __post_init__(self) -> None:
         unknown = [metric for metric in self.metrics if metric not in METRICS]
@@ -96,6 +97,8 @@ class EvalOptions:
             spec = registry.get_feature_extractor(self.extractor)
             if spec.dim is not None:  # known before loading (training) the network: refuse too few samples now
                 check_sample_count(self.num_samples, spec.name, spec.dim, self.metrics)
+        if self.clip_path is not None:
+            check_clip_path(self.clip_path)  # a folder without CLIP weights: one line, before any work
 
     def as_dict(self) -> dict:
         plain = asdict(replace(self, sampling=SamplingOptions())) | {"sampling": self.sampling.as_dict()}
@@ -297,8 +300,7 @@ class EvalContext:
         return self.loaded.meta.num_classes
 
     def requested_classes(self) -> Tensor | None:
-        """Equal numbers of every class for class models, the test split's captions for text models (None:
-        unconditional sampling)."""
+        """Equal numbers of every class (class models), test captions (text models), or None (unconditional)."""
         if self.loaded.meta.condition == "text":
             return caption_condition(self.loaded, self.data, self.options.num_samples)
         return balanced_classes(self.options.num_samples, self.num_classes) if self.num_classes else None
@@ -385,6 +387,7 @@ def prepare(
 def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, progress: Progress | None = None) -> dict:
     """Sample from a checkpoint and score the samples against the test split (and optionally the NLL)."""
     ctx = prepare(checkpoint, options, progress)
+    check_clip_path(options.clip_path, ctx.loaded)  # a CLIP for a model without prompts: one line, before sampling
     result, logits, sampling, metrics = ctx.sample_and_score(options.sampling)
     report = report_skeleton(
         ctx.data,
@@ -411,7 +414,7 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, progress: Progre
             report["conditional"] = accuracy_report(logits, result.labels, names, classifier, cfg=result.cfg)
             if options.class_histogram and ctx.loaded.meta.label_dropout > 0:
                 report["class_histogram"] = _unconditional_histogram(ctx, classifier, names)
-    if ctx.loaded.meta.condition == "text":  # does each image follow its prompt? (data with attributes: shapes)
+    if ctx.loaded.meta.condition == "text":  # does each image follow its prompt? (scorer, CLIP, shapes' attributes)
         report["prompts"] = prompt_report(ctx.loaded, ctx.data, options, ctx.progress)
     if options.nll is not None:
         report["nll"] = evaluate_nll(

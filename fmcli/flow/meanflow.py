@@ -76,6 +76,10 @@ def meanflow_target(u_fn, x_t: Tensor, r: Tensor, t: Tensor, v: Tensor) -> tuple
     output is u itself, so the network runs once. u keeps its graph to the parameters (backpropagate
     the loss through it); the target is detached, so the U-Net's layers need not record their tangents
     for backward (``detached_tangents``: less memory). r, t: [B] (or 0-dim); v has x_t's shape.
+
+    The condition (class indices, or a prompt's token ids) is closed over by ``u_fn``, not a jvp input: what a
+    text encoder makes of it (pooled prompt, cross-attention keys) depends on neither x nor t, so it carries no
+    tangent and runs as in a plain forward pass (its weights still get gradients through u).
     """
     tangents = (v.to(x_t.dtype), torch.zeros_like(r), torch.ones_like(t))
     with detached_tangents():

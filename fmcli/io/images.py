@@ -209,6 +209,14 @@ def output_format(path: Path, fmt: str | None) -> str:
     raise FMError(f"cannot tell the output format from {path}: end it in .png or .npz, give a folder, or use --format")
 
 
+def check_output_folder(path: Path, fmt: str) -> None:
+    """FMError if the folder the samples go into is missing: ``path`` itself for the folder format, else its parent.
+    Commands call it before sampling too, so a typo costs no wait."""
+    parent = Path(path) if fmt == "folder" else Path(path).parent
+    if not parent.exists():
+        raise FMError(f"output folder {parent} does not exist; create it first")
+
+
 def write_samples(
     path: Path,
     images_uint8: Tensor | None,
@@ -221,9 +229,7 @@ def write_samples(
     """Write samples in ``fmt``; returns the files written. Images are uint8 [N, C, H, W]; ``prompts`` (a text
     model's, one per sample) go into the .npz as ``prompts`` and beside a folder's PNGs as prompts.txt."""
     path = Path(path)
-    parent = path if fmt == "folder" else path.parent
-    if not parent.exists():
-        raise FMError(f"output folder {parent} does not exist; create it first")
+    check_output_folder(path, fmt)
     count = len(images_uint8 if images_uint8 is not None else points)
     label_array = (labels if labels is not None else torch.full((count,), -1)).numpy()
     if points is not None:

@@ -149,7 +149,7 @@ class Governor:
         if self.get_threads() != self._applied.get(threading.get_ident(), self.threads):
             self.active = False  # someone else set a count in this thread: theirs wins
             return
-        target = rule(self.usable, others)
+        target = self.threads if others is None else rule(self.usable, others)  # unread counters: only a stall
         if target < self.threads:
             self._change(target, f"other processes keep {others:.1f} cores busy", now)
         elif slower is not None and self.threads > 1:

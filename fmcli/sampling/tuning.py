@@ -60,8 +60,8 @@ class TuneOptions:
     guidance_interval: tuple[float, float] | str | None = None  # as SamplingOptions': None, the stored or everywhere
     guide: str | None = None  # as SamplingOptions': a checkpoint, "none", or None (the stored, else none)
     guide_label: str | None = None  # as SamplingOptions'
-    conditional: bool = True  # class-conditional models: calibrate per class; False: unlabelled draws, cfg 1
-    pool: int = 20  # noise draws in the calibration pool (rounded up to a multiple of the class count)
+    conditional: bool = True  # per class (text models: per kept training caption); False: unlabelled draws, cfg 1
+    pool: int = 20  # noise draws in the calibration pool (rounded up to a multiple of the class or prompt count)
     iterations: int = 8  # Adam steps per step count (8: three step counts fit in 60 s on 2 CPU cores)
     learning_rate: float = 0.05
     scales: bool = True  # fit one velocity scale per step as well as the times
@@ -127,13 +127,18 @@ def logits_from_grid(times: Tensor) -> Tensor:
 
 
 def calibration_pool(loaded: LoadedModel, size: int, conditional: bool, pool_seed: int) -> tuple[Tensor, Tensor | None]:
-    """Noise x1 ~ N(0, I) [N, ...] and balanced labels (None when unconditional); N is ``size`` rounded up to a
-    multiple of the class count. The seed MAX_SEED + pool_seed is one no sampling run can use."""
-    num_classes = loaded.meta.num_classes if conditional else 0
-    size = math.ceil(size / num_classes) * num_classes if num_classes else size
-    generator = torch.Generator().manual_seed(MAX_SEED + pool_seed)
-    x1 = torch.randn((size, *loaded.meta.shape), generator=generator)
-    return x1, balanced_classes(size, num_classes) if num_classes else None
+    """Noise x1 ~ N(0, I) [N, ...] and its conditions (None when unconditional): balanced class indices, or a text
+    model's token ids of the training captions its checkpoint keeps (the previews'), each an equal share; N is
+    ``size`` rounded up to a multiple of their count. The seed MAX_SEED + pool_seed is one no sampling run can use."""
+    text = conditional and loaded.meta.condition == "text"
+    prompts = list(loaded.meta.data.get("prompts") or []) if text else []
+    if text and not prompts:
+        raise FMError("this text model's checkpoint keeps no training captions to calibrate with (--unconditional)")
+    kinds = len(prompts) if text else loaded.meta.num_classes if conditional else 0
+    size = math.ceil(size / kinds) * kinds if kinds else size
+    x1 = torch.randn((size, *loaded.meta.shape), generator=torch.Generator().manual_seed(MAX_SEED + pool_seed))
+    which = balanced_classes(size, kinds) if kinds else None
+    return x1, loaded.model.tokenize(prompts)[which] if text else which
 
 
 def _batches(x1: Tensor, labels: Tensor | None, batch_size: int, device: torch.device):
@@ -384,7 +389,7 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
     if getattr(solver, "needs_interval", False) and not interval:
         raise FMError(f"--solver {options.solver}: {NO_INTERVAL_INPUT} (use an ODE solver such as euler)")
     x1, labels = calibration_pool(
-        loaded, options.pool, options.conditional and loaded.meta.num_classes > 0, options.pool_seed
+        loaded, options.pool, options.conditional and loaded.meta.conditional, options.pool_seed
     )
     guidance = resolve_guidance(loaded, options, labels)
     cfg = guidance.setting.scale
@@ -395,7 +400,7 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
     # The fit keeps every evaluation of a solve for its backward pass: memory for all of them, at most 50 draws.
     passes = guidance.max_passes(labels is not None) * max(options.steps) * (solver.evals_per_step or 1)
     batch = options.batch_size or min(
-        50, sampling_batch(loaded.model, loaded.meta.shape, loaded.device, passes, loaded.meta.num_classes)
+        50, sampling_batch(loaded.model, loaded.meta.shape, loaded.device, passes, loaded.meta.null_condition)
     )
     if progress:
         progress("reference solve", 0, 1)

@@ -113,6 +113,21 @@ def patient_start_check(seconds: float = 60.0) -> Iterator[None]:
         networking.url_ok = quick
 
 
+def check_port(host: str, port: int) -> None:
+    """FMError when the port is taken, by the test Gradio makes before it listens (bind the port on the loopback,
+    SO_REUSEADDR): the same answer, without the seconds of ``import gradio`` first."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((os.environ.get("GRADIO_SERVER_NAME", DEFAULT_HOST), port))
+        except OSError as error:
+            raise FMError(
+                f"cannot listen on {host}:{port} ({error.strerror or error}); pass another --port, or stop what uses it"
+            ) from None
+
+
 def start(options: ServeOptions, say: Callable[[str], None] = print) -> Server:
     """Build the page and listen (in Gradio's threads); returns once the page answers."""
     from fmcli.serve.catalog import Catalog
@@ -125,6 +140,7 @@ def start(options: ServeOptions, say: Callable[[str], None] = print) -> Server:
         raise FMError(f"no readable .safetensors checkpoint under {options.root}{found}")
     for reason in unreadable:
         say(f"warning: listed as unreadable: {reason}")
+    check_port(options.host, options.port)  # a port in use fails at once too, not after Gradio's import
     import_gradio()
     from fmcli import registry
     from fmcli.serve.app import CSS, build_app, offline_theme

@@ -13,7 +13,9 @@
     events.py       callbacks, results, Ctrl-C / SIGTERM
     distributed.py  torch.distributed under torchrun
     distill.py      the options that make a flow checkpoint a teacher
+    autoencoder.py  ``fm autoencoder train``: the built-in autoencoder's run (state, resume, --max-time, lock)
 
 May import: ``fmcli.sampling`` (preview grids, guidance for a teacher), ``fmcli.data``, ``fmcli.io``,
-``fmcli.models``, ``fmcli.flow``, ``fmcli.registry``, ``fmcli.errors``. Never ``fmcli.eval`` or the CLI.
+``fmcli.autoencoders``, ``fmcli.models``, ``fmcli.flow``, ``fmcli.registry``, ``fmcli.errors``. Never ``fmcli.eval``
+or the CLI.
 """

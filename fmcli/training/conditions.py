@@ -3,15 +3,18 @@
 A data set with captions trains a text model unless ``--captions none`` (the data layer drops them then, or
 turns class folders into captions with ``--captions classes``); labels train a class model unless
 ``--unconditional``. The text encoder is built here from the training captions (``fmcli.text``: the built-in
-one's vocabulary, or a pretrained one from local files), and enters the model's config as its ``export()``.
+one's vocabulary, or a pretrained one from local files), and enters the model's config as its ``export()``; a
+distilled student (``fm distill``) takes its teacher's instead.
 """
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from fmcli.data.base import ArrayDataset
 from fmcli.errors import FMError
+from fmcli.models.condition import condition_kind
 from fmcli.training.batches import Conditions
 from fmcli.training.config import TrainConfig
 
@@ -28,11 +31,23 @@ def training_condition(
     config: TrainConfig, data: ArrayDataset, device_type: str = "cpu"
 ) -> tuple[TrainConfig, int, dict | None]:
     """(the config, a text model's choices recorded in its decisions; the classes the model takes; the model-config
-    extras of a text model, or None)."""
-    if not wants_text(config, data):
+    extras of a text model, or None). Any objective trains a text model; a distilled student takes its teacher's
+    text encoder (tokenizer and vocabulary included) and cross-attention, so it reads a prompt as the teacher did."""
+    text = wants_text(config, data)
+    if config.teacher:
+        check_teacher_condition(config, text)
+    if not text:
         return config, (data.num_classes if (config.conditional and data.labels is not None) else 0), None
-    if config.objective != "fm" or config.teacher:
-        raise FMError("text models train with --objective fm for now (fm distill of a text model is not built yet)")
+    if config.teacher:
+        teacher = teacher_config(config)
+        text = {"text": teacher["text"], "cross_attention": list(teacher.get("cross_attention") or [])}
+    else:
+        text = new_text_encoder(config, data, device_type)
+    return replace(config, decisions=config.decisions | {"condition": text_decision(config, data, text)}), 0, text
+
+
+def new_text_encoder(config: TrainConfig, data: ArrayDataset, device_type: str) -> dict:
+    """A new text model's extras: its encoder (built from the training captions) and where it cross-attends."""
     from fmcli.registry import get_text_encoder
 
     spec = get_text_encoder(config.text_encoder)
@@ -41,8 +56,22 @@ def training_condition(
         raise FMError(f"{config.data}: no image has a caption; use --captions none to train without them")
     options = {"path": config.text_encoder_path} if config.text_encoder_path else {}
     encoder = spec.build(captions, **options)
-    text = {"text": encoder.export(), "cross_attention": cross_attention(config, data, device_type)}
-    return replace(config, decisions=config.decisions | {"condition": text_decision(config, data, text)}), 0, text
+    return {"text": encoder.export(), "cross_attention": cross_attention(config, data, device_type)}
+
+
+def teacher_config(config: TrainConfig) -> dict:
+    """The model config of the run's teacher (read from its checkpoint's header: no weights are loaded)."""
+    from fmcli.io.header import read_header
+
+    return read_header(Path(config.teacher))[1].model_config
+
+
+def check_teacher_condition(config: TrainConfig, text: bool) -> None:
+    """A text teacher needs a run on its captions, and a run on captions a text teacher: one line otherwise."""
+    teaches_text = condition_kind(teacher_config(config)) == "text"
+    if teaches_text != text:
+        why = "takes prompts; this run has no captions" if teaches_text else "takes no prompts; this run has captions"
+        raise FMError(f"the teacher {config.teacher} {why}: distil it on the data it was trained on")
 
 
 def text_decision(config: TrainConfig, data: ArrayDataset, text: dict) -> str:

@@ -4,7 +4,9 @@ The training itself is ``fmcli.training.loop.train`` with ``objective="meanflow"
 student is the teacher's architecture with the interval input, initialised from the teacher's
 EMA weights, and its target velocity is the teacher's (guided) v_T(x_t, t) instead of x1 - x0
 (``fmcli.training.objectives.TeacherVelocity``). Everything about the data comes from the teacher's own
-training config, so the student sees the same images, size and classes.
+training config, so the student sees the same images, size and classes, or the same captions: a text teacher's
+student takes prompts, with the teacher's text encoder (``fmcli.training.conditions``), and its pool's draws are
+each solved for a training caption (``fmcli.training.objectives.pool``).
 """
 
 from pathlib import Path
@@ -27,6 +29,8 @@ DISTILL_DEFAULTS = {"lr": 5e-4, "warmup_steps": 20, "sample_every": 0, "diagnose
 POOL_STEP_SHARE, IDENTITY_STEP_SHARE = 0.6, 0.3
 
 DATA_KEYS = ("data", "data_dir", "image_size", "channels", "conditional", "hflip")
+# A text teacher's captions and encoder, which its student keeps (what its own run recorded).
+TEXT_KEYS = ("captions", "caption_column", "text_encoder", "text_encoder_path", "cross_attention")
 
 
 def distill_overrides(
@@ -41,8 +45,8 @@ def distill_overrides(
     trained = meta.train_config or {}
     if "data" not in trained:
         raise FMError(f"{teacher} records no training data; fm distill needs a checkpoint written by fm train")
-    guidance = 2.0 if meta.num_classes and meta.label_dropout > 0 else 1.0  # fmcli.sampling.guidance.default_cfg's rule
-    stored = read_stored(path) if meta.num_classes else None
+    guidance = 2.0 if meta.conditional and meta.label_dropout > 0 else 1.0  # fmcli.sampling.guidance.default_cfg's
+    stored = read_stored(path) if meta.conditional else None
     chosen = {"interval": None, "guide": None, "guide_label": "null"}
     if stored is not None and stored.conditional:
         guidance = stored.setting.scale
@@ -57,9 +61,8 @@ def distill_overrides(
     given = {key: value for key, value in options.items() if value is not None}
     if any(given.get(key) is not None for key in LENGTH_KEYS):  # the user's length replaces the default steps
         given.setdefault("steps", None)
-    overrides = {key: trained.get(key) for key in DATA_KEYS}
-    overrides |= {"label_dropout": meta.label_dropout, "objective": "meanflow", "teacher": str(path),
-                  "train_cfg": guidance, "teacher_guidance": chosen}  # fmt: skip
+    overrides = {key: trained.get(key) for key in DATA_KEYS} | condition_overrides(meta)
+    overrides |= {"objective": "meanflow", "teacher": str(path), "train_cfg": guidance, "teacher_guidance": chosen}
     teacher_steps = int(meta.extra.get("total_steps") or meta.step or 1)
     pooled = (given.get("pool", DISTILL_DEFAULTS["pool"]) or 0) > 0
     share = (
@@ -71,3 +74,12 @@ def distill_overrides(
                                    "batch_size": trained.get("batch_size", 64)}  # fmt: skip
     overrides |= {key: value for key, value in defaults.items() if key not in given}
     return overrides | given
+
+
+def condition_overrides(meta) -> dict:
+    """What the student conditions on, as its teacher did: a text teacher's captions and encoder, with its caption
+    dropout; otherwise no captions (a class or unconditional teacher's student stays one) and its label dropout."""
+    trained = meta.train_config or {}
+    if meta.condition != "text":
+        return {"captions": "none", "label_dropout": meta.label_dropout}
+    return {key: trained[key] for key in TEXT_KEYS if key in trained} | {"caption_dropout": meta.label_dropout}

@@ -47,14 +47,13 @@ from fmcli.training.events import (
     stop_signals,
 )
 from fmcli.training.loggers import Loggers, check_loggers
-from fmcli.training.objectives import make_objective
 from fmcli.training.optim import clip_gradients, ema_decay_at, lr_at, planned_schedule, update_ema
 from fmcli.training.runs import checkpoint_name, lock_run, new_run_dir, publish_checkpoint, resume_target
 from fmcli.training.setup import (
+    build_objective,
     build_state,
     check_batch_split,
     check_device_flags,
-    check_training_guidance,
     choose_threads,
     load_teacher,
     load_training_data,
@@ -100,8 +99,7 @@ class Trainer:
         self.config, self.num_classes, self.text = training_condition(config, self.data, device.type)
         self.data_meta = data_description(self.data, self.num_classes, text=self.text is not None)
         self.teacher = load_teacher(config, self.data, self.num_classes, device)
-        check_training_guidance(config, self.num_classes, self.teacher)  # before a teacher pool is solved
-        self.objective = make_objective(config, self.num_classes, self.teacher, self.data.shape)
+        self.objective = build_objective(config, self.data, self.num_classes, self.teacher, self.text is not None)
         self.config, threads_said = choose_threads(self.config, self.objective)  # before anything is timed
         self.state, self.last_good = self._state(resume_from)
         self.forward_model = wrap_for_forward(self.state.model, self.objective, config, dist, device)

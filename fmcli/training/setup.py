@@ -23,7 +23,7 @@ from fmcli.models.presets import default_model_config
 from fmcli.runtime import threads
 from fmcli.training.config import DEFAULT_STEPS, TrainConfig
 from fmcli.training.distributed import DistInfo
-from fmcli.training.objectives import Objective
+from fmcli.training.objectives import Objective, make_objective
 from fmcli.training.optim import make_optimizer
 from fmcli.training.state import TrainState
 
@@ -200,17 +200,30 @@ def uses_channels_last(device: torch.device, data: ArrayDataset) -> bool:
     return device.type == "cuda" and data.kind == "image"
 
 
-def check_training_guidance(config: TrainConfig, num_classes: int, teacher: LoadedModel | None) -> None:
-    """--train-cfg needs an unconditional velocity: class labels trained with label dropout."""
+def check_training_guidance(
+    config: TrainConfig, num_classes: int, teacher: LoadedModel | None, text: bool = False
+) -> None:
+    """--train-cfg needs an unconditional velocity: class labels trained with label dropout, or captions (``text``)
+    with caption dropout (the empty prompt)."""
     if config.train_cfg == 1:
         return
-    dropout = teacher.meta.label_dropout if teacher is not None else config.label_dropout
-    if not num_classes or dropout <= 0:
+    own = config.caption_dropout if text else config.label_dropout
+    dropout = teacher.meta.label_dropout if teacher is not None else own
+    if not (num_classes or text) or dropout <= 0:
         whose = "the teacher was" if teacher is not None else "this run is"
         raise FMError(
-            f"--train-cfg {config.train_cfg:g} needs class labels and label dropout, and {whose} "
-            "trained without them; use --train-cfg 1"
+            f"--train-cfg {config.train_cfg:g} needs class labels and label dropout (or captions and caption "
+            f"dropout), and {whose} trained without them; use --train-cfg 1"
         )
+
+
+def build_objective(
+    config: TrainConfig, data: ArrayDataset, num_classes: int, teacher: LoadedModel | None, text: bool
+) -> Objective:
+    """The run's objective, once its --train-cfg is checked (before a teacher pool is solved); a text model's
+    (``text``) draws its pool's and diagnostics' prompts from the training captions."""
+    check_training_guidance(config, num_classes, teacher, text)
+    return make_objective(config, num_classes, teacher, data.shape, data.captions if text else None)
 
 
 def wrap_for_forward(

@@ -11,7 +11,7 @@ whether DDP's wrapper and ``torch.compile`` can carry its forward pass (``uses_d
     meanflow.py       MeanFlow's average velocity with its targets (x1 - x0, self-guided, a teacher's)
     pool.py           a teacher's solved jumps, exact targets for the sampler's grids (distillation)
 
-``make_objective(config, num_classes, teacher)`` builds the one a training config asks for.
+``make_objective(config, num_classes, teacher, item_shape, captions)`` builds the one a training config asks for.
 """
 
 from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution, Times
@@ -39,10 +39,11 @@ __all__ = [
 ]
 
 
-def make_objective(config, num_classes: int, teacher=None, item_shape=None) -> Objective:
+def make_objective(config, num_classes: int, teacher=None, item_shape=None, captions=None) -> Objective:
     """The objective of a ``TrainConfig``; ``teacher`` (a LoadedModel) makes a MeanFlow objective distil it.
-    ``item_shape`` is the shape of one training item (MeanFlow's jump diagnostics draw noise of it)."""
+    ``item_shape`` is the shape of one training item (MeanFlow's jump diagnostics draw noise of it); ``captions``
+    (a text model's, one tuple per item) the prompts a text teacher's pool and the diagnostics are drawn from."""
     times = TimeDistribution(config.time_sampling, config.time_mean, config.time_std)
     if config.objective == "fm":
         return FlowMatching(times)
-    return make_meanflow(config, times, num_classes, teacher, item_shape)
+    return make_meanflow(config, times, num_classes, teacher, item_shape, captions)

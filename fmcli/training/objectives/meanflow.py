@@ -9,7 +9,8 @@ What v is, the "target velocity", is a small object of its own:
     ConditionalVelocity   x1 - x0. The target is linear in v, so its mean given x_t is the target built from
                           the marginal v* (for which the identity holds), as in flow matching.
     SelfGuidedVelocity    S (x1 - x0) + (1 - S) u(x_t, t, t | null): classifier-free guidance of scale S folded
-                          into the target with the model's own unconditional velocity (the paper's).
+                          into the target with the model's own unconditional velocity (the paper's); the null
+                          condition is the null class, or a text model's empty prompt.
     TeacherVelocity       a trained flow's guided v_T(x_t, t) = v_u + S (v_c - v_u): distillation.
 
 Samples with r = t have the target v itself ((t - r) du/dt = 0): they get a plain forward pass, and only
@@ -23,10 +24,10 @@ from torch import Tensor
 from fmcli.errors import FMError
 from fmcli.flow.meanflow import GRID_PAIRS, meanflow_target, sample_interval
 from fmcli.flow.path import broadcast_time, interpolate, target_velocity
-from fmcli.models.condition import null_rows
+from fmcli.models.condition import null_rows, null_value
 from fmcli.sampling.guidance import balanced_classes
 from fmcli.training.objectives.base import Batch, LossOutput, Objective, TimeDistribution, Times
-from fmcli.training.objectives.pool import TeacherPool
+from fmcli.training.objectives.pool import TeacherPool, draw_prompts
 
 
 class ConditionalVelocity:
@@ -37,29 +38,31 @@ class ConditionalVelocity:
 
 
 class SelfGuidedVelocity:
-    """v = S (x1 - x0) + (1 - S) u(x_t, t, t | null); samples trained on the null class keep x1 - x0."""
+    """v = S (x1 - x0) + (1 - S) u(x_t, t, t | null); samples trained on the null condition keep x1 - x0. ``null``:
+    the null condition's fill value (``fmcli.models.condition.null_value``: the null class, or PAD for a text
+    model, whose null condition is the empty prompt)."""
 
-    def __init__(self, scale: float, num_classes: int):
-        self.scale, self.num_classes = scale, num_classes
+    def __init__(self, scale: float, null: int):
+        self.scale, self.null = scale, null
 
     @torch.no_grad()
     def __call__(self, net, batch: Batch, xt: Tensor) -> Tensor:
-        null = torch.full_like(batch.labels, self.num_classes)
-        unconditional = net(xt, batch.t, y=null, r=batch.t)
+        unconditional = net(xt, batch.t, y=torch.full_like(batch.labels, self.null), r=batch.t)
         plain = target_velocity(batch.x0, batch.x1)
         guided = self.scale * plain + (1 - self.scale) * unconditional
-        return torch.where(broadcast_time(null_rows(batch.labels, self.num_classes), xt), plain, guided)
+        return torch.where(broadcast_time(null_rows(batch.labels, self.null), xt), plain, guided)
 
 
 class TeacherVelocity:
-    """v = the teacher's velocity at x_t, guided as it samples when labelled: v_ref + S (v_c - v_ref), v_ref its
-    unconditional velocity or a guide's, within an interval of times (``fmcli.sampling.guidance``)."""
+    """v = the teacher's velocity at x_t, guided as it samples when conditioned: v_ref + S (v_c - v_ref), v_ref its
+    velocity for the null condition (``null``: the null class, or PAD: the empty prompt) or a guide's, within an
+    interval of times (``fmcli.sampling.guidance``)."""
 
-    def __init__(self, teacher, scale: float, num_classes: int, interval=None, guide=None, guide_label="null"):
+    def __init__(self, teacher, scale: float, null: int, interval=None, guide=None, guide_label="null"):
         from fmcli.sampling.guidance import guided_velocity
 
         self.teacher = teacher  # the guided velocity is also the flow a pool and the jump diagnostics solve
-        self.guided = guided_velocity(teacher, scale, num_classes, interval, guide, guide_label)
+        self.guided = guided_velocity(teacher, scale, null, interval, guide, guide_label)
 
     @torch.no_grad()
     def __call__(self, net, batch: Batch, xt: Tensor) -> Tensor:
@@ -96,6 +99,8 @@ class MeanFlow(Objective):
         self.model_extras = {"interval": True, "interval_scale": float(interval_scale)}
         self.pool, self.pool_fraction = pool, pool_fraction if pool is not None else 0.0
         self._diagnostics = None  # the jump reference, built on first use
+        self.item_shape: tuple[int, ...] = ()  # one item's shape: the jump diagnostics draw noise of it
+        self.prompts: list[str] | None = None  # a text model's: the prompts the jump diagnostics are drawn for
 
     def draw_times(self, batch_size, generator, device) -> Times:
         """(r, t) as ``sample_interval`` draws them; then, with a pool, a share ``pool_fraction`` of the rows is
@@ -154,7 +159,10 @@ class MeanFlow(Objective):
 
         device, num_classes = next(net.parameters()).device, int(net.config.get("num_classes", 0))
         noise = torch.randn((DIAGNOSTIC_DRAWS, *self.item_shape), generator=torch.Generator().manual_seed(12345))
-        labels = balanced_classes(DIAGNOSTIC_DRAWS, num_classes).to(device) if num_classes else None
+        if self.prompts:
+            labels = net.tokenize(self.prompts).to(device)
+        else:
+            labels = balanced_classes(DIAGNOSTIC_DRAWS, num_classes).to(device) if num_classes else None
         average = guided_velocity(net, 1.0, num_classes)
         if isinstance(self.target, TeacherVelocity):
             if self._diagnostics is None:
@@ -189,31 +197,22 @@ def teacher_guidance(config, teacher):
     return interval, guide
 
 
-def make_meanflow(config, times: TimeDistribution, num_classes: int, teacher=None, item_shape=None) -> MeanFlow:
+def make_meanflow(
+    config, times: TimeDistribution, num_classes: int, teacher=None, item_shape=None, captions=None
+) -> MeanFlow:
     """MeanFlow against x1 - x0, a teacher's guided velocity, or x1 - x0 with guidance folded in (--train-cfg);
-    with ``--pool N`` (distillation only) also against the teacher's solved jumps."""
+    with ``--pool N`` (distillation only) also against the teacher's solved jumps. ``captions``: a text model's
+    training captions (one tuple per item), which its pool's and diagnostics' prompts are drawn from; the null
+    condition guidance takes is then the empty prompt."""
+    null = null_value("text" if captions is not None else "class", num_classes)
     if teacher is not None:
         interval, guide = teacher_guidance(config, teacher)
         label = (config.teacher_guidance or {}).get("guide_label", "null")
-        target = TeacherVelocity(teacher.model, config.train_cfg, num_classes, interval, guide, label)
+        target = TeacherVelocity(teacher.model, config.train_cfg, null, interval, guide, label)
     elif config.train_cfg != 1:
-        target = SelfGuidedVelocity(config.train_cfg, num_classes)
+        target = SelfGuidedVelocity(config.train_cfg, null)
     else:
         target = ConditionalVelocity()
-    pool = None
-    if config.pool:
-        if teacher is None:
-            raise FMError("--pool solves a teacher's flow: it is for fm distill (or a run with a teacher)")
-        pool = TeacherPool.build(
-            target.guided,
-            teacher.meta.shape,
-            config.pool,
-            num_classes,
-            solver=config.pool_solver,
-            steps=config.pool_steps,
-            seed=config.seed * 7 + 5,
-            device=teacher.device,
-        )
     objective = MeanFlow(
         times,
         interval_fraction=config.interval_fraction,
@@ -222,8 +221,25 @@ def make_meanflow(config, times: TimeDistribution, num_classes: int, teacher=Non
         interval_sampling=config.interval_sampling,
         grid_fraction=config.grid_fraction,
         interval_scale=config.interval_scale,
-        pool=pool,
+        pool=teacher_pool(config, target, num_classes, teacher, captions),
         pool_fraction=config.pool_fraction,
     )
     objective.item_shape = tuple(item_shape or (teacher.meta.shape if teacher is not None else ()))
+    if captions is not None:
+        objective.prompts = draw_prompts(captions, DIAGNOSTIC_DRAWS, 12345)
     return objective
+
+
+def teacher_pool(config, target, num_classes: int, teacher, captions) -> TeacherPool | None:
+    """The pool of ``--pool N`` teacher solves: equal per class, or each for a training caption (a text teacher,
+    at its guidance: the empty prompt is the null condition); None without --pool."""
+    if not config.pool:
+        return None
+    if teacher is None:
+        raise FMError("--pool solves a teacher's flow: it is for fm distill (or a run with a teacher)")
+    seed = config.seed * 7 + 5
+    rows = None
+    if captions is not None:
+        rows = teacher.model.tokenize(draw_prompts(captions, config.pool, seed))
+    return TeacherPool.build(target.guided, teacher.meta.shape, config.pool, num_classes, solver=config.pool_solver,
+                             steps=config.pool_steps, seed=seed, device=teacher.device, rows=rows)  # fmt: skip
