@@ -23,7 +23,7 @@ RANKS = {
     "registry": 2,
     "text": 2.5,  # text encoders (transformers only inside clip.py's functions); models import them
     "models": 3,
-    "autoencoders": 3.5,  # images <-> latents (diffusers only inside diffusers.py's functions); data, training use them
+    "autoencoders": 4.5,  # images <-> latents (diffusers only inside diffusers.py's functions); data, training use them
     "flow": 4, "io": 4,
     "data": 5,
     "sampling": 6,

@@ -11,8 +11,9 @@ Images are model-space [-1, 1]; ``encode`` returns latents already shifted and s
 statistics, so they are about N(0, 1) per channel, the scale a flow model's noise has.
 
 May import: torch, safetensors, ``fmcli.errors``, ``fmcli.specs``, ``fmcli.hookspecs``, ``fmcli.registry``,
-``fmcli.device``, ``fmcli.runtime``; diffusers only inside diffusers.py's functions. Training (``fmcli.training``),
-evaluation (``fmcli.eval``) and, later, the latent data cache import this room, never the reverse.
+``fmcli.device``, ``fmcli.runtime``, ``fmcli.io`` (atomic writes); diffusers only inside diffusers.py's functions.
+Training (``fmcli.training``), evaluation (``fmcli.eval``) and, later, the latent data cache import this room, never
+the reverse.
 """
 
 from fmcli.autoencoders.base import Autoencoder

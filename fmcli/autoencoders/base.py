@@ -13,13 +13,13 @@ autoencoder that decodes it by content, and a damaged file is caught when it is 
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from fmcli.errors import FMError
+from fmcli.io.files import atomic_write_bytes
 
 FORMAT = "fmcli-autoencoder"
 FORMAT_VERSION = 1
@@ -147,24 +147,14 @@ def content_digest(description: dict, tensors: dict[str, Tensor]) -> str:
 
 
 def save_file(path: Path, tensors: dict[str, Tensor], description: dict) -> None:
-    """Write weights and description as one safetensors file, atomically (temporary file, fsync, rename)."""
+    """Write weights and description as one safetensors file, atomically (``fmcli.io.files``)."""
     from safetensors.torch import save
 
     payload = save(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
         metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "autoencoder": json.dumps(description)},
     )
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(Path(path), payload)
 
 
 def read_description(path: Path) -> dict:

@@ -161,8 +161,9 @@ def save_classifier(path: Path, network: SmallCNN, metadata: dict) -> None:
     atomic_write_bytes(path, save(state, metadata=encoded))  # another process never sees half a file
 
 
-def load_classifier(path: Path, device: torch.device | str = "cpu") -> tuple[SmallCNN, dict]:
-    """The network and its metadata (channels, num_classes, test accuracy, ...) from a cache file."""
+def read_cache_file(path: Path, fmt: str, what: str) -> tuple[dict, dict]:
+    """Weights and JSON metadata of a cached network (``format`` ``fmt``); one line naming ``what`` it should be
+    when the file is unreadable or another kind."""
     try:
         from safetensors import safe_open
 
@@ -170,10 +171,15 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> tuple[Sma
             raw = handle.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise FMError(f"cached classifier {path} is unreadable ({error}); delete it to retrain") from None
-    if raw.get("format") != FORMAT:
-        raise FMError(f"{path} is not an fm classifier file; delete it to retrain")
-    metadata = {key: json.loads(value) for key, value in raw.items() if key != "format"}
+        raise FMError(f"cached {what} {path} is unreadable ({error}); delete it to retrain") from None
+    if raw.get("format") != fmt:
+        raise FMError(f"{path} is not an fm {what} file; delete it to retrain")
+    return state, {key: json.loads(value) for key, value in raw.items() if key != "format"}
+
+
+def load_classifier(path: Path, device: torch.device | str = "cpu") -> tuple[SmallCNN, dict]:
+    """The network and its metadata (channels, num_classes, test accuracy, ...) from a cache file."""
+    state, metadata = read_cache_file(path, FORMAT, "classifier")
     network = SmallCNN(metadata["channels"], metadata["num_classes"])
     network.load_state_dict(state)
     return network.to(device).eval(), metadata

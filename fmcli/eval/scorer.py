@@ -24,13 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from fmcli.data.base import to_model_space
-from fmcli.errors import FMError
-from fmcli.eval.classifier import random_shift
+from fmcli.eval.classifier import random_shift, read_cache_file
 from fmcli.eval.features import Progress, cache_name
 from fmcli.io.files import atomic_write_bytes
 from fmcli.text.base import PAD
@@ -214,15 +212,7 @@ def trained_scorer(
 
 def read_scorer(path: Path) -> tuple[dict, dict]:
     """A cached scorer's weights and metadata; one line when the file is not one."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = handle.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise FMError(f"cached prompt scorer {path} is unreadable ({error}); delete it to retrain") from None
-    if raw.get("format") != FORMAT:
-        raise FMError(f"{path} is not an fm prompt scorer file; delete it to retrain")
-    return state, {key: json.loads(value) for key, value in raw.items() if key != "format"}
+    return read_cache_file(path, FORMAT, "prompt scorer")
 
 
 def prompt_keys(prompts: list[str], attributes: dict[str, Tensor] | None) -> list[tuple]:
