@@ -23,6 +23,7 @@ def main() -> int:
     parser.add_argument("run", type=Path)
     parser.add_argument("--per-pair", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -39,7 +40,7 @@ def main() -> int:
 
     loaded = load_checkpoint(args.run, device="cpu")
     train, test = (load_shapes(LoadOptions(split=split)) for split in ("train", "test"))
-    sampling = SamplingOptions(seed=args.seed).for_model(loaded.meta)
+    sampling = SamplingOptions(seed=args.seed, cfg=args.cfg).for_model(loaded.meta)
     cache = default_cache_dir()
     if loaded.meta.condition == "text":
         report = prompt_following(loaded, train, test, sampling, per_pair=args.per_pair, cache=cache)
