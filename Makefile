@@ -1,6 +1,8 @@
 # Two commands for a fresh machine (each creates .venv first):
 #   make demo   train on the embedded MNIST subset, then sample sixes
 #   make test   lint (ruff check, ruff format --check), then run the test suite
+# and the documentation site:
+#   make docs   mkdocs build --strict into site/ (installs the docs extra into .venv the first time)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +13,7 @@ TORCH  ?= torch==2.13.0
 # its torchvision would bring another torch build, and fm imports only its torch-only Inception module.
 FIDELITY ?= torch-fidelity>=0.3,<0.5
 
-.PHONY: setup demo lint test bench-cpu clean
+.PHONY: setup demo lint test docs bench-cpu clean
 
 $(BIN)/fm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +37,11 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# The site: docs/ and mkdocs.yml. --strict fails on a broken link, a missing page or a command without its page;
+# docs/hooks.py generates the command reference from the Typer app, mkdocstrings the API from the docstrings.
+docs: setup
+	$(BIN)/python -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(BIN)/pip install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs tests/.cache
+	rm -rf $(VENV) runs tests/.cache site

@@ -142,7 +142,8 @@ def score(run: Path, data: str, num: int, data_dir: str | None, extractor: str |
     return {"fid": report["metrics"]["fid"]["value"], "kid": report["metrics"]["kid"]["value"],
             "accuracy": report["conditional"]["accuracy"], "per_class": report["conditional"]["per_class"],
             "classifier_test_accuracy": report["conditional"]["classifier_test_accuracy"],
-            "cfg": report["conditional"].get("cfg")}  # fmt: skip
+            "cfg": report["conditional"].get("cfg"), "sample_seconds": report["sampling"]["seconds"],
+            "samples_per_second": report["sampling"].get("samples_per_second")}  # fmt: skip
 
 
 def measure_speed(name: str, train_data: str, extra: list, options: list, out: Path) -> dict:

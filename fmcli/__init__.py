@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from fmcli.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "FMError",
     "FixedStepSolver",

@@ -7,6 +7,7 @@ is a counter. See bench/busy_machine.py for what the rule does on a real busy ma
 """
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,32 @@ def test_other_kinds_of_work_and_pauses_are_not_stalls():
     fake.now += 60.0
     fake.steps(20, 0.1)
     assert fake.governor.threads == 2 and not fake.governor.changes
+
+
+def test_slow_steps_are_watched_like_fast_ones():
+    """A 128 px training step takes 14 s on one thread: step after step, that is work, not a pause. When the cores
+    free up the governor tries a second thread (it once stayed at one thread for a whole 20-minute run)."""
+    fake = FakeMachine(usable=2)
+    fake.others = 1.0
+    fake.steps(8, 14.0)
+    assert fake.governor.threads == 1
+    fake.others = 0.0
+    fake.steps(4, 14.0)
+    assert fake.governor.threads == 2 and "trying one more" in fake.governor.changes[-1][3]
+    fake.steps(8, 7.0)  # twice as fast: kept
+    assert fake.governor.threads == 2
+
+
+def test_the_cpu_time_of_finished_children_is_ours():
+    """A folder's decoding workers are this process's children: their CPU time must not read as other processes
+    keeping the cores busy (the first thread choice after decoding a new folder once took one thread of two)."""
+    import subprocess
+    import sys
+
+    before, own_before = machine._own_seconds(), time.process_time()
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert machine._own_seconds() - before >= 0.25 and time.process_time() - own_before < 0.1
 
 
 def test_a_count_set_by_someone_else_wins_and_the_governor_stops():

@@ -18,19 +18,26 @@ def autoencoder_file(text: str | Path) -> Path | None:
 
 
 def open_autoencoder(text: str | Path, *, device: str = "cpu") -> Autoencoder:
-    """The autoencoder ``text`` names, in eval mode on ``device``; one line when it names none."""
-    text = str(text)
+    """The autoencoder ``text`` names, in eval mode on ``device``, with ``source``: the file or directory it was
+    read from (what a latent checkpoint records); one line when it names none."""
+    kind, source = locate(str(text))
+    autoencoder = registry.get_autoencoder(kind).load(source).to(device).eval()
+    autoencoder.source = Path(source)
+    return autoencoder
+
+
+def locate(text: str) -> tuple[str, Path]:
+    """(kind, the file or directory to load) of what the user typed."""
     kind, _, rest = text.partition(":")
     if rest and kind in registry.autoencoders():
-        return registry.get_autoencoder(kind).load(rest).to(device).eval()
+        return kind, Path(rest).expanduser()
     file = autoencoder_file(text)
     if file is not None:
-        kind = read_description(file).get("kind", "?")
-        return registry.get_autoencoder(kind).load(file).to(device).eval()
+        return read_description(file).get("kind", "?"), file
     path = Path(text).expanduser()
     if not path.exists():
         raise FMError(f"no autoencoder at {text}: give a run folder of `fm autoencoder train`, its {FILE}, or a "
                       "diffusers AutoencoderKL directory")  # fmt: skip
     if path.is_dir() and ((path / "config.json").is_file() or (path / "vae" / "config.json").is_file()):
-        return registry.get_autoencoder("diffusers").load(path).to(device).eval()
+        return "diffusers", path
     raise FMError(f"{path} holds no autoencoder (no {FILE}, no diffusers config.json)")

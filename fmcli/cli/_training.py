@@ -144,7 +144,8 @@ class RichCallbacks:
                 highlight=False,
             )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, loss="-", **{"img/s": "-"})
+        name = info.get("task", "train")  # "autoencoder": a latent run's autoencoder, trained first
+        self.task = self.progress.add_task(name, total=total_steps, completed=start_step, loss="-", **{"img/s": "-"})
 
     def on_plan(self, total_steps: int) -> None:
         self.progress.update(self.task, total=total_steps)

@@ -108,7 +108,7 @@ def sample_command(
             reference=reference,
             progress=lambda done, total: bar.update(task, completed=done),
         )
-    if loaded.meta.data["kind"] == "image":
+    if loaded.meta.data["kind"] != "points":  # images (a latent model's come decoded)
         labels = None if wanted is not None else result.labels
         written = write_samples(out, to_uint8(result.samples), labels, fmt, nrow=nrow, prompts=wanted)
     else:

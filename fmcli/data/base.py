@@ -45,8 +45,8 @@ class LoadOptions:
 class ArrayDataset:
     name: str
     split: str
-    kind: str  # "image" or "points"
-    data: Tensor  # uint8 [N, C, H, W] for images, float32 [N, D] for points
+    kind: str  # "image", "points" or "latent" (pictures encoded by an autoencoder: ``fmcli.data.latents``)
+    data: Tensor  # uint8 [N, C, H, W] for images, float32 [N, D] for points, float16 [N, c, h, w] for latents
     labels: Tensor | None = None  # int64 [N], or None when unlabelled
     class_names: list[str] | None = None
     info: dict = field(default_factory=dict)  # e.g. skipped files, source path, content hash, caption coverage
@@ -54,6 +54,7 @@ class ArrayDataset:
     captions: list[tuple[str, ...]] | None = None
     attributes: dict[str, Tensor] | None = None  # e.g. {"shape": int64 [N], "colour": int64 [N]}: what each item shows
     attribute_names: dict[str, list[str]] | None = None  # per attribute, code -> name
+    mirrored: Tensor | None = None  # latents only: row i encodes item i's mirror image (what --hflip trains on)
 
     def __len__(self) -> int:
         return self.data.shape[0]

@@ -165,6 +165,13 @@ def bits_per_dim(log_prob: Tensor, dim: int, *, dequantised_8bit: bool) -> Tenso
     return nats / (dim * math.log(2.0))
 
 
+def check_nll_model(nll: "NLLOptions | None", meta) -> None:
+    """``--nll`` of a latent model is one line: its likelihood would be that of its latents, not of the pictures."""
+    if nll is not None and meta.autoencoder:
+        raise FMError("--nll: a latent model's likelihood is that of its latents, not of the pictures; fm eval "
+                      "reports it for models of pixels and points")  # fmt: skip
+
+
 def evaluate_nll(loaded, data, options: NLLOptions, *, seed: int, device: torch.device, progress=None) -> dict:
     """Negative log-likelihood of test items of ``data`` (an ``fmcli.eval.run.EvalData``): bits/dim for
     dequantised 8-bit images, nats for points. Conditional models are scored given each item's true class

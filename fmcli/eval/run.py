@@ -38,7 +38,7 @@ from fmcli.eval.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from fmcli.eval.nll import NLLOptions, evaluate_nll
+from fmcli.eval.nll import NLLOptions, check_nll_model, evaluate_nll
 from fmcli.eval.prompts import caption_condition, check_clip_path, prompt_report
 from fmcli.eval.reference import ReferenceFeatures, reference_features
 from fmcli.io.checkpoint import CheckpointMeta, LoadedModel, load_checkpoint
@@ -102,10 +102,8 @@ class EvalOptions:
 
     def as_dict(self) -> dict:
         plain = asdict(replace(self, sampling=SamplingOptions())) | {"sampling": self.sampling.as_dict()}
-        return {
-            key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-            for key, value in plain.items()
-        }
+        return {key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+                for key, value in plain.items()}  # fmt: skip
 
 
 def _progress_of(progress: Progress | None, stage: str):
@@ -177,9 +175,9 @@ def checkpoint_data(meta: CheckpointMeta, options: EvalOptions) -> EvalData:
             image_size=trained.get("image_size"),
             channels=trained.get("channels"),
         )
-    if data.shape != meta.shape:
+    if data.shape != meta.image_shape:  # a latent model's samples are compared once decoded
         raise FMError(
-            f"the checkpoint generates items of shape {list(meta.shape)} but data set {data.name!r} has "
+            f"the checkpoint generates items of shape {list(meta.image_shape)} but data set {data.name!r} has "
             f"{list(data.shape)} (image size or channels differ); evaluate against matching data"
         )
     return data
@@ -373,6 +371,7 @@ def prepare(
     is the test split; ``train_reference``: the training split where there is no test split (an image folder)."""
     device = resolve_device(options.device)
     loaded = load_checkpoint(checkpoint, device=device, weights=options.weights)
+    check_nll_model(options.nll, loaded.meta)  # before any work
     data = checkpoint_data(loaded.meta, options)
     if "test" not in data.splits and not train_reference:
         raise FMError(f"data set {data.name!r} has no test split to score against; use a data set with one")

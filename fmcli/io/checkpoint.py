@@ -50,6 +50,9 @@ class LoadedModel:
     meta: CheckpointMeta
     path: Path | None = None  # the file it was read from (None: built in memory, e.g. a training preview)
     weights: str = "ema"  # which weights: ema or raw
+    # A latent model's autoencoder (``fmcli.autoencoders.Autoencoder``, eval mode, on the model's device): what
+    # turns its samples into pictures. None for models of pixels or points.
+    autoencoder: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -159,6 +162,40 @@ def load_checkpoint(path: Path, *, device: str | torch.device = "cpu", weights: 
     shapes, meta = read_header(path)
     check_model_fits(meta, shapes, group, Path(path))
     tensors, meta = read_checkpoint(path)
+    file = checkpoint_file(Path(path))
+    autoencoder = open_decoder(meta, file, device)  # before the weights: a missing autoencoder fails fast
     model = build_model(meta.model_config)
     model.load_state_dict(split_prefix(tensors, group))
-    return LoadedModel(model=model.to(device).eval(), meta=meta, path=checkpoint_file(Path(path)), weights=weights)
+    return LoadedModel(model=model.to(device).eval(), meta=meta, path=file, weights=weights, autoencoder=autoencoder)
+
+
+def autoencoder_location(meta: CheckpointMeta, file: Path) -> Path:
+    """Where a latent checkpoint's autoencoder is: its recorded path, relative to the checkpoint's folder unless
+    absolute (``fm train`` records it relative when it lies inside the run folder, so the folder can move)."""
+    recorded = Path(str(meta.autoencoder.get("path") or ""))  # type: ignore[union-attr]
+    return recorded if recorded.is_absolute() else Path(file).resolve().parent / recorded
+
+
+def open_decoder(meta: CheckpointMeta, file: Path, device: str | torch.device = "cpu") -> nn.Module | None:
+    """The autoencoder that decodes a latent checkpoint's samples, found where the checkpoint says and checked
+    against the digest it recorded (one line when it is missing, changed or of a kind no plugin provides);
+    None for a model of pixels or points."""
+    from fmcli import registry
+
+    record = meta.autoencoder
+    if record is None:
+        return None
+    if not all(isinstance(record.get(key), str) for key in ("kind", "digest", "path")):
+        raise FMError(f"{file}: its autoencoder record is damaged ({sorted(record)})")
+    location, kind, digest = autoencoder_location(meta, file), record["kind"], record["digest"]
+    what = f"{file} is a latent model decoded by the {kind} autoencoder {digest}"
+    if not location.exists():
+        raise FMError(f"{what} at {location}, which is missing; put that autoencoder back (or the run folder "
+                      "beside it) to sample this model")  # fmt: skip
+    if kind not in registry.autoencoders():
+        raise FMError(f"{what}, a kind no installed plugin provides ({', '.join(registry.autoencoders())})")
+    autoencoder = registry.get_autoencoder(kind).load(location)
+    if autoencoder.digest != digest:
+        raise FMError(f"{what}, but {location} now holds another one (digest {autoencoder.digest}); the model "
+                      "only makes pictures with the autoencoder it was trained with")  # fmt: skip
+    return autoencoder.to(device).eval()

@@ -51,8 +51,21 @@ class CheckpointMeta:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The shape of one generated item, e.g. (1, 28, 28) or (2,)."""
+        """The shape of one item the model generates, e.g. (1, 28, 28) or (2,); a latent model's latents (4, 32, 32)."""
         return tuple(self.data["shape"])
+
+    @property
+    def autoencoder(self) -> dict | None:
+        """A latent model's autoencoder, as recorded: kind, digest, path (relative to the checkpoint's folder when
+        it lies inside it), image_shape. None for a model of pixels or points."""
+        found = self.data.get("autoencoder")
+        return found if isinstance(found, dict) else None
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as the user gets it: a latent model's decoded image (3, 128, 128), else ``shape``."""
+        found = self.autoencoder
+        return tuple(found["image_shape"]) if found else self.shape
 
 
 def _decode_meta(raw: dict[str, str], path: Path) -> CheckpointMeta:

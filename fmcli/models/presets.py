@@ -2,8 +2,8 @@
 
 On a CPU a training run is bought with CPU-seconds: the 28x28 and 32x32 defaults are the configs
 with the best sample quality (FID and conditional accuracy without guidance) after the same wall
-time on 2 cores, among those measured by ``bench/demo_search.py`` (README, "Choosing the demo
-model"). 64, 128 and 256 px get U-Nets that train on a CPU at all (attention only at 8x8).
+time on 2 cores, among those measured by ``bench/demo_search.py`` (docs/measured/demo-model.md).
+64, 128 and 256 px get U-Nets that train on a CPU at all (attention only at 8x8).
 
 On CUDA wider models cost little wall time: the presets follow published image U-Nets at those
 sizes (DDPM's CIFAR-10 and LSUN networks, ADM's 64 and 128 px ones), trimmed to 2 residual blocks
@@ -22,7 +22,7 @@ CPU_PRESETS = {
     28: {"base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1, "attention_resolutions": [7]},
     # 16 channels at the top: 2.4x the images per second of 32 channels, and the better samples after 10 minutes.
     32: {"base_channels": 16, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 1, "attention_resolutions": [8]},
-    # 64 px: the 32 px choice carried over (not searched at 64; README "64 px on a CPU" measures it).
+    # 64 px: the 32 px choice carried over (not searched at 64; docs/measured/64px.md measures it).
     64: {"base_channels": 16, "channel_mults": [1, 2, 2, 2], "num_res_blocks": 1, "attention_resolutions": [8]},
     128: {"base_channels": 32, "channel_mults": [1, 1, 2, 2, 4], "num_res_blocks": 1, "attention_resolutions": [8]},
     256: {"base_channels": 32, "channel_mults": [1, 1, 2, 2, 4, 4], "num_res_blocks": 1, "attention_resolutions": [8]},
@@ -53,13 +53,14 @@ CUDA_PRESETS = {
 def default_model_config(kind: str, shape: tuple, num_classes: int, device_type: str = "cpu") -> dict:
     """The config ``fm train`` uses when the user names no model: a U-Net for images, the MLP for points.
 
-    kind: "image" (shape (C, H, W), H = W) or "points" (shape (D,)); num_classes: 0 = unconditional.
+    kind: "image" (shape (C, H, W), H = W), "latent" (an autoencoder's latents (c, h, w): the preset of an image
+    of that size, with c channels) or "points" (shape (D,)); num_classes: 0 = unconditional.
     """
     if kind == "points":
         (dim,) = shape
         return {"name": "mlp", "dim": int(dim), "hidden": 256, "depth": 4, "num_classes": int(num_classes)}
-    if kind != "image":
-        raise FMError(f"no default model for data of kind {kind!r} (expected 'image' or 'points')")
+    if kind not in ("image", "latent"):
+        raise FMError(f"no default model for data of kind {kind!r} (expected 'image', 'latent' or 'points')")
     channels, height, width = (int(s) for s in shape)
     if height != width:
         raise FMError(f"the U-Net needs square images, got {height}x{width}; resize with --image-size")

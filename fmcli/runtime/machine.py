@@ -144,7 +144,14 @@ def _cgroup_seconds(root: Path) -> float | None:
 def cpu_sample(cores_: Cores, root: Path = ROOT) -> CpuSample:
     """The counters now (a few small file reads, well under a millisecond)."""
     cgroup = _cgroup_seconds(root) if cores_.quota_binds else None
-    return CpuSample(time.monotonic(), _busy_seconds(cores_.cpus, root), cgroup, time.process_time())
+    return CpuSample(time.monotonic(), _busy_seconds(cores_.cpus, root), cgroup, _own_seconds())
+
+
+def _own_seconds() -> float:
+    """CPU-seconds of this process and of its children that ended (a folder's decoding workers are ours, not
+    other processes': without them the first choice after decoding a new folder saw a busy machine)."""
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
 
 
 def others_cores(before: CpuSample, after: CpuSample) -> float | None:

@@ -42,7 +42,8 @@ WINDOW = 5  # ticks whose median is "the time per unit of work now"
 STALL = 1.5  # the median this many times the best seen at this count: steps stalled
 GAIN = 0.05  # one more thread is kept when the work gets at least this much faster
 BACKOFF = (10.0, 300.0)  # seconds before another step-up after one that did not pay: first, most
-IDLE = 5.0  # a gap between ticks this long is a pause (a request page idle, features being extracted), not work
+IDLE = 5.0  # a gap between ticks this long is a pause (a request page idle, features being extracted), not work ...
+PAUSE = 3.0  # ... when it is also this many times the gap before it (a 14 s training step, step after step, is work)
 
 
 def rule(usable: int, others: float | None) -> int:
@@ -105,6 +106,7 @@ class Governor:
     _best: dict = field(default_factory=dict)  # (kind, threads) -> the best median seen
     _applied: dict = field(default_factory=dict)  # OS thread id -> the count set there
     _tick: tuple | None = None  # (when, kind) of the last tick
+    _gaps: dict = field(default_factory=dict)  # kind of work -> the gap before its last tick (a pause or not)
     _skip: int = 1  # ticks to ignore (the first after a change builds the new threads)
     _raise: int = 0  # checks in a row that had room for one more thread
     _trial: tuple | None = None  # (count before the step-up, the kind of work, its best median then)
@@ -122,11 +124,13 @@ class Governor:
             self._apply_here()
             window = self._durations.setdefault(kind, deque(maxlen=WINDOW))
             gap = now - self._tick[0] if self._tick is not None and self._tick[1] == kind else None
-            if gap is not None and gap < IDLE and self._skip == 0:
+            pause = gap is not None and self._is_pause(kind, gap)
+            if gap is not None and not pause and self._skip == 0:
                 window.append(gap / max(work, 1e-9))
             self._skip = max(0, self._skip - 1)
             self._tick = (now, kind)
-            if self.last is None or now - self.last.at > IDLE:  # counters from before a pause say nothing of now
+            stale = self.last is None or pause or (gap is None and now - self.last.at > IDLE)
+            if stale:  # counters from before a pause say nothing of now
                 self.last = self.sample()
                 return
             median = statistics.median(window) if len(window) >= 3 else None
@@ -139,6 +143,12 @@ class Governor:
             stalled = len(window) == WINDOW and median > STALL * best
             if stalled or now - self.last.at >= CHECK_SECONDS:
                 self._check(now, kind, median / best if stalled else None, best)
+
+    def _is_pause(self, kind: str, gap: float) -> bool:
+        """A gap of ``IDLE`` or more is a pause unless the gap before it was about as long: slow work (a 128 px
+        training step of 14 s) ticks at long gaps too, and must be watched like fast work."""
+        before, self._gaps[kind] = self._gaps.get(kind), gap
+        return gap >= IDLE and (before is None or gap > PAUSE * before)
 
     def _check(self, now: float, kind: str, slower: float | None, best: float) -> None:
         sample = self.sample()

@@ -53,7 +53,7 @@ from fmcli.flow.path import predicted_data
 from fmcli.io.checkpoint import LoadedModel
 from fmcli.io.files import atomic_write_bytes
 from fmcli.io.images import PlotFrame, encode_filmstrip, encode_gif, grid_image, side_by_side, with_caption
-from fmcli.sampling.generate import SampleResult, generate
+from fmcli.sampling.generate import SampleResult, decode_latents, generate
 from fmcli.sampling.options import SamplingOptions
 
 SHOW_MODES = ("x", "x0", "both")
@@ -216,7 +216,7 @@ def render_animation(
     """Solve once from noise to data with ``save_at`` = the frame times, and draw every frame. ``classes``: the
     condition rows (class indices or prompt token ids); ``reference``: a negative prompt's, as ``generate``."""
     check_settings(settings)
-    shape = loaded.meta.shape
+    shape = loaded.meta.shape  # a latent model's trajectory is kept as latents, decoded frame by frame
     needed = trajectory_bytes(settings.frames, num, shape)
     if needed > MAX_TRAJECTORY_BYTES:
         raise FMError(
@@ -233,6 +233,7 @@ def render_animation(
         reference=reference,
         save_at=frame_times(settings.frames),
         progress=(lambda done, total: progress("solve", done, total)) if progress else None,
+        decode=False,
     )
     times = [float(t) for t in result.times]
     trajectory = result.trajectory  # [T, N, ...] float32 on the CPU
@@ -251,7 +252,10 @@ def render_animation(
             loaded, trajectory, times, classes, velocity, x0, settings, sampling.seed, progress
         )
     else:
-        frames, box, extra = _image_frames(trajectory, times, x0, settings, progress)
+        pictures = functools.partial(decode_latents, loaded.autoencoder) if loaded.autoencoder else None
+        frames, box, extra = _image_frames(trajectory, times, x0, settings, progress, pictures)
+        if pictures is not None:  # what fm sample gives: the decoded end point
+            result.samples = pictures(result.samples)
     del trajectory
     return Animation(
         frames=frames,
@@ -270,19 +274,21 @@ def _image_frames(
     x0: Callable[..., Tensor],
     settings: AnimationSettings,
     progress: ProgressFn | None,
+    pictures: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[list[Image.Image], tuple[int, int, int, int], int]:
+    """The frames of an image model; ``pictures`` decodes a latent model's states (x_t and the x0 guesses)."""
     frames, box = [], (0, 0, 0, 0)
     gap = 4 * settings.scale
+    grid = lambda states: state_grid(pictures(states) if pictures else states, settings.nrow, settings.scale)  # noqa: E731
     for index, t in enumerate(times):
         states = trajectory[index]
         if settings.show == "x":
-            content, text = state_grid(states, settings.nrow, settings.scale), time_label(t, len(times))
+            content, text = grid(states), time_label(t, len(times))
         elif settings.show == "x0":
-            content = state_grid(x0(states, t), settings.nrow, settings.scale)
+            content = grid(x0(states, t))
             text = f"{time_label(t, len(times))}  guess x0 = x_t - t v"
         else:
-            left = state_grid(states, settings.nrow, settings.scale)
-            content = side_by_side(left, state_grid(x0(states, t), settings.nrow, settings.scale), gap)
+            content = side_by_side(grid(states), grid(x0(states, t)), gap)
             text = f"{time_label(t, len(times))}  left x_t, right guess x0"
         frame, strip = with_caption(content, text, settings.scale)
         frames.append(frame)

@@ -28,14 +28,14 @@ from fmcli.sampling.tuned import resolve_grid
 
 @dataclass
 class SampleResult:
-    samples: Tensor  # float on the CPU [N, ...], model space ([-1, 1] for images)
+    samples: Tensor  # float on the CPU [N, ...], model space ([-1, 1] for images; a latent model's decoded)
     labels: Tensor | None  # the condition per sample: class indices [N], prompt token ids [N, L]; None: none
     nfe: int  # model evaluations per sample (velocity calls of one solve)
     seconds: float  # wall time of sampling
     cfg: float  # the guidance scale used
     options: SamplingOptions  # what was used, defaults filled in
     times: Tensor | None = None  # [T] times of the trajectory, if save_at was given
-    trajectory: Tensor | None = None  # [T, N, ...] on the CPU
+    trajectory: Tensor | None = None  # [T, N, ...] on the CPU (a latent model's decoded, frame by frame)
     time_grid: str = "uniform"  # the grid used: "tuned" (fm tune's, for these settings), a grid name, "explicit"
     batch_size: int = 0  # samples per solver call (the --batch-size given, or the one chosen for the memory)
     passes: int = 0  # network passes per sample: nfe, plus one per guided evaluation (what was spent)
@@ -76,13 +76,16 @@ def generate(
     reference: Tensor | None = None,
     save_at: Sequence[float] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    decode: bool = True,
 ) -> SampleResult:
     """Sample ``num`` items from t = 1 (noise) to t = 0 (data), each under its row of ``condition`` (class indices
     [num], prompt token ids [num, L] from ``model.tokenize``, or None: ``fmcli.models.condition``), the one way
     labels and prompts reach the model, its guidance and the solver; ``reference`` (rows like ``condition``: a
     negative prompt's) replaces the null condition that guidance steers away from. Same inputs, same outputs: the
     seed fixes each sample's noise whatever the batches: fixed-step solvers give the same samples at any thread
-    count, and at any batch size up to the kernels' rounding (adaptive ones share one step size per batch)."""
+    count, and at any batch size up to the kernels' rounding (adaptive ones share one step size per batch).
+    A latent model's samples and trajectory come decoded into pictures, unless ``decode`` is False (fm animate
+    decodes its frames itself: its x0 guesses need the latents)."""
     if num < 1:
         raise FMError(f"--num must be at least 1 (got {num})")
     options = options.for_model(loaded.meta)
@@ -120,23 +123,43 @@ def generate(
             times = result.times
         if progress and velocity.done < count:  # solvers whose last evaluation is before t = 0 (euler)
             progress(first + count, num)
+    samples, trajectory = torch.cat(outputs), torch.cat(trajectories, dim=1) if trajectories else None
+    if decode and loaded.autoencoder is not None:  # a latent model: pictures (the decoding is part of the time)
+        samples = decode_latents(loaded.autoencoder, samples)
+        trajectory = None if trajectory is None else torch.stack([decode_latents(loaded.autoencoder, frame)
+                                                                  for frame in trajectory])  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return SampleResult(
         batch_size=batch_size,
-        samples=torch.cat(outputs),
+        samples=samples,
         labels=condition,
         nfe=nfe,
         seconds=time.perf_counter() - start,
         cfg=cfg,
         options=options,
         times=times,
-        trajectory=torch.cat(trajectories, dim=1) if trajectories else None,
+        trajectory=trajectory,
         time_grid=grid.label,
         passes=spent,
         guidance=guidance,
         velocity=guided,
     )
+
+
+DECODE_PIXELS = 2**21  # pixels decoded per batch: 128 images at 128 px, 8 at 512 px
+
+
+@torch.inference_mode()
+def decode_latents(autoencoder, latents: Tensor) -> Tensor:
+    """A latent model's samples [N, c, h, w] (CPU) as model-space pictures [N, C, H, W] on the CPU, decoded on the
+    autoencoder's device in batches of about DECODE_PIXELS pixels."""
+    device = autoencoder.shift.device
+    side = latents.shape[-1] * autoencoder.factor
+    batch = max(1, DECODE_PIXELS // (side * side))
+    pictures = [autoencoder.decode(latents[start : start + batch].to(device)).float().cpu()
+                for start in range(0, len(latents), batch)]  # fmt: skip
+    return torch.cat(pictures)
 
 
 # The grids the training loop writes every --sample-every steps: a quick look, not a measurement.

@@ -158,13 +158,14 @@ class Model:
 
     @property
     def kind(self) -> str:
-        """``image`` or ``points`` (2-D data)."""
-        return str(self.meta.data.get("kind"))
+        """``image`` or ``points`` (2-D data); a latent model's samples are images."""
+        kind = str(self.meta.data.get("kind"))
+        return "image" if kind == "latent" else kind
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The shape of one sample, e.g. (1, 28, 28)."""
-        return self.meta.shape
+        """The shape of one sample, e.g. (1, 28, 28); a latent model's decoded picture, e.g. (3, 128, 128)."""
+        return self.meta.image_shape
 
     @property
     def class_names(self) -> list[str]:

@@ -407,7 +407,8 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
     trajectory = reference_solve(velocity, x1, labels, options.reference_steps, batch, loaded.device)
     if progress:
         progress("reference solve", 1, 1)
-    images = loaded.meta.data.get("kind") == "image"
+    images = loaded.meta.data.get("kind") == "image"  # a latent model's grid is fitted on its latents
+    kind = "latents" if loaded.meta.autoencoder else "points"
     calibration = Calibration(solver, velocity, x1, labels, trajectory, loaded.device, batch, images)
     setting = {
         "solver": options.solver,
@@ -417,7 +418,7 @@ def calibrate(loaded: LoadedModel, options: TuneOptions, progress: Progress | No
         "weights": loaded.weights,
         "pool": x1.shape[0],
         "reference": f"rk4 {options.reference_steps} steps, quadratic grid",
-        "error": "RMSE of the 8-bit images in [0, 1] units" if images else "RMSE of the points",
+        "error": "RMSE of the 8-bit images in [0, 1] units" if images else f"RMSE of the {kind}",
     }
     return calibration, setting
 

@@ -88,7 +88,7 @@ def summary(entry: Entry) -> str:
     )
     objective = (meta.train_config or {}).get("objective", "fm")
     return (
-        f"step {meta.step:,} · {meta.data.get('name')} ({classes}, {list(meta.shape)}) · objective {objective} · "
+        f"step {meta.step:,} · {meta.data.get('name')} ({classes}, {list(meta.image_shape)}) · objective {objective} · "
         f"samples with **{solver}, {steps} steps** by default"
     )
 
@@ -204,7 +204,7 @@ def build_app(catalog: Catalog, limits: Limits, models: Any, solver_names: list[
             num = whole(num, "number of images", 1, limits.max_images)
             seed = whole(seed, "seed", 0, limits.max_seed)
             entry = catalog.get(name)
-            check_item_size(limits, entry.meta.shape)
+            check_item_size(limits, entry.meta.image_shape)
             classes = None if klass in (None, "", NO_CLASS) else klass
             if classes is not None and not isinstance(classes, str):
                 raise ServeError("class must be 'all', a class name or 'none'")

@@ -94,7 +94,8 @@ def render(
     expected = None if adaptive else setting.steps * (getattr(solver, "evals_per_step", None) or 1)
     counted = CountingNet(loaded.model, report, expected, limits.max_nfe)
     # The file's path too: its tuned grids and stored guidance apply, as they do in fm sample.
-    model = Model(LoadedModel(model=counted, meta=loaded.meta, path=loaded.path, weights=loaded.weights), entry.path)
+    model = Model(LoadedModel(model=counted, meta=loaded.meta, path=loaded.path, weights=loaded.weights,
+                              autoencoder=loaded.autoencoder), entry.path)  # fmt: skip
     options = dict(solver=setting.solver, steps=setting.steps, cfg=setting.cfg, seed=seed,
                    guidance_interval=setting.interval)  # fmt: skip
     if prompt is not None:  # a text model: the prompt replaces the class, the negative prompt the empty one

@@ -212,7 +212,7 @@ class AutoencoderTrainer:
         options, window, last = self.options, MetricsWindow(), None
         info = {"run_dir": str(self.run_dir), "device": str(self.device), "world_size": 1, "data": options.data,
                 "size": len(self.indices), "classes": self.data.num_classes, "captions": False,
-                "parameters": sum(p.numel() for p in self.model.parameters())}  # fmt: skip
+                "parameters": sum(p.numel() for p in self.model.parameters()), "task": "autoencoder"}  # fmt: skip
         self.callbacks.on_start(self.total or options.steps, self.step, info)
         timer = StepTimer(budget=options.max_time, started=self.started, loop_start=time.perf_counter(),
                           start_step=self.step, warmup_steps=WARMUP) if options.max_time else None  # fmt: skip

@@ -89,8 +89,9 @@ class BatchSampler:
         rank: int,
         world_size: int,
         device: torch.device,
+        mirrored: Tensor | None = None,
     ):
-        self.inputs, self.conditions, self.kind = inputs, conditions, kind
+        self.inputs, self.conditions, self.kind, self.mirrored = inputs, conditions, kind, mirrored
         self.config, self.objective = config, objective
         self.rank, self.world_size, self.device = rank, world_size, device
         self.order = BatchOrder(len(inputs), config.batch_size, config.seed)
@@ -115,15 +116,22 @@ class BatchSampler:
         share = batch // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
         rows = slice(None) if config.coupling == "ot" else mine  # which rows of the batch this rank reads
-        x0 = self.inputs[index[rows].to(self.inputs.device)]
-        if x0.device != device:  # data kept in RAM or memory-mapped: copy just this batch
-            x0 = x0.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x0.to(device)
-        x0 = to_model_space(x0) if self.kind == "image" else x0.float()
+        x0 = self.read(self.inputs, index[rows])
         if flip is not None:  # a mirror image is as likely as the image itself (photos, not digits)
-            x0 = torch.where(broadcast_time(flip[rows], x0), x0.flip(-1), x0)
+            # a latent's mirror image is another latent (encoded beside it), not the latent flipped
+            mirror = x0.flip(-1) if self.mirrored is None else self.read(self.mirrored, index[rows])
+            x0 = torch.where(broadcast_time(flip[rows], x0), mirror, x0)
         if config.coupling == "ot":
             x1 = x1[ot_pairing(x0, x1)]
             x0 = x0[mine]
         x1 = x1[mine]
         mine_of = lambda value: None if value is None else value[mine]  # noqa: E731
         return Batch(x0, x1, t[mine], mine_of(labels), mine_of(r), mine_of(times.pool))
+
+    def read(self, source: Tensor, index: Tensor) -> Tensor:
+        """Rows ``index`` of ``source`` on the device, as model-space floats (uint8 images normalised to [-1, 1])."""
+        rows = source[index.to(source.device)]
+        if rows.device != self.device:  # data kept in RAM or memory-mapped: copy just this batch
+            cuda = self.device.type == "cuda"
+            rows = rows.pin_memory().to(self.device, non_blocking=True) if cuda else rows.to(self.device)
+        return to_model_space(rows) if self.kind == "image" else rows.float()

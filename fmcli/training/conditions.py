@@ -19,7 +19,7 @@ from fmcli.training.batches import Conditions
 from fmcli.training.config import TrainConfig
 
 # Cross-attention by default: none on a CPU, where 15 minutes with the pooled prompt alone followed the prompts better
-# than with cross-attention at the lowest resolution (more steps in the time: README "Text on a CPU"); on CUDA the
+# than with cross-attention at the lowest resolution (more steps in the time: docs/measured/text.md); on CUDA the
 # lowest resolution (not measured there).
 
 

@@ -59,7 +59,7 @@ class TrainConfig:
     caption_column: str = option("text", "The caption's column in metadata.jsonl / metadata.csv.")
     text_encoder: str = option("builtin", "Text models: the text encoder (fm plugins lists them).")
     text_encoder_path: str | None = option(None, "Text models: local weights of a pretrained encoder (clip).")
-    caption_dropout: float = option(  # 0.1 against 0.2, 15 min each on shapes: 31.6% against 27.8% (README)
+    caption_dropout: float = option(  # 0.1 vs 0.2, 15 min each on shapes: 31.6% vs 27.8% (docs/measured/text.md)
         0.1, "Probability of training a caption as the empty prompt; enables --cfg.")  # fmt: skip
     cross_attention: list | None = option(
         None, "Text models: resolutions whose features attend to the prompt's words.", parse="list",
@@ -74,6 +74,9 @@ class TrainConfig:
         "Image folders: decode once into a memory-mapped file under $FM_CACHE_DIR and map it on later runs (RAM use "
         "stays small), or decode every run into RAM.",
     )
+    autoencoder: str = option("auto", "Train in an autoencoder's latent space: auto (fm decides by image size, and "
+        "trains one first or reuses one), none (pixels), or yours: fm autoencoder train's run, diffusers:DIR.",
+        default_text="auto: latent from 128 px on a CPU, from 256 px on a GPU (config.json says why)")  # fmt: skip
     # length
     steps: int | None = option(
         None, "Optimizer steps.", default_text="the data set's own, e.g. 1600 for mnist-mini; else 2000"
@@ -109,7 +112,7 @@ class TrainConfig:
     time_sampling: str = option(
         "uniform",
         "Training times t: uniform or logit-normal (the best FID of the RGB search, sampled with --cfg 1.25-1.5 "
-        "rather than the default 2; README 'How the CPU defaults for image folders were chosen').",
+        "rather than the default 2; docs/measured/folder-defaults.md).",
         default_text="uniform; logit-normal for --objective meanflow",
     )
     time_mean: float = option(0.0, "Mean of the logit-normal time distribution.", default_text="0; -0.4 for meanflow")
@@ -242,7 +245,7 @@ CHOICES = {
 OBJECTIVE_DEFAULTS = {"meanflow": {"time_sampling": "logit-normal", "time_mean": -0.4, "time_std": 1.0}}
 # Keys that define what is trained: never changeable on resume.
 STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher", "interval_scale",
-              "captions", "caption_column", "text_encoder", "cross_attention")  # fmt: skip
+              "captions", "caption_column", "text_encoder", "cross_attention", "autoencoder")  # fmt: skip
 # Keys that may change freely on resume (length, cadence, machinery).
 FREE_ON_RESUME = (
     "decisions",
@@ -335,15 +338,14 @@ def dataset_defaults(data: str) -> tuple[dict, str]:
 
 
 # Batch size and learning rate of image folders and full MNIST, per device. CPU: the winner of the RGB search
-# (bench/demo_search.py --rgb: FID and accuracy after 10 minutes of 2 cores; README "How the CPU defaults for
-# image folders were chosen"). GPU: not measured by fm (no GPU was lent); the batch and learning rate of published
-# recipes for U-Nets of the CUDA presets' size (DDPM's CIFAR-10 network, TorchCFM's CIFAR-10 example: batch 128,
-# lr 2e-4).
+# (bench/demo_search.py --rgb: FID and accuracy after 10 minutes of 2 cores; docs/measured/folder-defaults.md).
+# GPU: not measured by fm (no GPU was lent); the batch and learning rate of published recipes for U-Nets of the CUDA
+# presets' size (DDPM's CIFAR-10 network, TorchCFM's CIFAR-10 example: batch 128, lr 2e-4).
 DEVICE_DEFAULTS = {
     ("folder", "cpu"): (
         {"batch_size": 32, "lr": 1e-3},
         "CPU default for image folders: batch 32 at lr 1e-3 with the 16-channel preset won the RGB search "
-        "(bench/demo_search.py --rgb, README 'How the CPU defaults for image folders were chosen')",
+        "(bench/demo_search.py --rgb, docs/measured/folder-defaults.md)",
     ),  # fmt: skip
     ("folder", "gpu"): (
         {"batch_size": 128, "lr": 2e-4},
@@ -439,8 +441,8 @@ def validate(config: TrainConfig) -> None:
 
 def saved_with_defaults(saved: dict) -> dict:
     """A saved run's config with the options it predates at the value it trained with: their defaults, except the
-    interval scale, which was 1000 before it was an option."""
-    return asdict(TrainConfig()) | {"interval_scale": 1000.0} | saved
+    interval scale, which was 1000 before it was an option, and the autoencoder: runs before it trained pixels."""
+    return asdict(TrainConfig()) | {"interval_scale": 1000.0, "autoencoder": "none"} | saved
 
 
 def to_json(config: TrainConfig) -> str:

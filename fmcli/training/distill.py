@@ -12,7 +12,7 @@ each solved for a training caption (``fmcli.training.objectives.pool``).
 from pathlib import Path
 
 from fmcli.errors import FMError
-from fmcli.io.checkpoint import checkpoint_file, read_header
+from fmcli.io.checkpoint import autoencoder_location, checkpoint_file, read_header
 from fmcli.sampling.stored_guidance import EVERYWHERE, check_label, read_stored
 from fmcli.training.config import LENGTH_KEYS
 
@@ -62,6 +62,8 @@ def distill_overrides(
     if any(given.get(key) is not None for key in LENGTH_KEYS):  # the user's length replaces the default steps
         given.setdefault("steps", None)
     overrides = {key: trained.get(key) for key in DATA_KEYS} | condition_overrides(meta)
+    # the student works in its teacher's space: its latents (the same autoencoder), or its pixels
+    overrides["autoencoder"] = str(autoencoder_location(meta, path)) if meta.autoencoder else "none"
     overrides |= {"objective": "meanflow", "teacher": str(path), "train_cfg": guidance, "teacher_guidance": chosen}
     teacher_steps = int(meta.extra.get("total_steps") or meta.step or 1)
     pooled = (given.get("pool", DISTILL_DEFAULTS["pool"]) or 0) > 0

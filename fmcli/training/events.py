@@ -38,7 +38,7 @@ class TrainResult:
     checkpoint: Path
     step: int
     loss: float
-    seconds: float
+    seconds: float  # since the command started (--max-time counts from there): setup and autoencoder included
     skipped: int
 
 

@@ -46,6 +46,9 @@ from fmcli.training.events import (
     say_thread_changes,
     stop_signals,
 )
+from fmcli.training.latent import FILE as AUTOENCODER_FILE
+from fmcli.training.latent import FOLDER as LATENT_FOLDER
+from fmcli.training.latent import latent_data, plan_space
 from fmcli.training.loggers import Loggers, check_loggers
 from fmcli.training.optim import clip_gradients, ema_decay_at, lr_at, planned_schedule, update_ema
 from fmcli.training.runs import checkpoint_name, lock_run, new_run_dir, publish_checkpoint, resume_target
@@ -95,9 +98,10 @@ class Trainer:
         self.budget = config.max_time  # seconds of a --max-time run; the config says steps once planned
         check_batch_split(config, dist.world_size)
         check_device_flags(config, device)
-        self.data = load_training_data(config, self.cb.on_message if dist.is_main else None)
+        say = self.cb.on_message if dist.is_main else None  # a latent run's data: its pictures, encoded once
+        self.autoencoder, self.data, latent = latent_data(config, load_training_data(config, say), run_dir, device, say)
         self.config, self.num_classes, self.text = training_condition(config, self.data, device.type)
-        self.data_meta = data_description(self.data, self.num_classes, text=self.text is not None)
+        self.data_meta = data_description(self.data, self.num_classes, text=self.text is not None, latent=latent)
         self.teacher = load_teacher(config, self.data, self.num_classes, device)
         self.objective = build_objective(config, self.data, self.num_classes, self.teacher, self.text is not None)
         self.config, threads_said = choose_threads(self.config, self.objective)  # before anything is timed
@@ -141,8 +145,8 @@ class Trainer:
         """What each step trains on, with the data on the device when it fits."""
         conditions = training_conditions(self.config, self.data, self.num_classes, self.state.model)
         inputs = place_data(self.data.data, self.device)
-        return BatchSampler(inputs, conditions, self.data.kind, self.config, self.objective,
-                            self.dist.rank, self.dist.world_size, self.device)  # fmt: skip
+        return BatchSampler(inputs, conditions, self.data.kind, self.config, self.objective, self.dist.rank,
+                            self.dist.world_size, self.device, mirrored=self.data.mirrored)  # fmt: skip
 
     # -- files
 
@@ -170,7 +174,7 @@ class Trainer:
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         path = folder / f"step-{self.state.step:07d}.png"
-        picture = write_sample_grid(LoadedModel(model=self.state.ema.eval(), meta=self.meta()), path)
+        picture = write_sample_grid(LoadedModel(self.state.ema.eval(), self.meta(), autoencoder=self.autoencoder), path)
         self.loggers.log_image(self.state.step, "samples", picture)
         return path
 
@@ -273,7 +277,7 @@ class Trainer:
                 self.cb.on_message(f"samples: {grid}")
         finally:
             self.loggers.close()
-        return TrainResult(self.run_dir, path, state.step, loss, time.perf_counter() - start_time, state.skipped)
+        return TrainResult(self.run_dir, path, state.step, loss, time.perf_counter() - self.started, state.skipped)
 
     def _after_step(self, window: MetricsWindow, grad_norm: float, lr: float, start_time: float) -> None:
         config, step = self.config, self.state.step
@@ -354,6 +358,8 @@ def train(
             device = torch.device("cuda", dist.local_rank)
         distributed.barrier(dist)
         with lock_run(run_dir, enabled=dist.is_main):
+            if resume_from is None:  # --autoencoder auto: pixels or latents, and the autoencoder trained first
+                config = _plan_space(config, run_dir, device, dist, callbacks, started)
             trainer = Trainer(config, run_dir, callbacks, resume_from, dist, device, started)
             if dist.is_main:
                 atomic_write_bytes(run_dir / "config.json", to_json(trainer.config).encode())
@@ -361,6 +367,20 @@ def train(
             return trainer.run()
     finally:
         distributed.teardown(dist)
+
+
+def _plan_space(config: TrainConfig, run_dir: Path, device: torch.device, dist: distributed.DistInfo,
+                callbacks: Callbacks, started: float) -> TrainConfig:  # fmt: skip
+    """``latent.plan_space`` on rank 0 (which trains the autoencoder when one is needed); under torchrun the other
+    ranks then take the autoencoder it left in the run folder (a shared folder, as checkpoints need)."""
+    load = lambda: load_training_data(config, None)  # noqa: E731
+    if dist.is_main:
+        config = plan_space(config, run_dir, device.type, load, callbacks, started)
+    distributed.barrier(dist)
+    if not dist.is_main and config.autoencoder == "auto":
+        chosen = run_dir / LATENT_FOLDER / AUTOENCODER_FILE
+        config = replace(config, autoencoder=str(chosen) if chosen.exists() else "none")
+    return config
 
 
 def _resolve_run(

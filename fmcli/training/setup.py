@@ -168,8 +168,10 @@ def with_model_decision(config: TrainConfig, data: ArrayDataset, device: torch.d
     """Record which preset the model came from when the user named no architecture (config.json's decisions)."""
     if config.model or config.teacher:
         return config
-    size = f"{data.shape[-1]} px" if data.kind == "image" else "point data"
-    why = f"the {size} preset for {device.type} (fmcli/models/presets.py, measured as the README says)"
+    size = {"image": f"{data.shape[-1]} px", "latent": f"{data.shape[-1]}x{data.shape[-1]} latent"}.get(
+        data.kind, "point data"
+    )
+    why = f"the {size} preset for {device.type} (fmcli/models/presets.py, measured: docs/measured)"
     return replace(config, decisions=config.decisions | {"model": why})
 
 
@@ -197,7 +199,7 @@ def _choose_threads(config: TrainConfig, objective: Objective) -> tuple[TrainCon
 
 def uses_channels_last(device: torch.device, data: ArrayDataset) -> bool:
     """NHWC convolutions are faster on CUDA tensor cores; on the CPU the default layout is."""
-    return device.type == "cuda" and data.kind == "image"
+    return device.type == "cuda" and data.kind in ("image", "latent")
 
 
 def check_training_guidance(

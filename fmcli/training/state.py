@@ -31,17 +31,20 @@ class TrainState:
     images_seen: int = 0
 
 
-def data_description(dataset: ArrayDataset, num_classes: int, text: bool = False) -> dict:
+def data_description(dataset: ArrayDataset, num_classes: int, text: bool = False, latent: dict | None = None) -> dict:
     """What a checkpoint records about its data (``fm info`` prints it; resume compares it); a text model's also
-    eight of its training captions (``prompts``: the training previews draw them, fm serve offers them)."""
+    eight of its training captions (``prompts``: the training previews draw them, fm serve offers them); a latent
+    model's autoencoder (``latent``: kind, digest, path, image shape: what decodes its samples)."""
     from fmcli.data.resolve import describe
 
     prompts = list(dict.fromkeys(c[0] for c in dataset.captions if c))[:PREVIEW_PROMPTS] if text else None
+    normalisation = {"image": "uint8 / 127.5 - 1 (range [-1, 1])", "latent": "the autoencoder's (about N(0, 1))"}
     return describe(dataset) | {
         "num_classes": num_classes,
         "class_names": dataset.class_names if num_classes else None,
-        "normalisation": "uint8 / 127.5 - 1 (range [-1, 1])" if dataset.kind == "image" else "none",
+        "normalisation": normalisation.get(dataset.kind, "none"),
         **({"prompts": prompts} if text else {}),
+        **({"autoencoder": latent} if latent else {}),
     }
 
 
@@ -109,6 +112,10 @@ def check_same_data(saved: dict, now: dict, path: Path) -> None:
     """A run continues on the data it was trained on: same kind, item shape, classes and size."""
     keys = ("kind", "shape", "num_classes", "size")
     changed = [key for key in keys if saved.get(key) != now[key]]
+    digests = [(record or {}).get("digest") for record in (saved.get("autoencoder"), now.get("autoencoder"))]
+    if digests[0] != digests[1]:
+        changed.append("autoencoder")
+        saved, now = saved | {"autoencoder": digests[0]}, now | {"autoencoder": digests[1]}
     if changed:
         details = "; ".join(f"{key}: {saved.get(key)!r} -> {now[key]!r}" for key in changed)
         raise FMError(f"cannot resume {path}: the data differs from the data it was trained on ({details})")
