@@ -357,3 +357,18 @@ def test_bits_per_dim_of_a_uniform_density_is_eight():
     dim = 784
     log_prob = torch.tensor([dim * math.log(0.5)])  # uniform on [-1, 1]^D in model space
     assert float(bits_per_dim(log_prob, dim, dequantised_8bit=True)) == pytest.approx(8.0)
+
+
+def test_the_classifier_trains_through_blur_of_half_its_pictures():
+    """A classifier trained on crisp pictures only called a soft picture anything (fmcli.eval.classifier.random_blur):
+    half the batch is blurred, by widths up to H / 64, flat pictures stay flat, blurred ones lose edge energy."""
+    from fmcli.eval.classifier import random_blur
+
+    images = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    images[:8] = 0.25
+    out = random_blur(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[:8], images[:8])
+    sharp = (out[8:] == images[8:]).flatten(1).all(1)
+    assert 12 <= int(sharp.sum()) <= 44
+    edges = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))  # noqa: E731
+    assert (edges(out[8:][~sharp]) < edges(images[8:][~sharp])).all()

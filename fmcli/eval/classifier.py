@@ -29,7 +29,7 @@ from fmcli.io.files import atomic_write_bytes
 
 FEATURE_DIM = 128
 FORMAT = "fmcli-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: trained through random blur (``random_blur``); 1's files are left alone
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -74,6 +74,28 @@ class ClassifierExtractor:
     @torch.no_grad()
     def embed(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.network(images)
+
+
+def random_blur(images: Tensor, generator: torch.Generator, levels: int = 4) -> Tensor:
+    """Blur half the images with a Gaussian of a random width up to ``H / 64`` pixels (2 px at 128 px, 0.5 at 32 px).
+
+    Why: a classifier trained on crisp pictures only calls a slightly soft picture anything (trained without this,
+    the 128 px shapes classifier was right on 87% of the real test pictures, on 66% of them after a 3x3 box blur,
+    and on 25% of their reconstructions by a 24 dB autoencoder): a generator's softness must not read as the wrong
+    class. The widths come in ``levels`` steps, so images sharing one are blurred together."""
+    n, channels, height, _ = images.shape
+    chosen = torch.randint(0, 2 * levels, (n,), generator=generator)  # levels..2*levels-1: left sharp
+    out = images.clone()
+    for level in chosen[chosen < levels].unique().tolist():
+        sigma = (level + 1) / levels * height / 64
+        radius = max(1, round(2 * sigma))
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=images.dtype) / sigma) ** 2)
+        taps = (taps / taps.sum()).to(images.device)
+        rows = (chosen == level).nonzero().squeeze(1).to(images.device)
+        picked = F.pad(images[rows], (radius,) * 4, mode="replicate")
+        picked = F.conv2d(picked, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1).contiguous(), groups=channels)
+        out[rows] = F.conv2d(picked, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous(), groups=channels)
+    return out
 
 
 def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -138,6 +160,7 @@ def train_classifier(
             batch = to_model_space(images_uint8[chosen].to(device))
             if max_shift:
                 batch = random_shift(batch, max_shift, generator)
+            batch = random_blur(batch, generator)
             _, logits = network(batch)
             loss = F.cross_entropy(logits, labels[chosen].to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -151,7 +174,7 @@ def train_classifier(
 
 
 def classifier_path(cache: Path, dataset_name: str, train_hash: str) -> Path:
-    return cache / "classifiers" / f"{cache_name(dataset_name)}-{train_hash[:16]}.safetensors"
+    return cache / "classifiers" / f"{cache_name(dataset_name)}-{train_hash[:16]}-v{FORMAT_VERSION}.safetensors"
 
 
 def save_classifier(path: Path, network: SmallCNN, metadata: dict) -> None:
@@ -206,7 +229,7 @@ def trained_classifier(context: ExtractorContext) -> ClassifierExtractor:
         )
     info = {key: metadata[key] for key in ("test_accuracy", "accuracy_split", "train_seconds", "train_size")}
     info["path"] = str(path)
-    return ClassifierExtractor(network, identity=f"classifier-{train_hash[:16]}", info=info)
+    return ClassifierExtractor(network, identity=f"classifier-v{FORMAT_VERSION}-{train_hash[:16]}", info=info)
 
 
 def _train_and_cache(context: ExtractorContext, train: ArrayDataset, train_hash: str, path: Path):
