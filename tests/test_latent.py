@@ -154,6 +154,21 @@ def test_auto_trains_the_autoencoder_first_then_reuses_it_and_the_run_folder_can
     assert json.loads((tmp_path / "small" / "config.json").read_text())["decisions"]["autoencoder"].startswith("none")
 
 
+def test_a_run_stopped_while_its_autoencoder_trained_continues_it(folder, tmp_path, monkeypatch):
+    from fmcli.training.autoencoder import train_autoencoder
+
+    monkeypatch.setitem(latent.LATENT_FROM, "cpu", SIZE)
+    monkeypatch.setattr(latent, "AUTOENCODER_STEPS", 30)
+    monkeypatch.setattr(latent, "autoencoder_preset", lambda size: {"factor": 4, "latent_channels": 3, "width": 8})
+    monkeypatch.setenv("FM_CACHE_DIR", str(tmp_path / "cache"))  # no autoencoder of an earlier test to reuse
+    run = tmp_path / "run"
+    options = {"data": str(folder), "image_size": SIZE, "factor": 4, "latent_channels": 3, "width": 8, "steps": 12}
+    train_autoencoder(options, out=str(run / "autoencoder"))  # as if the run had stopped at step 12 of its 30
+    train_tiny(run, data=str(folder), image_size=SIZE, model=TINY_UNET, batch_size=8)
+    decision = json.loads((run / "config.json").read_text())["decisions"]["autoencoder"]
+    assert "(30 steps)" in decision and read_header(run / "last.safetensors")[1].autoencoder is not None
+
+
 def test_a_missing_or_changed_autoencoder_is_one_line(folder, autoencoder_run, tmp_path):
     copy = tmp_path / "ae"
     shutil.copytree(autoencoder_run, copy)

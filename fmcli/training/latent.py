@@ -110,7 +110,7 @@ def _reuse(data: ArrayDataset, preset: dict, run_dir: Path) -> tuple[Path | None
 
 def _train(config: TrainConfig, data: ArrayDataset, preset: dict, run_dir: Path, callbacks: Callbacks,
            started: float) -> tuple[Path, str]:  # fmt: skip
-    from fmcli.training.autoencoder import train_autoencoder
+    from fmcli.training.autoencoder import STATE, train_autoencoder
 
     options = {"data": config.data, "image_size": config.image_size, "channels": config.channels,
                "data_dir": config.data_dir, "seed": config.seed, "device": config.device, "threads": config.threads,
@@ -123,7 +123,10 @@ def _train(config: TrainConfig, data: ArrayDataset, preset: dict, run_dir: Path,
         length = f"{AUTOENCODER_STEPS:,} steps"
     how = f"trained for {length} first"
     callbacks.on_message(f"latent space: training the autoencoder first ({length}), then the flow on its latents")
-    result = train_autoencoder(options, out=str(run_dir / FOLDER), callbacks=callbacks, started=time.perf_counter())
+    # an autoencoder this run folder started (the run was stopped while training it) is continued, not restarted
+    partial = str(run_dir / FOLDER) if (run_dir / FOLDER / STATE).is_file() else None
+    result = train_autoencoder(options, out=str(run_dir / FOLDER), resume=partial, callbacks=callbacks,
+                               started=time.perf_counter())  # fmt: skip
     _store(result.checkpoint, _cache_file(data, preset))
     return result.checkpoint, f"{how} ({result.step:,} steps)"
 
