@@ -81,10 +81,16 @@ def _decided(config: TrainConfig, why: str) -> TrainConfig:
     return replace(config, decisions=config.decisions | {"autoencoder": why})
 
 
+def _kind_prefixed(choice: str) -> bool:
+    """KIND:PATH (diffusers:DIR), not a plain path (nor C:\\ on Windows)."""
+    kind, sep, rest = choice.partition(":")
+    return bool(sep and rest and "/" not in kind and len(kind) > 1)
+
+
 def absolute(choice: str) -> str:
     """A user's autoencoder path made absolute (config.json must still find it from another folder)."""
-    kind, sep, rest = choice.partition(":")
-    if sep and rest and "/" not in kind and len(kind) > 1:  # KIND:PATH (not C:\\ on Windows)
+    if _kind_prefixed(choice):
+        kind, _, rest = choice.partition(":")
         return f"{kind}:{Path(rest).expanduser().resolve()}"
     return str(Path(choice).expanduser().resolve())
 
@@ -146,8 +152,7 @@ def autoencoder_path(config: TrainConfig, run_dir: Path) -> str | None:
     """Where the run's autoencoder is: None for pixels; a relative path lies in the run folder."""
     if config.autoencoder in ("none", "auto"):
         return None
-    kind, sep, rest = config.autoencoder.partition(":")
-    if sep and rest and "/" not in kind and len(kind) > 1:
+    if _kind_prefixed(config.autoencoder):
         return config.autoencoder
     path = Path(config.autoencoder)
     return str(path if path.is_absolute() else Path(run_dir) / path)
