@@ -142,6 +142,7 @@ def test_auto_trains_the_autoencoder_first_then_reuses_it_and_the_run_folder_can
     assert "trained for 3,000" not in config["decisions"]["autoencoder"] and "(30 steps)" in config["decisions"][
         "autoencoder"]  # fmt: skip
     assert read_header(first)[1].autoencoder["path"] == f"autoencoder/{FILE}"
+    assert config["time_sampling"] == "logit-normal" and "latent space" in config["decisions"]["time_sampling"]
     shutil.move(tmp_path / "first", tmp_path / "moved")
     assert fmcli.load(tmp_path / "moved").sample(2, seed=1, steps=2).images.shape == (2, SIZE, SIZE, 3)
     train_tiny(tmp_path / "second", data=str(folder), image_size=SIZE, model=TINY_UNET, batch_size=8)
@@ -151,7 +152,33 @@ def test_auto_trains_the_autoencoder_first_then_reuses_it_and_the_run_folder_can
         tmp_path / "moved" / "autoencoder" / FILE).read_bytes()  # fmt: skip
     small = train_tiny(tmp_path / "small", data=str(folder), image_size=8, model=TINY_UNET, batch_size=8)
     assert read_header(small)[1].autoencoder is None  # below the size: pixels
-    assert json.loads((tmp_path / "small" / "config.json").read_text())["decisions"]["autoencoder"].startswith("none")
+    small_config = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert small_config["decisions"]["autoencoder"].startswith("none") and small_config["time_sampling"] == "uniform"
+    assert "time_sampling" not in small_config["decisions"]
+
+
+def test_latent_space_takes_logit_normal_times_unless_told_otherwise(folder, autoencoder_run, tmp_path):
+    """Measured on the 128 px latent run (defaults.LATENT_DEFAULTS); the user's choice, a TOML file's and the
+    objective's own default win; a run that turns out to be in pixels after all (point data) keeps uniform times."""
+    from fmcli.training.config import resolve
+    from fmcli.training.defaults import LATENT_DEFAULTS
+
+    given = {"data": str(folder), "autoencoder": str(autoencoder_run)}
+    config = resolve(given)
+    assert config.time_sampling == "logit-normal" and config.decisions["time_sampling"] == LATENT_DEFAULTS[1]
+    mine = resolve(given | {"time_sampling": "uniform"})
+    assert mine.time_sampling == "uniform" and "time_sampling" not in mine.decisions
+    (tmp_path / "run.toml").write_text('time_sampling = "uniform"\n')
+    assert resolve(given, tmp_path / "run.toml").time_sampling == "uniform"
+    meanflow = resolve(given | {"objective": "meanflow"})
+    assert (meanflow.time_sampling, meanflow.time_mean) == ("logit-normal", -0.4)
+    assert "MeanFlow" in meanflow.decisions["time_sampling"]
+    assert resolve({"data": str(folder), "image_size": 64}).time_sampling == "uniform"  # auto, below 128 px: pixels
+    auto = resolve({"data": "moons", "image_size": 128})  # auto at 128 px decides before it sees point data...
+    assert auto.time_sampling == "logit-normal"
+    points = latent.plan_space(auto, tmp_path / "run", "cpu", lambda: load_data("moons", LoadOptions()), None, 0.0)
+    assert points.autoencoder == "none" and points.time_sampling == "uniform"  # ...and undoes it when it does
+    assert "time_sampling" not in points.decisions
 
 
 def test_a_run_stopped_while_its_autoencoder_trained_continues_it(folder, tmp_path, monkeypatch):

@@ -26,11 +26,17 @@ def open_autoencoder(text: str | Path, *, device: str = "cpu") -> Autoencoder:
     return autoencoder
 
 
+def kind_prefix(text: str) -> tuple[str, str] | None:
+    """(kind, path) when ``text`` is KIND:PATH with KIND a registered autoencoder kind (``diffusers:DIR``), else
+    None: a plain path, C:\\ on Windows included."""
+    kind, _, rest = text.partition(":")
+    return (kind, rest) if rest and kind in registry.autoencoders() else None
+
+
 def locate(text: str) -> tuple[str, Path]:
     """(kind, the file or directory to load) of what the user typed."""
-    kind, _, rest = text.partition(":")
-    if rest and kind in registry.autoencoders():
-        return kind, Path(rest).expanduser()
+    if prefixed := kind_prefix(text):
+        return prefixed[0], Path(prefixed[1]).expanduser()
     file = autoencoder_file(text)
     if file is not None:
         return read_description(file).get("kind", "?"), file

@@ -294,10 +294,15 @@ def map_cache(path: str | Path, key: str | None = None) -> Opened:
         check_sample(handle, header, meta)
         shape = (header["count"], header["channels"], header["size"], header["size"])
         pixels = np.memmap(handle, dtype=np.uint8, mode="r", offset=DATA_OFFSET, shape=shape)
-    with warnings.catch_warnings():  # torch warns that it cannot mark the tensor read-only; the map itself is
+    return Opened(path=path, data=tensor_of_map(pixels), meta=meta, size_bytes=header["file_size"])
+
+
+def tensor_of_map(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing a read-only memory map's pages. torch warns that it cannot mark such a tensor read-only;
+    the map itself is read-only and nothing in fm writes a data set's tensor, so the warning is silenced."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        data = torch.from_numpy(pixels)
-    return Opened(path=path, data=data, meta=meta, size_bytes=header["file_size"])
+        return torch.from_numpy(array)
 
 
 def verify_cache(path: str | Path, full: bool = True) -> str | None:

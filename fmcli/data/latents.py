@@ -14,7 +14,6 @@ folder that cannot be written keeps the latents in memory with ``info["cache_war
 
 import hashlib
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fmcli.data.base import ArrayDataset, to_model_space
+from fmcli.data.cache import tensor_of_map
 from fmcli.data.resolve import content_hash
 from fmcli.io.files import default_cache_dir
 
@@ -63,9 +63,7 @@ def _mapped(path: Path, shape: tuple[int, ...]) -> Tensor | None:
         return None
     if array.shape != shape or array.dtype != np.float16:
         return None
-    with warnings.catch_warnings():  # read-only map: torch cannot mark the tensor read-only; nothing writes it
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
+    return tensor_of_map(array)
 
 
 def _encode_to_file(path: Path, autoencoder, images: Tensor, shape: tuple[int, ...], mirror: bool,

@@ -2,13 +2,19 @@
 
 For MNIST-like data there is no standard feature network, so fm trains one the first time it
 is needed (about 99.3% test accuracy on MNIST, a few minutes on two CPU cores) and caches it
-as ``<cache>/classifiers/<data set>-<content hash>.safetensors`` with its test accuracy in the
+as ``<cache>/classifiers/<data set>-<content hash>-v<version>.safetensors`` with its test accuracy in the
 file's metadata. Features are the 128-d penultimate activations; the logits classify samples,
 which gives the conditional accuracy of class-conditional models.
 
-Architecture: conv32 - pool - conv64 - pool - conv128 - adaptive pool 3x3 - fc128 - fc(classes),
-with BatchNorm and ReLU. Training: Adam with a one-cycle schedule and random shifts of up to
-2 pixels (light augmentation that MNIST digits tolerate).
+Architecture: above 32 px, a stem of stride-2 3x3 convolutions (16 channels) halves the pictures until they are at
+most 32 px; then conv32 - pool - conv64 - pool - conv128 - adaptive pool 3x3 - fc128 - fc(classes), with BatchNorm
+and ReLU. Training: Adam with a one-cycle schedule, random shifts of up to 2 pixels (light augmentation that MNIST
+digits tolerate) and random blur, for two epochs or ``MIN_STEPS`` steps, whichever is more.
+
+Why the stem and the floor on steps (version 3): version 2 ran its first convolutions at full size and trained two
+epochs; on 5,000 coloured shapes at 128 px that was 78 steps in 326 s and 80% right on the real test pictures, so a
+perfect generator could not score above 0.8. With the stem, the 300 steps take 123 s and are right on 100% of them,
+of them after a 3x3 blur and of a 24 dB autoencoder's reconstructions of them (78 steps: 96%; 195 steps: 100%).
 """
 
 import json
@@ -29,7 +35,9 @@ from fmcli.io.files import atomic_write_bytes
 
 FEATURE_DIM = 128
 FORMAT = "fmcli-classifier"
-FORMAT_VERSION = 2  # 2: trained through random blur (``random_blur``); 1's files are left alone
+FORMAT_VERSION = 3  # 2: trained through random blur; 3: the stem above 32 px and MIN_STEPS. Older files are left alone
+MIN_STEPS = 300  # 195 were enough for 100% on 128 px shapes (5,000 pictures); MNIST's two epochs are 937
+STEM_TO = 32  # the stem halves pictures until they are at most this size
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -37,8 +45,14 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, channels: int, num_classes: int, width: int = 32):
+    def __init__(self, channels: int, num_classes: int, width: int = 32, image_size: int = STEM_TO):
         super().__init__()
+        stem = []
+        while image_size > STEM_TO:  # a learned downsampling: a tenth of the time of full-size convolutions at 128 px
+            stem.append(nn.Sequential(nn.Conv2d(channels, width // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(width // 2)))
+            stem.append(nn.ReLU(inplace=True))
+            channels, image_size = width // 2, (image_size + 1) // 2
+        self.stem = nn.Sequential(*stem)
         self.body = nn.Sequential(
             _conv_block(channels, width),
             nn.MaxPool2d(2),
@@ -55,7 +69,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Model-space images [B, C, H, W] -> (features [B, 128], logits [B, classes])."""
-        features = self.body(x)
+        features = self.body(self.stem(x))
         return features, self.head(self.dropout(features))
 
 
@@ -132,7 +146,7 @@ def train_classifier(
     labels: Tensor,
     num_classes: int,
     *,
-    epochs: int = 2,
+    epochs: int | None = None,
     batch_size: int = 128,
     lr: float = 3e-3,
     max_shift: int = 2,
@@ -140,11 +154,14 @@ def train_classifier(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> SmallCNN:
-    """Train ``SmallCNN`` on uint8 images [N, C, H, W] with integer labels; returns it in eval mode."""
+    """Train ``SmallCNN`` on uint8 images [N, C, H, W] with integer labels; returns it in eval mode. ``epochs``:
+    two, or enough for ``MIN_STEPS`` steps, when not given."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    network = SmallCNN(images_uint8.shape[1], num_classes).to(device)
+    network = SmallCNN(images_uint8.shape[1], num_classes, image_size=max(images_uint8.shape[-2:])).to(device)
     steps_per_epoch = max(1, images_uint8.shape[0] // batch_size)
+    if epochs is None:
+        epochs = max(2, -(-MIN_STEPS // steps_per_epoch))
     total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     if total_steps >= 10:
@@ -203,7 +220,7 @@ def read_cache_file(path: Path, fmt: str, what: str) -> tuple[dict, dict]:
 def load_classifier(path: Path, device: torch.device | str = "cpu") -> tuple[SmallCNN, dict]:
     """The network and its metadata (channels, num_classes, test accuracy, ...) from a cache file."""
     state, metadata = read_cache_file(path, FORMAT, "classifier")
-    network = SmallCNN(metadata["channels"], metadata["num_classes"])
+    network = SmallCNN(metadata["channels"], metadata["num_classes"], image_size=max(metadata["shape"][-2:]))
     network.load_state_dict(state)
     return network.to(device).eval(), metadata
 

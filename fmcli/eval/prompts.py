@@ -24,7 +24,7 @@ from torch import Tensor
 
 from fmcli.data.base import ArrayDataset, to_model_space, to_uint8
 from fmcli.errors import FMError
-from fmcli.eval.classifier import accuracy, load_classifier, save_classifier, train_classifier
+from fmcli.eval.classifier import FORMAT_VERSION, accuracy, load_classifier, save_classifier, train_classifier
 from fmcli.eval.clip_score import ClipModel, clip_directory, clip_scores, clip_source
 from fmcli.eval.features import Progress
 from fmcli.eval.scorer import prompt_keys, rank_one, trained_scorer
@@ -45,7 +45,8 @@ def attribute_classifier(
     """A classifier of one attribute, trained on the real training split (cached by its content), and its accuracy
     on the real test split."""
     names = train.attribute_names[attribute]
-    content = train.data.numpy().tobytes() + train.attributes[attribute].numpy().tobytes() + bytes([EPOCHS])
+    version = bytes([EPOCHS, FORMAT_VERSION])  # the classifier's version since 3 (its stem above 32 px)
+    content = train.data.numpy().tobytes() + train.attributes[attribute].numpy().tobytes() + version
     key = hashlib.sha256(content).hexdigest()
     path = Path(cache) / "classifiers" / f"{train.name}-{attribute}-{key[:16]}.safetensors"
     if path.exists():

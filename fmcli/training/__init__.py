@@ -3,6 +3,7 @@
     loop.py         ``train(overrides)`` and the ``Trainer``: steps, precision, distribution, files
     objectives/     what a batch is trained towards: flow matching, MeanFlow (with its targets)
     config.py       ``TrainConfig``: every option, its help text, defaults < --config TOML < command line
+    defaults.py     the default layers: the data set's, the device's, latent space's, the objective's (and why)
     setup.py        data, teacher, model and optimizer, wrappers: built and checked before the first step
     batches.py      what step k trains on, from (seed, k) alone: order, noise, times, labels, flips
     optim.py        AdamW, warm-up + cosine schedule, EMA
@@ -13,6 +14,7 @@
     events.py       callbacks, results, Ctrl-C / SIGTERM
     distributed.py  torch.distributed under torchrun
     distill.py      the options that make a flow checkpoint a teacher
+    latent.py       pixels or latents (--autoencoder), the run's autoencoder, the data encoded as latents
     autoencoder.py  ``fm autoencoder train``: the built-in autoencoder's run (state, resume, --max-time, lock)
 
 May import: ``fmcli.sampling`` (preview grids, guidance for a teacher), ``fmcli.data``, ``fmcli.io``,

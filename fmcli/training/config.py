@@ -13,6 +13,7 @@ import tomllib
 
 from fmcli.errors import FMError
 from fmcli.training.budget import parse_duration
+from fmcli.training.defaults import dataset_defaults, device_defaults, objective_defaults, space_defaults
 
 
 def option(
@@ -111,9 +112,10 @@ class TrainConfig:
     label_dropout: float = option(0.1, "Probability of training a label as the null class; enables `fm sample --cfg`.")
     time_sampling: str = option(
         "uniform",
-        "Training times t: uniform or logit-normal (the best FID of the RGB search, sampled with --cfg 1.25-1.5 "
-        "rather than the default 2; docs/measured/folder-defaults.md).",
-        default_text="uniform; logit-normal for --objective meanflow",
+        "Training times t: uniform or logit-normal (in pixels the best FID of the RGB search, sampled with --cfg "
+        "1.25-1.5 rather than the default 2, docs/measured/folder-defaults.md; in latent space better FID and "
+        "accuracy at the default cfg, docs/measured/latent.md).",
+        default_text="uniform; logit-normal in latent space and for --objective meanflow",
     )
     time_mean: float = option(0.0, "Mean of the logit-normal time distribution.", default_text="0; -0.4 for meanflow")
     time_std: float = option(1.0, "Std of the logit-normal time distribution.")
@@ -242,7 +244,6 @@ CHOICES = {
     "captions": ("auto", "none", "classes"),
 }
 # MeanFlow's time distribution of (r, t): logit-normal(-0.4, 1), as in the paper (fmcli.flow.meanflow.sample_interval).
-OBJECTIVE_DEFAULTS = {"meanflow": {"time_sampling": "logit-normal", "time_mean": -0.4, "time_std": 1.0}}
 # Keys that define what is trained: never changeable on resume.
 STRUCTURAL = ("data", "image_size", "channels", "conditional", "model", "objective", "teacher", "interval_scale",
               "captions", "caption_column", "text_encoder", "cross_attention", "autoencoder")  # fmt: skip
@@ -301,11 +302,15 @@ def resolve(
     values = asdict(TrainConfig())
     file_values = read_toml(config_file) if config_file is not None else {}
     explicit = {key: value for key, value in overrides.items() if value is not None}
-    data = explicit.get("data") or file_values.get("data") or (base or {}).get("data") or values["data"]
-    objective = explicit.get("objective") or file_values.get("objective") or (base or {}).get("objective") or "fm"
+
+    def chosen(key: str):  # the value an option will have, before the default layers
+        return explicit.get(key) or file_values.get(key) or (base or {}).get(key) or values[key]
+
     if base is not None:  # a run saved before an option existed trained with that option's plain default
         base = saved_with_defaults(base)
-    defaults = [dataset_defaults(data), device_defaults(data, device_type), objective_defaults(objective)]
+    data, objective = chosen("data"), chosen("objective")
+    space = space_defaults(chosen("autoencoder"), chosen("image_size"), device_type)
+    defaults = [dataset_defaults(data), device_defaults(data, device_type), space, objective_defaults(objective)]
     decisions = dict((base or {}).get("decisions") or {})
     for layer, why in defaults:
         decisions |= {key: why for key in layer if key in values}
@@ -325,54 +330,6 @@ def resolve(
     config = TrainConfig(**values)
     validate(config)
     return config
-
-
-def dataset_defaults(data: str) -> tuple[dict, str]:
-    """The registered data set's own training defaults; image folders: horizontal flips on."""
-    from fmcli.data.resolve import registered_dataset
-
-    spec = registered_dataset(data)
-    if spec is None:  # a folder of photos, icons, faces...: mirror images are as likely as the originals
-        return {"hflip": True}, "image folders: a mirror image is as likely as the image"
-    return {"hflip": spec.flip_invariant} | dict(spec.train_defaults), f"the {spec.name} data set's own default"
-
-
-# Batch size and learning rate of image folders and full MNIST, per device. CPU: the winner of the RGB search
-# (bench/demo_search.py --rgb: FID and accuracy after 10 minutes of 2 cores; docs/measured/folder-defaults.md).
-# GPU: not measured by fm (no GPU was lent); the batch and learning rate of published recipes for U-Nets of the CUDA
-# presets' size (DDPM's CIFAR-10 network, TorchCFM's CIFAR-10 example: batch 128, lr 2e-4).
-DEVICE_DEFAULTS = {
-    ("folder", "cpu"): (
-        {"batch_size": 32, "lr": 1e-3},
-        "CPU default for image folders: batch 32 at lr 1e-3 with the 16-channel preset won the RGB search "
-        "(bench/demo_search.py --rgb, docs/measured/folder-defaults.md)",
-    ),  # fmt: skip
-    ("folder", "gpu"): (
-        {"batch_size": 128, "lr": 2e-4},
-        "GPU default for image folders: DDPM/TorchCFM CIFAR-10 recipe (not measured by fm)",
-    ),  # fmt: skip
-    ("mnist", "cpu"): (
-        {"batch_size": 16, "lr": 2e-3},
-        "CPU default for MNIST: batch 16 won the demo search (bench/demo_search.py) on 2 cores",
-    ),  # fmt: skip
-    ("mnist", "gpu"): ({"batch_size": 128, "lr": 2e-3}, "GPU default for MNIST: fm 0.1's (not measured on a GPU)"),
-}
-
-
-def device_defaults(data: str, device_type: str) -> tuple[dict, str]:
-    """Batch size and learning rate for image folders and full MNIST on this kind of device (``DEVICE_DEFAULTS``)."""
-    from fmcli.data.resolve import registered_dataset
-
-    spec = registered_dataset(data)
-    kind = "folder" if spec is None else spec.name if spec.name == "mnist" else None
-    if kind is None:
-        return {}, ""
-    values, why = DEVICE_DEFAULTS[(kind, "cpu" if device_type == "cpu" else "gpu")]
-    return dict(values), why
-
-
-def objective_defaults(objective: str) -> tuple[dict, str]:
-    return OBJECTIVE_DEFAULTS.get(objective, {}), f"the {objective} objective's default (the MeanFlow paper's)"
 
 
 def validate(config: TrainConfig) -> None:

@@ -6,7 +6,8 @@ trains the built-in autoencoder into ``RUN/autoencoder/`` first (under ``--max-t
 the budget; else ``AUTOENCODER_STEPS`` steps), or copies the one an earlier run trained on the same data (kept in
 ``$FM_CACHE_DIR/autoencoders``). config.json then names that file and says why; a resumed run uses it again.
 ``--autoencoder none`` trains pixels; a path (a run folder of ``fm autoencoder train``, its file, a diffusers
-directory, ``KIND:PATH``) uses that autoencoder.
+directory, ``KIND:PATH``) uses that autoencoder. A run that will train in latent space takes ``LATENT_DEFAULTS``
+(logit-normal training times) for the options the user left unset (``fmcli.training.defaults.space_defaults``).
 
 ``latent_data`` opens the run's autoencoder and encodes the training images once (``fmcli.data.latents``); the
 checkpoint records the autoencoder by kind, digest and path (relative to the run folder when inside it), which
@@ -23,19 +24,19 @@ import torch
 
 from fmcli.autoencoders.base import FILE, read_description
 from fmcli.autoencoders.builtin import DEFAULTS
-from fmcli.autoencoders.load import open_autoencoder
+from fmcli.autoencoders.load import kind_prefix, open_autoencoder
 from fmcli.data.base import ArrayDataset
 from fmcli.data.latents import encode_dataset, latent_key
 from fmcli.errors import FMError
 from fmcli.io.files import default_cache_dir
 from fmcli.training.config import TrainConfig
+from fmcli.training.defaults import LATENT_DEFAULTS, LATENT_FROM
 from fmcli.training.events import Callbacks
 
 # From this image size `--autoencoder auto` trains in latent space. CPU: measured at 128 px (docs/measured/latent.md,
 # bench/latent_side_by_side.py): 20 minutes of pixels give blobs, the latent run gives shapes. GPU: not
 # measured by fm (no GPU was lent); 256 px, where pixel-space models of the CUDA presets' size get expensive and
 # where latent diffusion's autoencoders begin to pay (Rombach et al. 2022).
-LATENT_FROM = {"cpu": 128, "gpu": 256}
 AUTOENCODER_SHARE = 0.25  # of a --max-time budget, for training the autoencoder (docs/measured/latent.md)
 AUTOENCODER_STEPS = 3000  # without a budget
 FOLDER = "autoencoder"  # inside the run folder
@@ -66,7 +67,7 @@ def plan_space(config: TrainConfig, run_dir: Path, device_type: str, load: Calla
         return _decided(pixels, why) if config.image_size else pixels
     data = load()
     if data.kind != "image":
-        return _decided(replace(config, autoencoder="none"), f"none: {config.data} holds {data.kind}, not images")
+        return _pixels(config, f"none: {config.data} holds {data.kind}, not images")
     preset = autoencoder_preset(size)
     file, how = _reuse(data, preset, run_dir)
     if file is None:
@@ -81,17 +82,18 @@ def _decided(config: TrainConfig, why: str) -> TrainConfig:
     return replace(config, decisions=config.decisions | {"autoencoder": why})
 
 
-def _kind_prefixed(choice: str) -> bool:
-    """KIND:PATH (diffusers:DIR), not a plain path (nor C:\\ on Windows)."""
-    kind, sep, rest = choice.partition(":")
-    return bool(sep and rest and "/" not in kind and len(kind) > 1)
+def _pixels(config: TrainConfig, why: str) -> TrainConfig:
+    """Pixel space after all: the latent defaults the config took for the user are undone."""
+    undo = {key: TrainConfig.__dataclass_fields__[key].default for key in LATENT_DEFAULTS[0]
+            if config.decisions.get(key) == LATENT_DEFAULTS[1]}  # fmt: skip
+    decisions = {key: value for key, value in config.decisions.items() if key not in undo}
+    return _decided(replace(config, autoencoder="none", decisions=decisions, **undo), why)
 
 
 def absolute(choice: str) -> str:
     """A user's autoencoder path made absolute (config.json must still find it from another folder)."""
-    if _kind_prefixed(choice):
-        kind, _, rest = choice.partition(":")
-        return f"{kind}:{Path(rest).expanduser().resolve()}"
+    if prefixed := kind_prefix(choice):
+        return f"{prefixed[0]}:{Path(prefixed[1]).expanduser().resolve()}"
     return str(Path(choice).expanduser().resolve())
 
 
@@ -152,7 +154,7 @@ def autoencoder_path(config: TrainConfig, run_dir: Path) -> str | None:
     """Where the run's autoencoder is: None for pixels; a relative path lies in the run folder."""
     if config.autoencoder in ("none", "auto"):
         return None
-    if _kind_prefixed(config.autoencoder):
+    if kind_prefix(config.autoencoder):
         return config.autoencoder
     path = Path(config.autoencoder)
     return str(path if path.is_absolute() else Path(run_dir) / path)
