@@ -28,7 +28,7 @@ from fmcli.autoencoders.load import kind_prefix, open_autoencoder
 from fmcli.data.base import ArrayDataset
 from fmcli.data.latents import encode_dataset, latent_key
 from fmcli.errors import FMError
-from fmcli.io.files import default_cache_dir
+from fmcli.io.files import atomic_write_bytes, default_cache_dir
 from fmcli.training.config import TrainConfig
 from fmcli.training.defaults import LATENT_DEFAULTS, LATENT_FROM
 from fmcli.training.events import Callbacks
@@ -67,7 +67,7 @@ def plan_space(config: TrainConfig, run_dir: Path, device_type: str, load: Calla
         return _decided(pixels, why) if config.image_size else pixels
     data = load()
     if data.kind != "image":
-        return _pixels(config, f"none: {config.data} holds {data.kind}, not images")
+        return pixel_space(config, f"none: {config.data} holds {data.kind}, not images")
     preset = autoencoder_preset(size)
     file, how = _reuse(data, preset, run_dir)
     if file is None:
@@ -82,8 +82,9 @@ def _decided(config: TrainConfig, why: str) -> TrainConfig:
     return replace(config, decisions=config.decisions | {"autoencoder": why})
 
 
-def _pixels(config: TrainConfig, why: str) -> TrainConfig:
-    """Pixel space after all: the latent defaults the config took for the user are undone."""
+def pixel_space(config: TrainConfig, why: str) -> TrainConfig:
+    """Pixel space after all (``auto`` found no pictures): the latent defaults the config took for the user are
+    undone."""
     undo = {key: TrainConfig.__dataclass_fields__[key].default for key in LATENT_DEFAULTS[0]
             if config.decisions.get(key) == LATENT_DEFAULTS[1]}  # fmt: skip
     decisions = {key: value for key, value in config.decisions.items() if key not in undo}
@@ -143,9 +144,7 @@ def _store(file: Path, cached: Path) -> None:
     """Keep a copy for later runs on the same data; a cache folder that cannot be written only loses the reuse."""
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".tmp")
-        shutil.copyfile(file, partial)
-        partial.replace(cached)
+        atomic_write_bytes(cached, file.read_bytes())  # an autoencoder file is small (under a megabyte at 512 px)
     except OSError:
         pass
 

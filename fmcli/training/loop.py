@@ -48,7 +48,7 @@ from fmcli.training.events import (
 )
 from fmcli.training.latent import FILE as AUTOENCODER_FILE
 from fmcli.training.latent import FOLDER as LATENT_FOLDER
-from fmcli.training.latent import latent_data, plan_space
+from fmcli.training.latent import latent_data, pixel_space, plan_space
 from fmcli.training.loggers import Loggers, check_loggers
 from fmcli.training.optim import clip_gradients, ema_decay_at, lr_at, planned_schedule, update_ema
 from fmcli.training.runs import checkpoint_name, lock_run, new_run_dir, publish_checkpoint, resume_target
@@ -377,9 +377,11 @@ def _plan_space(config: TrainConfig, run_dir: Path, device: torch.device, dist: 
     if dist.is_main:
         config = plan_space(config, run_dir, device.type, load, callbacks, started)
     distributed.barrier(dist)
-    if not dist.is_main and config.autoencoder == "auto":
+    if not dist.is_main and config.autoencoder == "auto":  # as rank 0 decided, latent defaults included
         chosen = run_dir / LATENT_FOLDER / AUTOENCODER_FILE
-        config = replace(config, autoencoder=str(chosen) if chosen.exists() else "none")
+        if chosen.exists():
+            return replace(config, autoencoder=str(chosen))
+        return pixel_space(config, "none: as rank 0 chose")
     return config
 
 
